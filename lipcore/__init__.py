@@ -1,0 +1,22 @@
+"""lipcore: lottery image priors — DIP / deep-decoder nets, degradations, the fitting loop, pruning, metrics."""
+
+from .config import DegradationConfig, FitConfig, NetConfig, PruneConfig, from_dict
+from .fit import FitResult, OracleBest, fit
+from .nets import build_net, count_parameters, make_input
+from .runtime import resolve_device, tune_cpu_allocator
+
+__all__ = [
+    "DegradationConfig",
+    "FitConfig",
+    "FitResult",
+    "NetConfig",
+    "OracleBest",
+    "PruneConfig",
+    "build_net",
+    "count_parameters",
+    "fit",
+    "from_dict",
+    "make_input",
+    "resolve_device",
+    "tune_cpu_allocator",
+]

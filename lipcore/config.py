@@ -1,0 +1,155 @@
+"""Frozen configuration dataclasses: one per params section. `from_dict` rejects unknown keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+    """Build dataclass `cls` from a plain dict, naming any key it does not know (typos fail loudly)."""
+    data = dict(data or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; allowed keys are {sorted(names)}")
+    return cls(**data)
+
+
+def _per_scale(value: int | list[int] | tuple[int, ...], scales: int, what: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * scales
+    value = tuple(int(v) for v in value)
+    if len(value) != scales:
+        raise ValueError(f"NetConfig.{what} has {len(value)} entries but scales={scales}")
+    return value
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Architecture. kind='skip' is the DIP encoder-decoder, kind='decoder' the deep decoder.
+
+    The defaults are the DIP / LIP standard skip net (2,217,831 parameters for 3 output channels).
+    Per-scale fields accept one int (used at every scale) or a list with one entry per scale.
+    """
+
+    kind: str = "skip"
+    in_channels: int = 32
+    out_channels: int = 3
+    scales: int = 5
+    channels_down: int | tuple[int, ...] = 128
+    channels_up: int | tuple[int, ...] = 128
+    channels_skip: int | tuple[int, ...] = 4
+    upsample: str = "bilinear"
+    pad: str = "reflection"
+    act: str = "leaky_relu"
+    decoder_channels: int = 64
+    decoder_layers: int = 6
+    input_scale: float = 0.1  # z ~ U[0, input_scale), as in DIP's get_noise(..., 'noise') * 1/10
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("skip", "decoder"):
+            raise ValueError(f"NetConfig.kind must be 'skip' or 'decoder', got {self.kind!r}")
+        if self.upsample not in ("bilinear", "nearest"):
+            raise ValueError(f"NetConfig.upsample must be 'bilinear' or 'nearest', got {self.upsample!r}")
+        if self.pad not in ("reflection", "zero"):
+            raise ValueError(f"NetConfig.pad must be 'reflection' or 'zero', got {self.pad!r}")
+        if self.act not in ("leaky_relu", "relu", "elu"):
+            raise ValueError(f"NetConfig.act must be 'leaky_relu', 'relu' or 'elu', got {self.act!r}")
+        if self.scales < 1:
+            raise ValueError(f"NetConfig.scales must be >= 1, got {self.scales}")
+        for name in ("channels_down", "channels_up", "channels_skip"):
+            object.__setattr__(self, name, _per_scale(getattr(self, name), self.scales, name))
+
+    @property
+    def downscale(self) -> int:
+        """Factor by which H and W must be divisible (2^scales for skip, 2^(layers-1) for decoder)."""
+        return 2**self.scales if self.kind == "skip" else 2 ** (self.decoder_layers - 1)
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    """One task's degradation. `sigma=None` means the task default (25/255 for denoise, else 0)."""
+
+    task: str = "denoise"  # denoise | inpaint | sr | cs
+    sigma: float | None = None  # std of additive Gaussian noise on the observation, [0,1] scale
+    keep: float = 0.5  # inpaint: fraction of pixels kept
+    per_channel: bool = False  # inpaint: draw the Bernoulli mask per channel instead of per pixel
+    mask: str | None = None  # inpaint: path of a mask image (white = known) instead of a random mask
+    factor: int = 4  # sr: downscaling factor (2, 4 or 8)
+    ratio: float = 0.25  # cs: m / n, number of measurements over number of unknowns
+
+    def __post_init__(self) -> None:
+        if self.task not in ("denoise", "inpaint", "sr", "cs"):
+            raise ValueError(f"task must be one of denoise, inpaint, sr, cs; got {self.task!r}")
+        if not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+        if self.factor not in (2, 4, 8):
+            raise ValueError(f"factor must be 2, 4 or 8, got {self.factor}")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.sigma is not None and self.sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+
+    @property
+    def noise_std(self) -> float:
+        if self.sigma is not None:
+            return float(self.sigma)
+        return 25.0 / 255.0 if self.task == "denoise" else 0.0
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The optimisation loop. Defaults: the published DIP denoising setup (Adam 0.01, 3000 its)."""
+
+    iterations: int = 3000
+    lr: float = 0.01
+    reg_noise_std: float = 1.0 / 30.0  # fresh N(0, std^2) added to z at every step
+    ema_weight: float = 0.99  # output averaging; 0 disables (then the EMA equals the last output)
+    log_every: int = 25  # history resolution; the only points where the loop reads device values
+    backtrack_db: float | None = 5.0  # restore weights if PSNR vs observation drops by more; None: off
+    es_window: int = 100  # ES-WMV window W
+    es_patience: int = 1000  # ES-WMV patience P (scale with the run length)
+    es_stop: bool = False  # actually halt at the ES-WMV point (otherwise only record it)
+    rewind_iteration: int | None = None  # keep a copy of all weights at this iteration (late rewinding)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if not 0.0 <= self.ema_weight < 1.0:
+            raise ValueError(f"ema_weight must be in [0, 1), got {self.ema_weight}")
+        if self.es_window < 2 or self.es_patience < 1:
+            raise ValueError("es_window must be >= 2 and es_patience >= 1")
+        if self.rewind_iteration is not None and not 0 <= self.rewind_iteration <= self.iterations:
+            raise ValueError(f"rewind_iteration must be in [0, {self.iterations}]")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Iterative magnitude pruning."""
+
+    fraction: float = 0.2  # of the REMAINING prunable weights removed per round
+    scope: str = "global"  # global | layer
+    keep_input_dense: bool = False  # paper-compatible: layers reading z are ranked but kept dense
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"prune fraction must be in (0, 1), got {self.fraction}")
+        if self.scope not in ("global", "layer"):
+            raise ValueError(f"prune scope must be 'global' or 'layer', got {self.scope!r}")
+
+
+# Published per-task DIP settings (REFERENCE.md section 1), for users who want the paper's numbers.
+PUBLISHED_FIT: dict[str, FitConfig] = {
+    "denoise": FitConfig(iterations=3000, reg_noise_std=1.0 / 30.0, ema_weight=0.99),
+    "denoise_sigma50": FitConfig(iterations=3000, reg_noise_std=1.0 / 20.0, ema_weight=0.99),
+    "inpaint": FitConfig(iterations=3000, reg_noise_std=0.03, ema_weight=0.0),
+    "inpaint_text": FitConfig(iterations=6000, reg_noise_std=0.03, ema_weight=0.0),
+    "sr4": FitConfig(iterations=2000, reg_noise_std=0.03, ema_weight=0.0),
+    "sr8": FitConfig(iterations=4000, reg_noise_std=0.05, ema_weight=0.0),
+}

@@ -1,0 +1,210 @@
+"""All file I/O of lipcore: images, safetensors artifacts with metadata, JSON, atomic writes.
+
+Tensor artifacts are safetensors only: loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor, nn
+
+PathLike = str | os.PathLike
+
+
+# ---------------------------------------------------------------- images
+
+
+def load_image(path: PathLike, channels: int | None = None) -> Tensor:
+    """Read a PNG/JPEG of any mode as a float image (C, H, W) in [0, 1].
+
+    channels=None keeps the file's own colour (1 for grayscale modes, 3 otherwise; alpha is dropped);
+    channels=1 converts to luma, channels=3 repeats a grayscale image. 16-bit files keep their precision.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, Image.UnidentifiedImageError) as err:
+        raise ValueError(f"cannot read {path} as an image: {err}") from err
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        arr = arr / (65535.0 if arr.max() > 255 or img.mode.startswith("I;16") else 255.0)
+        x = torch.from_numpy(arr.astype(np.float32))[None]
+    elif img.mode == "F":
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy())[None]
+    else:
+        gray = img.mode in ("1", "L", "LA") or (img.mode == "P" and _palette_is_gray(img))
+        img = img.convert("L" if gray else "RGB")
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr[None] if gray else arr.transpose(2, 0, 1).copy())
+    return _to_channels(x.clamp(0.0, 1.0), channels, path)
+
+
+def _palette_is_gray(img: Image.Image) -> bool:
+    rgb = np.asarray(img.convert("RGB"))
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _to_channels(x: Tensor, channels: int | None, path: Path) -> Tensor:
+    if channels is None or channels == x.shape[0]:
+        return x
+    if channels == 3 and x.shape[0] == 1:
+        return x.expand(3, -1, -1).contiguous()
+    if channels == 1 and x.shape[0] == 3:
+        w = x.new_tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        return (x * w).sum(0, keepdim=True)
+    raise ValueError(f"{path}: cannot turn a {x.shape[0]}-channel image into {channels} channels")
+
+
+def is_gray(x: Tensor) -> bool:
+    """True for 1-channel images and for RGB images whose three channels are equal."""
+    return x.shape[-3] == 1 or bool((x[..., 0:1, :, :] == x).all())
+
+
+def center_crop(x: Tensor, multiple: int) -> Tensor:
+    """Crop (..., H, W) centrally to the largest size divisible by `multiple` (the net's 2**scales)."""
+    h, w = x.shape[-2:]
+    nh, nw = h - h % multiple, w - w % multiple
+    if nh == 0 or nw == 0:
+        raise ValueError(f"image of {h}x{w} is smaller than the net's size multiple {multiple}")
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return x[..., top : top + nh, left : left + nw]
+
+
+def center_crop_to(x: Tensor, height: int, width: int) -> Tensor:
+    """Crop (..., H, W) centrally to exactly height x width."""
+    h, w = x.shape[-2:]
+    if height > h or width > w:
+        raise ValueError(f"cannot crop a {h}x{w} image to {height}x{width}")
+    top, left = (h - height) // 2, (w - width) // 2
+    return x[..., top : top + height, left : left + width]
+
+
+def save_png(x: Tensor, path: PathLike) -> None:
+    """Write an image (C, H, W) or (1, C, H, W) in [0, 1] as an 8-bit PNG, atomically."""
+    x = x.detach().float().cpu()
+    if x.dim() == 4:
+        x = x[0]
+    arr = (x.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    img = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: PathLike, data: Any) -> None:
+    """Write JSON (sorted keys, indented) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def read_json(path: PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+# ---------------------------------------------------------------- safetensors artifacts
+
+
+def save_tensors(path: PathLike, tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None) -> None:
+    """Save tensors as safetensors; metadata values are stored JSON-encoded (safetensors keeps strings)."""
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp), metadata=meta)
+
+
+def load_tensors(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Load a safetensors file (no pickle) and its JSON-decoded metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"artifact not found: {path}")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a valid safetensors file: {err}") from err
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items()}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: metadata is not JSON-encoded as lipcore writes it: {err}") from err
+    return tensors, meta
+
+
+def check_against(tensors: dict[str, Tensor], expected: dict[str, Tensor], what: str, path: PathLike) -> None:
+    """Raise unless `tensors` has exactly the names and shapes of `expected`."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{path}: {what} does not fit this net: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise ValueError(
+                f"{path}: {what} '{name}' has shape {tuple(t.shape)}, the net has {tuple(expected[name].shape)}"
+            )
+
+
+def save_state(path: PathLike, net: nn.Module, metadata: dict[str, Any] | None = None) -> None:
+    """Save every parameter and buffer (BN running stats included) of `net`."""
+    save_tensors(path, dict(net.state_dict()), metadata)
+
+
+def load_state(path: PathLike, net: nn.Module) -> dict[str, Any]:
+    """Load weights saved by `save_state` into `net` after checking names and shapes; returns metadata."""
+    tensors, meta = load_tensors(path)
+    own = net.state_dict()
+    check_against(tensors, own, "weights", path)
+    net.load_state_dict({k: v.to(own[k].device, own[k].dtype) for k, v in tensors.items()})
+    return meta

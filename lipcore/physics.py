@@ -1,0 +1,227 @@
+"""Degradations, each split into three parts kept apart:
+
+- the deterministic forward operator A (an nn.Module whose state, random parts included, are buffers, so
+  `op.state_dict()` saves it and `operator_from_state` rebuilds exactly the same A),
+- the sampling of its random parts (`sample_operator`, from an explicit torch.Generator),
+- the observation noise (`op.observe(x, generator)`).
+
+Images are (B, C, H, W) in [0, 1]. The fitting loss is ||A(x_hat) - y||^2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from .config import DegradationConfig
+
+# A dense Gaussian CS matrix larger than this many entries (1 GiB in fp32) is refused: it would not fit.
+MAX_CS_ENTRIES = 2**28
+
+
+class Operator(nn.Module):
+    """A linear degradation y = A x (+ noise). Subclasses set `task` and implement forward / adjoint."""
+
+    task: str = ""
+
+    def __init__(self, image_shape: tuple[int, int, int], noise_std: float) -> None:
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.noise_std = float(noise_std)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def observe(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Simulate an observation of the clean image x: A(x) plus Gaussian noise of std `noise_std`."""
+        return _add_noise(self(x), self.noise_std, generator)
+
+
+def _add_noise(y: Tensor, std: float, generator: torch.Generator | None) -> Tensor:
+    if std == 0:
+        return y
+    noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device="cpu").to(y.device)
+    return y + std * noise
+
+
+class Denoise(Operator):
+    """A = identity; y = clip(x + sigma * n, 0, 1) as in DIP."""
+
+    task = "denoise"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return y
+
+    def observe(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return super().observe(x, generator).clamp(0.0, 1.0)
+
+
+class Inpaint(Operator):
+    """A = elementwise multiplication by a 0/1 mask of shape (1, 1 or C, H, W); 1 = pixel known."""
+
+    task = "inpaint"
+
+    def __init__(self, image_shape: tuple[int, int, int], noise_std: float, mask: Tensor) -> None:
+        super().__init__(image_shape, noise_std)
+        c, h, w = self.image_shape
+        if mask.dim() != 4 or mask.shape[0] != 1 or mask.shape[1] not in (1, c) or mask.shape[-2:] != (h, w):
+            raise ValueError(f"inpainting mask has shape {tuple(mask.shape)}; expected (1, 1 or {c}, {h}, {w})")
+        self.register_buffer("mask", mask.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.mask
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return y * self.mask
+
+    def observe(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return super().observe(x, generator) * self.mask  # unknown pixels carry no value, noise or not
+
+
+def lanczos2_kernel(factor: int) -> Tensor:
+    """DIP's Lanczos2 downsampling kernel: 4f x 4f taps, phase 0.5, support 2, normalised to sum 1."""
+    width = 4 * factor
+    center = (width + 1 + 1) / 2.0  # DIP computes the centre for a (4f+1)-wide kernel, then drops a tap
+    d = (torch.arange(1, width + 1, dtype=torch.float64) + 0.5 - center).abs() / factor
+    taps = torch.ones_like(d)
+    nz = d != 0
+    taps[nz] = 2 * torch.sin(math.pi * d[nz]) * torch.sin(math.pi * d[nz] / 2) / (math.pi**2 * d[nz] ** 2)
+    kernel = torch.outer(taps, taps)  # DIP's 2-D formula is this separable product
+    return (kernel / kernel.sum()).float()
+
+
+class Downsample(Operator):
+    """Super-resolution A: replication padding, then a depthwise Lanczos2 filter with stride `factor`.
+
+    Output size is exactly (H / f, W / f). The observation is made as in DIP: a Lanczos resize of the
+    HR image (PIL), not by A itself.
+    """
+
+    task = "sr"
+
+    def __init__(self, image_shape: tuple[int, int, int], noise_std: float, factor: int) -> None:
+        super().__init__(image_shape, noise_std)
+        c, h, w = self.image_shape
+        if h % factor or w % factor:
+            raise ValueError(f"image size {h}x{w} is not divisible by the SR factor {factor}")
+        self.factor = factor
+        self.pad = (4 * factor - factor) // 2  # DIP's preserve_size rule for an even kernel
+        k = lanczos2_kernel(factor)
+        self.register_buffer("kernel", k.expand(c, 1, *k.shape).contiguous())
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.pad
+        x = F.pad(x, (p, p, p, p), mode="replicate")
+        return F.conv2d(x, self.kernel.to(x.dtype), stride=self.factor, groups=x.shape[1])
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        c, h, w = self.image_shape
+        p = self.pad
+        g = F.conv_transpose2d(y, self.kernel.to(y.dtype), stride=self.factor, groups=c)
+        # conv_transpose may come out short of the padded size by up to f-1 rows/cols that the
+        # strided conv never read; those get zero gradient.
+        g = F.pad(g, (0, w + 2 * p - g.shape[-1], 0, h + 2 * p - g.shape[-2]))
+        return _replicate_pad_adjoint(g, p)
+
+    def observe(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return _add_noise(lanczos_resize(x, self.factor), self.noise_std, generator)
+
+
+def _replicate_pad_adjoint(g: Tensor, p: int) -> Tensor:
+    """Adjoint of replication padding by p: fold each border strip back onto the edge row/column."""
+    for dim in (-2, -1):
+        n = g.shape[dim] - 2 * p
+        inner = g.narrow(dim, p, n).clone()
+        inner.narrow(dim, 0, 1).add_(g.narrow(dim, 0, p).sum(dim, keepdim=True))
+        inner.narrow(dim, n - 1, 1).add_(g.narrow(dim, p + n, p).sum(dim, keepdim=True))
+        g = inner
+    return g
+
+
+def lanczos_resize(x: Tensor, factor: int) -> Tensor:
+    """Downscale by `factor` with PIL's Lanczos filter (DIP's LR images), per channel in float precision."""
+    out = []
+    for img in x.detach().float().cpu().numpy():
+        h, w = img.shape[-2:]
+        chans = [
+            np.asarray(Image.fromarray(ch, mode="F").resize((w // factor, h // factor), Image.Resampling.LANCZOS))
+            for ch in img
+        ]
+        out.append(np.stack(chans))
+    return torch.from_numpy(np.stack(out)).clamp(0.0, 1.0).to(device=x.device, dtype=x.dtype)
+
+
+class CompressiveSensing(Operator):
+    """A = dense Gaussian matrix (m, n), entries N(0, 1/m), applied to the flattened image; y: (B, m)."""
+
+    task = "cs"
+
+    def __init__(self, image_shape: tuple[int, int, int], noise_std: float, matrix: Tensor) -> None:
+        super().__init__(image_shape, noise_std)
+        n = math.prod(self.image_shape)
+        if matrix.dim() != 2 or matrix.shape[1] != n:
+            raise ValueError(f"CS matrix has shape {tuple(matrix.shape)}; expected (m, {n})")
+        self.register_buffer("matrix", matrix.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1) @ self.matrix.T
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return (y @ self.matrix).view(y.shape[0], *self.image_shape)
+
+
+def sample_operator(
+    cfg: DegradationConfig,
+    image_shape: tuple[int, int, int],
+    generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
+) -> Operator:
+    """Draw the random parts of the degradation `cfg` for images of shape (C, H, W); CPU tensors.
+
+    `mask` (inpainting only): a given mask (H, W) or (1, 1, H, W), 1 = known, used instead of a random one.
+    """
+    c, h, w = image_shape
+    std = cfg.noise_std
+    if cfg.task == "denoise":
+        return Denoise(image_shape, std)
+    if cfg.task == "sr":
+        return Downsample(image_shape, std, cfg.factor)
+    if cfg.task == "inpaint":
+        if mask is None:
+            mask = (torch.rand((1, c if cfg.per_channel else 1, h, w), generator=generator) < cfg.keep).float()
+        elif mask.dim() == 2:
+            mask = mask[None, None]
+        return Inpaint(image_shape, std, mask)
+    n = c * h * w
+    m = max(1, round(cfg.ratio * n))
+    if m * n > MAX_CS_ENTRIES:
+        raise ValueError(
+            f"a dense {m}x{n} Gaussian CS matrix is too large; use a smaller image (e.g. 64x64) or ratio"
+        )
+    matrix = torch.randn((m, n), generator=generator) / math.sqrt(m)
+    return CompressiveSensing(image_shape, std, matrix)
+
+
+def operator_from_state(
+    cfg: DegradationConfig, image_shape: tuple[int, int, int], state: dict[str, Tensor]
+) -> Operator:
+    """Rebuild exactly the operator whose `state_dict()` was saved (its random parts included)."""
+    std = cfg.noise_std
+    if cfg.task == "inpaint":
+        op: Operator = Inpaint(image_shape, std, state["mask"])
+    elif cfg.task == "cs":
+        op = CompressiveSensing(image_shape, std, state["matrix"])
+    elif cfg.task == "sr":
+        op = Downsample(image_shape, std, cfg.factor)
+    else:
+        op = Denoise(image_shape, std)
+    op.load_state_dict(state)  # also checks that no saved part is missing or unexpected
+    return op

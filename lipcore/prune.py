@@ -1,0 +1,218 @@
+"""Pruning masks: Mask = dict[parameter name -> bool tensor] over the prunable conv weights.
+
+Biases and BatchNorm parameters are never pruned. True = weight kept.
+
+Rounding rule (everywhere): a fraction f of n weights means floor(f * n + 0.5) weights (round half up).
+Ties in a ranking are broken by position (parameters in `named_parameters()` order, flattened row-major);
+the first in that order is removed first, so a mask is a deterministic function of the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import io
+
+Mask = dict[str, Tensor]
+
+
+def round_count(fraction: float, n: int) -> int:
+    """The number of weights that `fraction` of `n` means: round half up."""
+    return int(fraction * n + 0.5)
+
+
+def prunable(net: nn.Module) -> dict[str, nn.Parameter]:
+    """The conv weights, by parameter name, in `named_parameters()` order."""
+    convs = {f"{name}.weight" for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    return {name: p for name, p in net.named_parameters() if name in convs}
+
+
+def dense_mask(net: nn.Module) -> Mask:
+    """The mask that keeps every weight."""
+    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in prunable(net).items()}
+
+
+def count_kept(mask: Mask) -> int:
+    return sum(int(m.sum()) for m in mask.values())
+
+
+def count_total(mask: Mask) -> int:
+    return sum(m.numel() for m in mask.values())
+
+
+def sparsity(mask: Mask) -> float:
+    """Effective sparsity: the fraction of prunable weights that the mask removes."""
+    return 1.0 - count_kept(mask) / count_total(mask)
+
+
+def nominal_sparsity(fraction: float, rounds: int) -> float:
+    """The sparsity that `rounds` rounds of pruning `fraction` of the remaining weights aim at: 1-(1-f)^k."""
+    return 1.0 - (1.0 - fraction) ** rounds
+
+
+def layer_sparsity(mask: Mask) -> dict[str, float]:
+    return {name: 1.0 - float(m.sum()) / m.numel() for name, m in mask.items()}
+
+
+def _remove_smallest(scores: Tensor, alive: Tensor, n_remove: int) -> Tensor:
+    """New flat keep-vector: `alive` minus the n_remove alive entries of smallest score (stable ties)."""
+    if n_remove <= 0:
+        return alive.clone()
+    masked = torch.where(alive, scores, torch.full_like(scores, float("inf")))
+    order = torch.sort(masked, stable=True).indices
+    keep = alive.clone()
+    keep[order[:n_remove]] = False
+    return keep
+
+
+def _flat(tensors: dict[str, Tensor], names: list[str]) -> Tensor:
+    return torch.cat([tensors[n].detach().reshape(-1).cpu() for n in names])
+
+
+def _unflat(flat: Tensor, like: Mask) -> Mask:
+    out, i = {}, 0
+    for name, m in like.items():
+        out[name] = flat[i : i + m.numel()].view(m.shape).to(m.device)
+        i += m.numel()
+    return out
+
+
+def prune_by_score(
+    scores: dict[str, Tensor],
+    mask: Mask,
+    fraction: float,
+    scope: str = "global",
+    dense_layers: tuple[str, ...] = (),
+) -> Mask:
+    """Remove `fraction` of the REMAINING weights with the smallest score.
+
+    scope='global' ranks all layers together; 'layer' removes the fraction from each layer separately.
+    `dense_layers` (paper-compatible): those layers are ranked with the others but kept dense afterwards,
+    so fewer weights than the fraction are removed (effective < nominal sparsity).
+    """
+    names = list(mask)
+    if scope == "global":
+        alive = _flat(mask, names)
+        n_remove = round_count(fraction, int(alive.sum()))
+        new = _unflat(_remove_smallest(_flat(scores, names), alive, n_remove), mask)
+    elif scope == "layer":
+        new = {}
+        for n in names:
+            alive = mask[n].reshape(-1).cpu()
+            k = round_count(fraction, int(alive.sum()))
+            new[n] = _remove_smallest(scores[n].detach().reshape(-1).cpu(), alive, k).view(mask[n].shape)
+            new[n] = new[n].to(mask[n].device)
+    else:
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    for n in dense_layers:
+        new[n] = torch.ones_like(new[n])
+    return new
+
+
+def magnitude_prune(
+    net: nn.Module, mask: Mask, fraction: float, scope: str = "global", dense_layers: tuple[str, ...] = ()
+) -> Mask:
+    """One IMP step: remove `fraction` of the remaining weights of smallest |w| (the net's current weights)."""
+    weights = prunable(net)
+    _check_names(mask, weights)
+    return prune_by_score({n: weights[n].abs() for n in mask}, mask, fraction, scope, dense_layers)
+
+
+def random_mask(net: nn.Module, sparsity_: float, generator: torch.Generator | None = None) -> Mask:
+    """Global random mask removing exactly round_count(sparsity, total) weights chosen uniformly."""
+    like = dense_mask(net)
+    total = count_total(like)
+    flat = torch.ones(total, dtype=torch.bool)
+    flat[torch.randperm(total, generator=generator)[: round_count(sparsity_, total)]] = False
+    return _unflat(flat, like)
+
+
+def random_mask_like(mask: Mask, generator: torch.Generator | None = None) -> Mask:
+    """Layer-wise matched random mask: in every layer, as many weights removed as `mask` removes there."""
+    out = {}
+    for name, m in mask.items():
+        flat = torch.ones(m.numel(), dtype=torch.bool)
+        n_removed = m.numel() - int(m.sum())
+        flat[torch.randperm(m.numel(), generator=generator)[:n_removed]] = False
+        out[name] = flat.view(m.shape).to(m.device)
+    return out
+
+
+def snip_mask(net: nn.Module, loss_fn: Callable[[nn.Module], Tensor], sparsity_: float) -> Mask:
+    """SNIP (Lee et al. 2019) at initialisation: keep the top (1 - s) of |w * dL/dw|, ranked globally.
+
+    `loss_fn(net)` returns the task loss on the observation (e.g. ||A(f(z)) - y||^2). The net is unchanged.
+    """
+    weights = prunable(net)
+    net.zero_grad(set_to_none=True)
+    loss_fn(net).backward()
+    scores = {n: (w.detach() * w.grad).abs() for n, w in weights.items()}
+    net.zero_grad(set_to_none=True)
+    dense = dense_mask(net)
+    return prune_by_score(scores, dense, sparsity_, "global")
+
+
+def apply_mask(net: nn.Module, mask: Mask) -> None:
+    """Zero the pruned weights in place."""
+    weights = prunable(net)
+    _check_names(mask, weights)
+    with torch.no_grad():
+        for name, m in mask.items():
+            weights[name].mul_(m.to(weights[name].device, weights[name].dtype))
+
+
+def _check_names(mask: Mask, weights: dict[str, Tensor]) -> None:
+    if set(mask) != set(weights):
+        missing, extra = sorted(set(weights) - set(mask)), sorted(set(mask) - set(weights))
+        raise ValueError(f"mask does not fit this net: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, m in mask.items():
+        if m.shape != weights[name].shape:
+            raise ValueError(f"mask '{name}' has shape {tuple(m.shape)}, weight has {tuple(weights[name].shape)}")
+
+
+def is_monotone(parent: Mask, child: Mask) -> bool:
+    """True if `child` keeps no weight that `parent` removed."""
+    return all(bool((child[n] & ~parent[n]).sum() == 0) for n in parent)
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    nominal: float
+    effective: float
+    kept: int
+    total: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"nominal": self.nominal, "effective": self.effective, "kept": self.kept, "total": self.total}
+
+
+def report(mask: Mask, fraction: float, rounds: int) -> SparsityReport:
+    """Nominal (1 - (1-f)^k) and effective (measured) sparsity of an IMP mask after `rounds` rounds."""
+    return SparsityReport(nominal_sparsity(fraction, rounds), sparsity(mask), count_kept(mask), count_total(mask))
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def save_mask(path: str | Path, mask: Mask, metadata: dict[str, Any] | None = None) -> None:
+    """Save a mask as safetensors (bool tensors) with its metadata (round, sparsity, parent, config...)."""
+    meta = {"kind": "lip-mask", "effective_sparsity": sparsity(mask), **(metadata or {})}
+    io.save_tensors(path, dict(mask), meta)
+
+
+def load_mask(path: str | Path, net: nn.Module) -> tuple[Mask, dict[str, Any]]:
+    """Load a mask saved by `save_mask`, checking names, shapes and dtype against `net`'s conv weights."""
+    tensors, meta = io.load_tensors(path)
+    weights = prunable(net)
+    io.check_against(tensors, weights, "mask", path)
+    bad = [n for n, t in tensors.items() if t.dtype != torch.bool]
+    if bad:
+        raise ValueError(f"{path}: mask entries must be bool tensors; {bad[:3]} are not")
+    mask = {n: tensors[n].to(weights[n].device) for n in weights}  # net's order
+    return mask, meta
