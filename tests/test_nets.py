@@ -1,0 +1,62 @@
+import pytest
+import torch
+from torch import nn
+
+from lipcore import NetConfig, build_net, count_parameters, make_input
+
+
+def test_standard_skip_net_has_the_published_parameter_count():
+    net = build_net(NetConfig())
+    assert count_parameters(net) == 2_217_831
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(convs) == 26
+    assert sum(c.weight.numel() for c in convs) == 2_208_768
+    assert sum(c.bias.numel() for c in convs) == 2_583
+    assert sum(b.weight.numel() + b.bias.numel() for b in bns) == 6_480
+
+
+@pytest.mark.parametrize("k, expected", [(64, 25_536), (128, 100_224)])
+def test_deep_decoder_parameter_count(k, expected):
+    net = build_net(NetConfig(kind="decoder", decoder_channels=k))
+    assert count_parameters(net) == expected == 6 * k * k + 12 * k + 3 * k
+
+
+@pytest.mark.parametrize("kind", ["skip", "decoder"])
+def test_output_shape_and_range(kind, tiny_cfg):
+    cfg = tiny_cfg if kind == "skip" else NetConfig(kind="decoder", decoder_channels=8)
+    net = build_net(cfg, torch.Generator().manual_seed(0))
+    z = make_input(net, 64, 96, torch.Generator().manual_seed(1))
+    x = net(z)
+    assert x.shape == (1, 3, 64, 96)
+    assert 0 < x.min() and x.max() < 1
+    assert 0 <= z.min() and z.max() < cfg.input_scale
+
+
+@pytest.mark.parametrize("kind", ["skip", "decoder"])
+def test_sizes_not_divisible_are_rejected_with_a_hint(kind, tiny_cfg):
+    cfg = tiny_cfg if kind == "skip" else NetConfig(kind="decoder", decoder_channels=8)
+    net = build_net(cfg)
+    with pytest.raises(ValueError, match="center-crop"):
+        net.input_shape(37, 31)
+    if kind == "skip":
+        with pytest.raises(ValueError, match="not divisible"):
+            net(torch.rand(1, cfg.in_channels, 36, 32))
+
+
+def test_seeded_init_is_reproducible_and_seed_dependent(tiny_cfg):
+    a = build_net(tiny_cfg, torch.Generator().manual_seed(3)).state_dict()
+    b = build_net(tiny_cfg, torch.Generator().manual_seed(3)).state_dict()
+    c = build_net(tiny_cfg, torch.Generator().manual_seed(4)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_input_layers_are_the_convs_that_read_z(tiny_cfg):
+    net = build_net(tiny_cfg)
+    params = dict(net.named_parameters())
+    names = net.input_layers()
+    assert len(names) == 2
+    assert all(params[n].shape[1] == tiny_cfg.in_channels for n in names)
+    readers = [n for n, p in params.items() if p.dim() == 4 and p.shape[1] == tiny_cfg.in_channels]
+    assert sorted(readers) == sorted(names)

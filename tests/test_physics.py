@@ -1,0 +1,138 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lipcore.config import DegradationConfig
+from lipcore.physics import lanczos2_kernel, operator_from_state, sample_operator
+
+# Odd, non-square sizes catch padding bugs; SR needs divisibility by the factor.
+SHAPES = {"denoise": (3, 37, 31), "inpaint": (3, 37, 31), "sr": (3, 40, 24), "cs": (3, 9, 7)}
+TASKS = [
+    DegradationConfig(task="denoise"),
+    DegradationConfig(task="inpaint", keep=0.5),
+    DegradationConfig(task="inpaint", keep=0.3, per_channel=True),
+    DegradationConfig(task="sr", factor=2),
+    DegradationConfig(task="sr", factor=4),
+    DegradationConfig(task="sr", factor=8),
+    DegradationConfig(task="cs", ratio=0.3, sigma=0.01),
+]
+IDS = [f"{c.task}-{i}" for i, c in enumerate(TASKS)]
+
+
+def make(cfg, seed=0):
+    shape = SHAPES[cfg.task]
+    return sample_operator(cfg, shape, torch.Generator().manual_seed(seed)), shape
+
+
+@pytest.mark.parametrize("cfg", TASKS, ids=IDS)
+def test_adjoint(cfg):
+    op, shape = make(cfg)
+    op = op.double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((2, *shape), generator=g, dtype=torch.float64)
+    y = torch.randn(op(x).shape, generator=g, dtype=torch.float64)
+    lhs = (op(x) * y).sum()
+    rhs = (x * op.adjoint(y)).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cfg", TASKS, ids=IDS)
+def test_rebuild_from_saved_state_gives_the_same_operator(cfg):
+    op, shape = make(cfg)
+    rebuilt = operator_from_state(cfg, shape, op.state_dict())
+    x = torch.rand((1, *shape))
+    assert torch.equal(op(x), rebuilt(x))
+    other, _ = make(cfg, seed=5)
+    if cfg.task in ("inpaint", "cs"):  # these have random parts; a different seed must change them
+        assert not torch.equal(op(x), other(x))
+
+
+@pytest.mark.parametrize("cfg", TASKS, ids=IDS)
+def test_observation_is_reproducible_from_the_generator(cfg):
+    op, shape = make(cfg)
+    x = torch.rand((1, *shape), generator=torch.Generator().manual_seed(2))
+    y1 = op.observe(x, torch.Generator().manual_seed(3))
+    y2 = op.observe(x, torch.Generator().manual_seed(3))
+    assert torch.equal(y1, y2)
+    assert y1.shape == op(x).shape
+
+
+def dip_lanczos2(factor):
+    """DIP's get_kernel('lanczos', phase=0.5, kernel_width=4f+1, support=2), loop for loop."""
+    kernel_width = 4 * factor + 1
+    kernel = np.zeros([kernel_width - 1, kernel_width - 1])
+    center = (kernel_width + 1.0) / 2.0
+    for i in range(1, kernel.shape[0] + 1):
+        for j in range(1, kernel.shape[1] + 1):
+            di = abs(i + 0.5 - center) / factor
+            dj = abs(j + 0.5 - center) / factor
+            val = 1.0
+            if di != 0:
+                val = val * 2 * np.sin(np.pi * di) * np.sin(np.pi * di / 2) / (np.pi * np.pi * di * di)
+            if dj != 0:
+                val = val * 2 * np.sin(np.pi * dj) * np.sin(np.pi * dj / 2) / (np.pi * np.pi * dj * dj)
+            kernel[i - 1][j - 1] = val
+    return kernel / kernel.sum()
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_lanczos2_kernel_matches_dip_and_sums_to_one(factor):
+    k = lanczos2_kernel(factor)
+    assert k.shape == (4 * factor, 4 * factor)
+    assert float(k.sum()) == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(k, k.flip(0)) and torch.equal(k, k.T)
+    np.testing.assert_allclose(k.numpy(), dip_lanczos2(factor), atol=1e-7)
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_sr_shapes_and_constant_preservation(factor):
+    op = sample_operator(DegradationConfig(task="sr", factor=factor), (3, 64, 48))
+    x = torch.full((1, 3, 64, 48), 0.7)
+    assert op(x).shape == (1, 3, 64 // factor, 48 // factor)
+    assert torch.allclose(op(x), torch.full_like(op(x), 0.7), atol=1e-6)  # replication pad + sum-1 kernel
+    assert op.observe(x).shape == op(x).shape  # the PIL Lanczos LR image has the operator's shape
+
+
+def test_sr_rejects_sizes_not_divisible_by_the_factor():
+    with pytest.raises(ValueError, match="SR factor"):
+        sample_operator(DegradationConfig(task="sr", factor=4), (3, 30, 32))
+
+
+def test_denoising_noise_level_and_clipping():
+    op = sample_operator(DegradationConfig(task="denoise", sigma=25 / 255), (3, 128, 128))
+    x = torch.full((1, 3, 128, 128), 0.5)
+    y = op.observe(x, torch.Generator().manual_seed(0))
+    assert float((y - x).std()) == pytest.approx(25 / 255, rel=0.02)
+    y_edge = op.observe(torch.ones(1, 3, 16, 16), torch.Generator().manual_seed(0))
+    assert float(y_edge.max()) <= 1.0 and float(y_edge.min()) >= 0.0
+
+
+def test_inpainting_masks_keep_the_requested_fraction():
+    per_pixel = sample_operator(DegradationConfig(task="inpaint", keep=0.5), (3, 128, 128))
+    assert per_pixel.mask.shape == (1, 1, 128, 128)
+    assert float(per_pixel.mask.mean()) == pytest.approx(0.5, abs=0.02)
+    per_channel = sample_operator(DegradationConfig(task="inpaint", keep=0.3, per_channel=True), (3, 128, 128))
+    assert per_channel.mask.shape == (1, 3, 128, 128)
+    assert float(per_channel.mask.mean()) == pytest.approx(0.3, abs=0.02)
+    given = torch.zeros(128, 128)
+    given[:, :64] = 1
+    op = sample_operator(DegradationConfig(task="inpaint"), (3, 128, 128), mask=given)
+    assert torch.equal(op.observe(torch.ones(1, 3, 128, 128))[0, :, :, 64:], torch.zeros(3, 128, 64))
+
+
+def test_cs_measurement_count_and_scaling():
+    op = sample_operator(DegradationConfig(task="cs", ratio=0.25), (1, 32, 32), torch.Generator().manual_seed(0))
+    assert op.matrix.shape == (256, 1024)
+    x = torch.rand(1, 1, 32, 32)
+    # E||Ax||^2 = ||x||^2 with N(0, 1/m) entries
+    assert float(op(x).square().sum() / x.square().sum()) == pytest.approx(1.0, abs=0.2)
+    with pytest.raises(ValueError, match="too large"):
+        sample_operator(DegradationConfig(task="cs", ratio=0.5), (3, 512, 512))
+
+
+def test_inpainting_mask_shape_is_checked():
+    with pytest.raises(ValueError, match="mask has shape"):
+        sample_operator(DegradationConfig(task="inpaint"), (3, 16, 16), mask=torch.ones(15, 16))
+    assert math.isclose(DegradationConfig(task="inpaint").keep, 0.5)
