@@ -23,7 +23,7 @@ from lipcore.metrics import psnr
 from lipcore.physics import sample_operator
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = ROOT / "data" / "F16_GT.png"
+DEFAULT_IMAGE = ROOT / "data" / "f16.png"
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -27,4 +27,4 @@ def tiny_cfg() -> NetConfig:
 def f16_small() -> torch.Tensor:
     from lipcore.io import center_crop_to, load_image
 
-    return center_crop_to(load_image(DATA / "F16_GT.png"), 32, 32)[None]
+    return center_crop_to(load_image(DATA / "f16.png"), 32, 32)[None]

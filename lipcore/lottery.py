@@ -1,0 +1,198 @@
+"""The lottery-image-prior procedure on top of fit and prune: search vs evaluation problems, IMP rounds,
+baselines at a matched sparsity, and the scores a researcher reports."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import prune
+from .config import DegradationConfig, FitConfig, NetConfig, PruneConfig
+from .fit import FitResult, fit
+from .metrics import psnr, psnr_y, ssim
+from .nets import build_net
+from .physics import Denoise, Operator
+
+PROTOCOLS = ("paper", "blind")
+
+
+@dataclass
+class Problem:
+    """What a fit sees: operator and observation. x_true is carried only to score."""
+
+    op: Operator
+    y: Tensor
+    x_true: Tensor
+    degradation: DegradationConfig
+
+
+def search_problem(problem: Problem, protocol: str) -> Problem:
+    """The problem the masks are searched on.
+
+    'paper' reproduces the LIP code: denoising masks are searched by fitting the CLEAN image (an oracle
+    setting); other tasks search on the observation. 'blind' always searches on the observation.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "paper" and problem.degradation.task == "denoise":
+        return Problem(Denoise(problem.op.image_shape, 0.0), problem.x_true, problem.x_true, problem.degradation)
+    return problem
+
+
+def uses_separate_search(problem: Problem, protocol: str) -> bool:
+    return search_problem(problem, protocol) is not problem
+
+
+def score(x: Tensor, x_true: Tensor, degradation: DegradationConfig) -> dict[str, float]:
+    """PSNR and SSIM of one image; super-resolution uses the Y-channel PSNR with a border of `factor` shaved."""
+    if degradation.task == "sr":
+        p = float(psnr_y(x, x_true, shave=degradation.factor)[0])
+    else:
+        p = float(psnr(x, x_true)[0])
+    return {"psnr": p, "ssim": float(ssim(x, x_true)[0])}
+
+
+def fit_scores(res: FitResult, problem: Problem, fit_cfg: FitConfig) -> dict[str, Any]:
+    """Scores at the oracle best iteration, the last iterate and the ES-WMV stop.
+
+    The reported output is the EMA when output averaging is on (DIP denoising), else the raw output.
+    """
+    use_ema = fit_cfg.ema_weight > 0
+    last = res.x_ema if use_ema else res.x_last
+    es = res.x_es_ema if use_ema else res.x_es
+    out: dict[str, Any] = {
+        "last": {**score(last, problem.x_true, problem.degradation), "iteration": res.iterations},
+        "es": {**score(es, problem.x_true, problem.degradation), "iteration": res.es_iteration},
+        "output": "ema" if use_ema else "raw",
+        "seconds": res.seconds,
+        "backtracks": res.backtracks,
+    }
+    if res.oracle is not None:
+        best = res.oracle["ema" if use_ema else "out"]
+        out["oracle_best"] = {**score(best.x, problem.x_true, problem.degradation), "iteration": best.iteration}
+    return out
+
+
+def reported_images(res: FitResult, fit_cfg: FitConfig) -> dict[str, Tensor]:
+    use_ema = fit_cfg.ema_weight > 0
+    imgs = {"last": res.x_ema if use_ema else res.x_last, "es": res.x_es_ema if use_ema else res.x_es}
+    if res.oracle is not None:
+        imgs["oracle_best"] = res.oracle["ema" if use_ema else "out"].x
+    return imgs
+
+
+@dataclass
+class RoundOutcome:
+    """One fit-and-score of a (masked) net from given weights."""
+
+    state: dict[str, Tensor]  # weights after the SEARCH fit (what the next IMP round prunes)
+    result: FitResult  # the EVALUATION fit (on the observation)
+    scores: dict[str, Any]
+    rewind_state: dict[str, Tensor] | None  # from the SEARCH fit, when fit_cfg.rewind_iteration is set
+
+
+def train_and_score(
+    net_cfg: NetConfig,
+    start: dict[str, Tensor],
+    z: Tensor,
+    problem: Problem,
+    fit_cfg: FitConfig,
+    protocol: str,
+    mask: prune.Mask | None,
+    seed: int,
+    device: str | torch.device | None = "auto",
+) -> RoundOutcome:
+    """Train from `start` with `mask` on the search problem, and score a fit on the observation.
+
+    When the protocol searches on the observation itself, one fit serves both purposes.
+    """
+    search = search_problem(problem, protocol)
+    net = build_net(net_cfg)
+    net.load_state_dict(start)
+    res = fit(net, z, search.op, search.y, fit_cfg, x_true=problem.x_true, mask=mask, seed=seed, device=device)
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    rewind_state = res.rewind_state
+    if search is not problem:
+        net.load_state_dict(start)
+        res = fit(net, z, problem.op, problem.y, fit_cfg, x_true=problem.x_true, mask=mask, seed=seed, device=device)
+    return RoundOutcome(state, res, fit_scores(res, problem, fit_cfg), rewind_state)
+
+
+def next_mask(
+    net_cfg: NetConfig, trained: dict[str, Tensor], mask: prune.Mask | None, prune_cfg: PruneConfig
+) -> prune.Mask:
+    """One IMP step: prune `prune_cfg.fraction` of the remaining weights of the trained net by magnitude."""
+    net = build_net(net_cfg)
+    net.load_state_dict(trained)
+    parent = mask if mask is not None else prune.dense_mask(net)
+    dense_layers = net.input_layers() if prune_cfg.keep_input_dense else ()
+    return prune.magnitude_prune(net, parent, prune_cfg.fraction, prune_cfg.scope, dense_layers)
+
+
+def rounds_needed(target: float, fraction: float) -> int:
+    """Smallest k with 1 - (1 - fraction)^k >= target."""
+    if target <= 0:
+        return 0
+    return math.ceil(math.log(1.0 - target) / math.log(1.0 - fraction) - 1e-9)
+
+
+def decoder_channels_for(n_params: int, layers: int = 6, out_channels: int = 3) -> int:
+    """The deep-decoder width k whose parameter count (layers*k^2 + 2*layers*k + out*k) is nearest n_params."""
+    a, b = layers, 2 * layers + out_channels
+    k = (-b + math.sqrt(b * b + 4 * a * n_params)) / (2 * a)
+    candidates = [max(1, math.floor(k)), max(1, math.ceil(k))]
+    return min(candidates, key=lambda c: abs(a * c * c + b * c - n_params))
+
+
+def nonzero_parameters(net_cfg: NetConfig, mask: prune.Mask) -> int:
+    """Trainable parameters of the masked net: kept conv weights + all biases and BN parameters."""
+    net = build_net(net_cfg)
+    total = sum(p.numel() for p in net.parameters())
+    return total - (prune.count_total(mask) - prune.count_kept(mask))
+
+
+MASK_BASELINES = ("random_global", "random_layer", "snip")
+
+
+def baseline_mask(
+    method: str,
+    net_cfg: NetConfig,
+    start: dict[str, Tensor],
+    z: Tensor,
+    problem: Problem,
+    reference: prune.Mask,
+    generator: torch.Generator,
+) -> prune.Mask:
+    """A baseline mask pruning exactly as many weights as `reference` (the LIP mask it is compared with).
+
+    random_global: uniformly over all conv weights; random_layer: as many per layer as `reference`;
+    snip: the smallest |w * dL/dw| at `start` on the problem's loss.
+    """
+    net = build_net(net_cfg)
+    net.load_state_dict(start)
+    removed = prune.count_total(reference) - prune.count_kept(reference)
+    fraction = removed / prune.count_total(reference)
+    if method == "random_global":
+        return prune.random_mask(net, fraction, generator)
+    if method == "random_layer":
+        return prune.random_mask_like(reference, generator)
+    if method == "snip":
+        return prune.snip_mask(net, lambda m: (problem.op(m(z)) - problem.y).pow(2).mean(), fraction)
+    raise ValueError(f"unknown baseline {method!r}; choose from {MASK_BASELINES}")
+
+
+def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds of PSNR and SSIM at each reported point (oracle_best, last, es)."""
+    out: dict[str, Any] = {"n_seeds": len(per_seed)}
+    for point in ("oracle_best", "last", "es"):
+        if not all(point in s for s in per_seed):
+            continue
+        for metric in ("psnr", "ssim"):
+            vals = torch.tensor([s[point][metric] for s in per_seed], dtype=torch.float64)
+            std = float(vals.std()) if len(vals) > 1 else 0.0
+            out[f"{point}_{metric}"] = {"mean": float(vals.mean()), "std": std}
+    return out
