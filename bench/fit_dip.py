@@ -9,7 +9,6 @@ where ES-WMV stops without looking at the ground truth. Not a test: run it by ha
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 from pathlib import Path
@@ -75,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         es_window=args.es_window,
         es_patience=args.es_patience,
     )
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} size={args.size} "
-          f"iterations={args.iterations} sigma={args.sigma}/255 seed={args.seed}", flush=True)
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} size={args.size} "
+        f"iterations={args.iterations} sigma={args.sigma}/255 seed={args.seed}",
+        flush=True,
+    )
     res = fit(net, z, op, y, cfg, x_true=x_true, seed=args.seed, device=device)
 
     h = res.history
@@ -95,20 +97,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ORACLE best EMA PSNR {o_ema.psnr:.2f} dB at iteration {o_ema.iteration}")
     print(f"final: raw {float(psnr(res.x_last, x_true)):.2f} dB, EMA {float(psnr(res.x_ema, x_true)):.2f} dB")
     detected = res.es_detected if res.es_detected is not None else "never (patience not reached)"
-    print(f"ES-WMV (W={args.es_window}, P={args.es_patience}): stops at iteration {res.es_iteration} "
-          f"(detected at {detected}); PSNR there: EMA {es_ema_psnr:.2f} dB, raw {es_out_psnr:.2f} dB; "
-          f"gap to best EMA {o_ema.psnr - es_ema_psnr:.2f} dB")
+    print(
+        f"ES-WMV (W={args.es_window}, P={args.es_patience}): stops at iteration {res.es_iteration} "
+        f"(detected at {detected}); PSNR there: EMA {es_ema_psnr:.2f} dB, raw {es_out_psnr:.2f} dB; "
+        f"gap to best EMA {o_ema.psnr - es_ema_psnr:.2f} dB"
+    )
     print("ES-WMV what-if over patience (from the logged variance, log granularity):")
     for p in (100, 200, 300, 500, 1000):
         at, p_out, p_ema = es_what_if(h, p)
         print(f"  P={p:5d}: stop at {at}, raw {p_out:.2f} dB, EMA {p_ema:.2f} dB")
-    write_json(args.out, {
-        "device": str(device), "size": args.size, "iterations": res.iterations, "seconds_per_iteration": s_per_it,
-        "peak_memory_mb": peak_memory_mb(device), "oracle_best_ema": [o_ema.iteration, o_ema.psnr],
-        "oracle_best_out": [o_out.iteration, o_out.psnr], "es_iteration": res.es_iteration,
-        "es_detected": res.es_detected, "es_psnr_ema": es_ema_psnr, "es_psnr_out": es_out_psnr,
-        "history": {k: v.tolist() for k, v in h.items()},
-    })
+    write_json(
+        args.out,
+        {
+            "device": str(device),
+            "size": args.size,
+            "iterations": res.iterations,
+            "seconds_per_iteration": s_per_it,
+            "peak_memory_mb": peak_memory_mb(device),
+            "oracle_best_ema": [o_ema.iteration, o_ema.psnr],
+            "oracle_best_out": [o_out.iteration, o_out.psnr],
+            "es_iteration": res.es_iteration,
+            "es_detected": res.es_detected,
+            "es_psnr_ema": es_ema_psnr,
+            "es_psnr_out": es_out_psnr,
+            "history": {k: v.tolist() for k, v in h.items()},
+        },
+    )
     return 0
 
 

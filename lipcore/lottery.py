@@ -73,7 +73,10 @@ def fit_scores(res: FitResult, problem: Problem, fit_cfg: FitConfig) -> dict[str
     }
     if res.oracle is not None:
         best = res.oracle["ema" if use_ema else "out"]
-        out["oracle_best"] = {**score(best.x, problem.x_true, problem.degradation), "iteration": best.iteration}
+        out["oracle_best"] = {
+            **score(best.x, problem.x_true, problem.degradation),
+            "iteration": best.iteration,
+        }
     return out
 
 

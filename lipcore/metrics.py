@@ -70,7 +70,13 @@ def ssim(x: Tensor, ref: Tensor) -> Tensor:
     b = ref.detach().float().cpu().numpy()
     vals = [
         structural_similarity(
-            ai, bi, data_range=1.0, channel_axis=0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+            ai,
+            bi,
+            data_range=1.0,
+            channel_axis=0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
         )
         for ai, bi in zip(a, b)
     ]

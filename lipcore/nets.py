@@ -22,7 +22,12 @@ def _conv(cin: int, cout: int, k: int, stride: int, pad: str) -> nn.Conv2d:
     # Padding inside the conv (padding_mode='reflect') equals DIP's ReflectionPad2d + unpadded conv,
     # without an extra padded copy of the activation.
     return nn.Conv2d(
-        cin, cout, k, stride=stride, padding=k // 2, padding_mode="reflect" if pad == "reflection" else "zeros"
+        cin,
+        cout,
+        k,
+        stride=stride,
+        padding=k // 2,
+        padding_mode="reflect" if pad == "reflection" else "zeros",
     )
 
 
@@ -58,9 +63,7 @@ class SkipNet(nn.Module):
         # The up block of scale i reads the upsampled output of scale i+1 (or, at the deepest scale,
         # its own down branch).
         up_ins = (*up[1:], down[-1])
-        self.levels = nn.ModuleList(
-            _Scale(cins[i], down[i], up_ins[i], up[i], skip[i], cfg) for i in range(cfg.scales)
-        )
+        self.levels = nn.ModuleList(_Scale(cins[i], down[i], up_ins[i], up[i], skip[i], cfg) for i in range(cfg.scales))
         self.upsample = nn.Upsample(scale_factor=2, mode=cfg.upsample)
         self.head = nn.Conv2d(up[0], cfg.out_channels, 1)
 

@@ -203,9 +203,7 @@ def sample_operator(
     n = c * h * w
     m = max(1, round(cfg.ratio * n))
     if m * n > MAX_CS_ENTRIES:
-        raise ValueError(
-            f"a dense {m}x{n} Gaussian CS matrix is too large; use a smaller image (e.g. 64x64) or ratio"
-        )
+        raise ValueError(f"a dense {m}x{n} Gaussian CS matrix is too large; use a smaller image (e.g. 64x64) or ratio")
     matrix = torch.randn((m, n), generator=generator) / math.sqrt(m)
     return CompressiveSensing(image_shape, std, matrix)
 

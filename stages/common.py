@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 from torch import Tensor
 
@@ -115,7 +114,11 @@ def cfg_dict(cfg: Any) -> dict[str, Any]:
 
 def save_problem(out: Path, problem: Problem, metadata: dict[str, Any]) -> None:
     ops = {f"op.{k}": v for k, v in problem.op.state_dict().items()}
-    meta = {"degradation": cfg_dict(problem.degradation), "image_shape": list(problem.op.image_shape), **metadata}
+    meta = {
+        "degradation": cfg_dict(problem.degradation),
+        "image_shape": list(problem.op.image_shape),
+        **metadata,
+    }
     io.save_tensors(out / OBSERVATION, {"y": problem.y, **ops}, meta)
     io.save_tensors(out / CLEAN, {"x_true": problem.x_true}, {"image_shape": meta["image_shape"]})
 
@@ -189,4 +192,3 @@ def read_json(path: Path) -> Any:
 
 def device(params: dict[str, Any]) -> str:
     return str(params.get("device", "auto"))
-

@@ -1,6 +1,6 @@
 """Stage degrade: one image x one task -> the observation, the operator's random parts, and the clean image.
 
-    python -m stages.degrade --image data/f16.png --name f16 --task denoise --out outs/degrade/f16-denoise
+python -m stages.degrade --image data/f16.png --name f16 --task denoise --out outs/degrade/f16-denoise
 """
 
 from __future__ import annotations

@@ -37,8 +37,15 @@ def main(argv: list[str] | None = None) -> None:
     z = make_input(net, h, w, generator(root, "z", args.seed))
     theta0 = {k: v.clone() for k, v in net.state_dict().items()}
     outcome = train_and_score(
-        net_cfg, theta0, z, problem, fit_cfg, common.protocol(params), None,
-        seed=derive_seed(root, "fit", args.seed), device=common.device(params),
+        net_cfg,
+        theta0,
+        z,
+        problem,
+        fit_cfg,
+        common.protocol(params),
+        None,
+        seed=derive_seed(root, "fit", args.seed),
+        device=common.device(params),
     )
     meta = {"seed": args.seed, "net": common.cfg_dict(net_cfg)}
     with io.atomic_dir(args.out) as tmp:

@@ -109,29 +109,45 @@ def main(argv: list[str] | None = None) -> None:
         if head > 0:
             lip_mask = common.load_round_mask(seed_dir / f"r{head}", net_cfg)
             width = decoder_channels_for(nonzero_parameters(net_cfg, lip_mask), params["evaluate"]["decoder_layers"])
-            dec_cfg = NetConfig(kind="decoder", decoder_channels=width, out_channels=net_cfg.out_channels,
-                                decoder_layers=params["evaluate"]["decoder_layers"], upsample=net_cfg.upsample)
+            dec_cfg = NetConfig(
+                kind="decoder",
+                decoder_channels=width,
+                out_channels=net_cfg.out_channels,
+                decoder_layers=params["evaluate"]["decoder_layers"],
+                upsample=net_cfg.upsample,
+            )
             dec = build_net(dec_cfg, generator(root, "decoder", seed))
             z_dec = make_input(dec, *problem.x_true.shape[-2:], generator(root, "decoder_z", seed))
             dec_fit = common.fit_cfg(params, args.task, reg_noise_std=0.0)  # the deep decoder uses no input noise
             res = train_and_score(dec_cfg, dec.state_dict(), z_dec, problem, dec_fit, "blind", None, fit_seed, dev)
-            headline["decoder"].append({**res.scores, "channels": width,
-                                        "parameters": sum(p.numel() for p in dec.parameters())})
+            headline["decoder"].append(
+                {**res.scores, "channels": width, "parameters": sum(p.numel() for p in dec.parameters())}
+            )
             if seed == params["seeds"][0]:
                 images["decoder"] = reported_images(res.result, dec_fit)[shown]
 
     summary = {
-        "image": args.name, "task": args.task, "protocol": common.protocol(params), "shown_point": shown,
+        "image": args.name,
+        "task": args.task,
+        "protocol": common.protocol(params),
+        "shown_point": shown,
         "headline": {
-            "target_sparsity": float(params["sparsity"]), "round": head,
+            "target_sparsity": float(params["sparsity"]),
+            "round": head,
             "nominal_sparsity": nominal_sparsity(params["imp"]["fraction"], head),
             "effective_sparsity": sum(effective) / len(effective),
             "methods": {m: summarise(v) for m, v in headline.items() if v},
         },
         "curves": {
-            m: [{"round": k, "nominal_sparsity": nominal_sparsity(params["imp"]["fraction"], k),
-                 "effective_sparsity": sum(s["sparsity"]["effective"] for s in v) / len(v), **summarise(v)}
-                for k, v in sorted(by_round.items())]
+            m: [
+                {
+                    "round": k,
+                    "nominal_sparsity": nominal_sparsity(params["imp"]["fraction"], k),
+                    "effective_sparsity": sum(s["sparsity"]["effective"] for s in v) / len(v),
+                    **summarise(v),
+                }
+                for k, v in sorted(by_round.items())
+            ]
             for m, by_round in curves.items()
         },
     }
@@ -170,6 +186,7 @@ def write_iteration_plot(path: Path, seed_dir: Path, head: int) -> None:
         iterations = hist["iteration"]
     rows = [{"iteration": int(it), **{n: c[i] for n, c in cols.items()}} for i, it in enumerate(iterations)]
     common.write_csv(path, rows, ["iteration", *cols])
+
 
 if __name__ == "__main__":
     main()

@@ -43,12 +43,24 @@ def main(argv: list[str] | None = None) -> None:
     _, z = common.load_init(args.dense)
     problem = common.load_problem(args.obs)
     outcome = train_and_score(
-        net_cfg, start, z, problem, fit_cfg, common.protocol(params), mask,
-        seed=derive_seed(params["seed"], "fit", args.seed), device=common.device(params),
+        net_cfg,
+        start,
+        z,
+        problem,
+        fit_cfg,
+        common.protocol(params),
+        mask,
+        seed=derive_seed(params["seed"], "fit", args.seed),
+        device=common.device(params),
     )
     rep = prune.report(mask, prune_cfg.fraction, args.round)
-    meta = {"round": args.round, "parent": str(args.parent), "seed": args.seed,
-            "prune": common.cfg_dict(prune_cfg), "net": common.cfg_dict(net_cfg)}
+    meta = {
+        "round": args.round,
+        "parent": str(args.parent),
+        "seed": args.seed,
+        "prune": common.cfg_dict(prune_cfg),
+        "net": common.cfg_dict(net_cfg),
+    }
     with io.atomic_dir(args.out) as tmp:
         prune.save_mask(tmp / common.MASK, mask, {**meta, "nominal_sparsity": rep.nominal})
         io.save_tensors(tmp / common.TRAINED, outcome.state, meta)

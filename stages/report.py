@@ -1,6 +1,6 @@
 """Stage report: figures and a Markdown report (tables, image grids, transfer matrix) from evaluate/transfer.
 
-    python -m stages.report --evaluate outs/evaluate --transfer metrics/transfer.json --out report
+python -m stages.report --evaluate outs/evaluate --transfer metrics/transfer.json --out report
 """
 
 from __future__ import annotations
@@ -71,8 +71,14 @@ def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
             ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=method)
         dec = s["headline"]["methods"].get("decoder")
         if dec:
-            ax.errorbar([s["headline"]["effective_sparsity"]], [dec[f"{point}_psnr"]["mean"]],
-                        yerr=[dec[f"{point}_psnr"]["std"]], marker="s", ls="none", label="deep decoder")
+            ax.errorbar(
+                [s["headline"]["effective_sparsity"]],
+                [dec[f"{point}_psnr"]["mean"]],
+                yerr=[dec[f"{point}_psnr"]["std"]],
+                marker="s",
+                ls="none",
+                label="deep decoder",
+            )
         ax.set_title(f"{s['image']} / {s['task']}", fontsize=10)
         ax.set_xlabel("sparsity (effective)")
         ax.set_ylabel(f"PSNR at {point} (dB)")
@@ -110,10 +116,16 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for s, i in zip(summaries, ids):
             grid_figure(args.evaluate / i, f"{i} ({s['shown_point']})", tmp / f"grid_{i}.png")
-            lines += [f"## {s['image']} / {s['task']}", "", *headline_table(s), "", f"![grid](grid_{i}.png)", ""]
+            lines += [
+                f"## {s['image']} / {s['task']}",
+                "",
+                *headline_table(s),
+                "",
+                f"![grid](grid_{i}.png)",
+                "",
+            ]
         lines += [
-            f"## Transfer (round {transfer['round']}, PSNR at {transfer['point']}; rows: mask source, "
-            "columns: target)",
+            f"## Transfer (round {transfer['round']}, PSNR at {transfer['point']}; rows: mask source, columns: target)",
             "",
             "| source \\ target | " + " | ".join(ids) + " |",
             "|---|" + "---|" * len(ids),

@@ -39,18 +39,21 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError("transfer needs a sparse headline round: set sparsity > 0")
     for seed in params["seeds"]:
         fit_seed = derive_seed(params["seed"], "fit", seed)
-        for (t_image, t_task), tgt in zip(pairs, ids):
+        for (_, t_task), tgt in zip(pairs, ids):
             problem = common.load_problem(args.degrade / tgt)
             start = common.load_weights(args.rounds / tgt / f"s{seed}" / "r0" / common.REWIND, net_cfg)
             _, z = common.load_init(args.rounds / tgt / f"s{seed}" / "r0")
             fit_cfg = common.fit_cfg(params, t_task)
             for src in ids:
                 if src == tgt:  # the target's own LIP round
-                    cells[src][tgt].append(common.read_json(args.rounds / tgt / f"s{seed}" / f"r{head}" / common.METRICS))
+                    cells[src][tgt].append(
+                        common.read_json(args.rounds / tgt / f"s{seed}" / f"r{head}" / common.METRICS)
+                    )
                     continue
                 mask = common.load_round_mask(args.rounds / src / f"s{seed}" / f"r{head}", net_cfg)
-                outcome = train_and_score(net_cfg, start, z, problem, fit_cfg, "blind", mask, fit_seed,
-                                          common.device(params))
+                outcome = train_and_score(
+                    net_cfg, start, z, problem, fit_cfg, "blind", mask, fit_seed, common.device(params)
+                )
                 cells[src][tgt].append(outcome.scores)
 
     matrix = {s: {t: summarise(v) for t, v in row.items()} for s, row in cells.items()}

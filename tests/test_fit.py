@@ -107,5 +107,12 @@ def test_deep_decoder_fits_too(f16_small):
     net = build_net(NetConfig(kind="decoder", decoder_channels=16), g)
     z = make_input(net, 32, 32, g)
     op = sample_operator(DegradationConfig(task="sr", factor=2), f16_small.shape[1:], g)
-    res = fit(net, z, op, op.observe(f16_small), FitConfig(iterations=20, log_every=5, reg_noise_std=0), device="cpu")
+    res = fit(
+        net,
+        z,
+        op,
+        op.observe(f16_small),
+        FitConfig(iterations=20, log_every=5, reg_noise_std=0),
+        device="cpu",
+    )
     assert res.x_last.shape == f16_small.shape

@@ -5,8 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lipcore import build_net
-from lipcore import io
+from lipcore import build_net, io
 
 
 def write(tmp_path, name, arr, mode=None):

@@ -19,7 +19,19 @@ def test_prunable_weights_are_exactly_the_conv_weights(net):
 
 
 def test_published_nominal_sparsity_schedule():
-    expected = {1: 20.0, 2: 36.0, 3: 48.8, 4: 59.0, 5: 67.2, 6: 73.8, 7: 79.0, 8: 83.2, 9: 86.6, 10: 89.3, 16: 97.2}
+    expected = {
+        1: 20.0,
+        2: 36.0,
+        3: 48.8,
+        4: 59.0,
+        5: 67.2,
+        6: 73.8,
+        7: 79.0,
+        8: 83.2,
+        9: 86.6,
+        10: 89.3,
+        16: 97.2,
+    }
     for k, pct in expected.items():
         assert round(100 * P.nominal_sparsity(0.2, k), 1) == pct
 
@@ -64,7 +76,7 @@ def test_ties_are_broken_by_position_deterministically(net):
 
 def test_layerwise_scope_prunes_each_layer_by_the_fraction(net):
     new = P.magnitude_prune(net, P.dense_mask(net), 0.2, scope="layer")
-    for n, m in new.items():
+    for m in new.values():
         assert m.numel() - int(m.sum()) == P.round_count(0.2, m.numel())
 
 
