@@ -16,6 +16,8 @@ from lipcore.seeding import generator
 
 from . import common
 
+MASKS = Path("data/masks")  # every mask image lives here, so dvc.yaml can list them as a dependency
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = common.parser(__doc__)
@@ -26,14 +28,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = common.load_params(args.params)
     cfg = common.degradation_cfg(params, args.task)
-    size = int(params["image_size"])
-    net = common.net_cfg(params)
-    if size % net.downscale:
-        raise ValueError(f"image_size={size} must be divisible by {net.downscale} (2**net.scales)")
+    size = int(params["image_size"])  # the net checks divisibility by 2**scales when it fits
 
     x_true = io.center_crop_to(io.load_image(args.image, channels=3), size, size)[None]
     mask = None
     if cfg.mask is not None:
+        if Path(cfg.mask).parent != MASKS:
+            raise ValueError(f"mask image {cfg.mask} must live in {MASKS}/ (the degrade stage's dependency for masks)")
         mask = io.center_crop_to(io.load_image(cfg.mask, channels=1), size, size)[0] > 0.5
     gen = generator(params["seed"], "degrade", args.name, args.task)
     op = sample_operator(cfg, tuple(x_true.shape[1:]), gen, mask=mask.float() if mask is not None else None)

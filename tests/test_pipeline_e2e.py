@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import ROOT, tiny_params
 
-COPY = ["dvc.yaml", "stages", "lipcore", ".dvcignore", "data/f16.png", "data/baby.png"]
+COPY = ["dvc.yaml", "stages", "lipcore", ".dvcignore", "data/f16.png", "data/baby.png", "data/masks"]
 
 
 def run(cmd, cwd, env):
