@@ -59,14 +59,16 @@ def score(x: Tensor, x_true: Tensor, degradation: DegradationConfig) -> dict[str
 def fit_scores(res: FitResult, problem: Problem, fit_cfg: FitConfig) -> dict[str, Any]:
     """Scores at the oracle best iteration, the last iterate and the ES-WMV stop.
 
-    The reported output is the EMA when output averaging is on (DIP denoising), else the raw output.
+    The reported output at the last iterate and the oracle best is the EMA when output averaging is on
+    (DIP denoising), else the raw output. At the ES-WMV stop it is the raw output, as ES-WMV defines it:
+    the EMA lags the variance minimum by ~1/(1-ema_weight) iterations and scores far lower there in
+    short runs (measured on the default pipeline: 3.6 dB mean gap to the oracle vs 0.16 dB for the raw output).
     """
     use_ema = fit_cfg.ema_weight > 0
     last = res.x_ema if use_ema else res.x_last
-    es = res.x_es_ema if use_ema else res.x_es
     out: dict[str, Any] = {
         "last": {**score(last, problem.x_true, problem.degradation), "iteration": res.iterations},
-        "es": {**score(es, problem.x_true, problem.degradation), "iteration": res.es_iteration},
+        "es": {**score(res.x_es, problem.x_true, problem.degradation), "iteration": res.es_iteration},
         "output": "ema" if use_ema else "raw",
         "seconds": res.seconds,
         "backtracks": res.backtracks,
@@ -82,7 +84,7 @@ def fit_scores(res: FitResult, problem: Problem, fit_cfg: FitConfig) -> dict[str
 
 def reported_images(res: FitResult, fit_cfg: FitConfig) -> dict[str, Tensor]:
     use_ema = fit_cfg.ema_weight > 0
-    imgs = {"last": res.x_ema if use_ema else res.x_last, "es": res.x_es_ema if use_ema else res.x_es}
+    imgs = {"last": res.x_ema if use_ema else res.x_last, "es": res.x_es}
     if res.oracle is not None:
         imgs["oracle_best"] = res.oracle["ema" if use_ema else "out"].x
     return imgs

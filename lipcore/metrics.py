@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from skimage.metrics import structural_similarity
 from torch import Tensor
 
 
@@ -65,6 +64,8 @@ def psnr_y(x: Tensor, ref: Tensor, shave: int = 4) -> Tensor:
 
 def ssim(x: Tensor, ref: Tensor) -> Tensor:
     """SSIM (scikit-image, Gaussian window as in Wang et al. 2004, data range 1) per image, (B,) on CPU."""
+    from skimage.metrics import structural_similarity  # imported here: scipy/skimage load slowly
+
     x, ref = _check_pair(x, ref)
     a = x.detach().float().cpu().numpy()
     b = ref.detach().float().cpu().numpy()

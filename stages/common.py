@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import yaml
 from torch import Tensor
 
@@ -182,6 +181,8 @@ def shown_point(protocol_name: str) -> str:
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     """A small CSV (for DVC plots) written atomically; missing values are left empty."""
+    import pandas as pd  # only the summary stages need it; keep the fitting stages' start-up short
+
     with io.atomic_path(path) as tmp:
         pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False, float_format="%.6g")
 
