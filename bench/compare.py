@@ -1,0 +1,176 @@
+"""Speed of lipcore's fit against a reference loop that does what the original DIP code does every iteration.
+
+Reference loop (DIP's denoising notebook): plain torch.optim.Adam; PSNR against the observation, the ground
+truth and the averaged output computed on the host each step (three device->host copies); a host copy of all
+parameters for backtracking each step; default allocator. Both run the standard skip net on the same input
+for the same number of iterations, each in its own fresh process (the allocator setting is process-wide),
+interleaved ref/lip/ref/lip so machine noise hits both. Also reports achieved FLOP/s (FLOPs counted with
+torch.utils.flop_counter) as a fraction of the fp32 matmul rate measured in the same run, and peak memory.
+
+    python bench/compare.py                       # CPU: 128 and 256 px; GPU: 256 and 512 px
+    python bench/compare.py --sizes 256 --iterations 20 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lipcore import DegradationConfig, FitConfig, NetConfig, build_net, fit, make_input, resolve_device  # noqa: E402
+from lipcore.io import center_crop_to, load_image  # noqa: E402
+from lipcore.physics import sample_operator  # noqa: E402
+
+
+def problem(size: int, device: torch.device):
+    x = center_crop_to(load_image(ROOT / "data" / "f16.png", channels=3), size, size)[None]
+    g = torch.Generator().manual_seed(0)
+    net = build_net(NetConfig(), g)
+    z = make_input(net, size, size, g)
+    op = sample_operator(DegradationConfig(task="denoise"), x.shape[1:], g)
+    y = op.observe(x, g)
+    return net, z, op, y, x
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def host_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
+
+
+def reference_loop(net, z, y, x_true, iterations: int, device: torch.device) -> float:
+    """What DIP's code does per iteration. Returns seconds per iteration (after 3 warm-up steps)."""
+    net, z, y = net.to(device), z.to(device), y.to(device)
+    y_np, x_np = y.cpu().numpy()[0], x_true.numpy()[0]
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    noise = torch.empty_like(z)
+    out_avg, last_psnr, last_net = None, None, None
+    start = 0.0
+    for i in range(iterations + 3):
+        if i == 3:
+            sync(device)
+            start = time.perf_counter()
+        opt.zero_grad()
+        out = net(z + noise.normal_() * (1.0 / 30.0))
+        out_avg = out.detach() if out_avg is None else out_avg * 0.99 + out.detach() * 0.01
+        loss = torch.nn.functional.mse_loss(out, y)
+        loss.backward()
+        psnr_noisy = host_psnr(y_np, out.detach().cpu().numpy()[0])
+        host_psnr(x_np, out.detach().cpu().numpy()[0])
+        host_psnr(x_np, out_avg.detach().cpu().numpy()[0])
+        if last_psnr is not None and psnr_noisy - last_psnr < -5:
+            with torch.no_grad():
+                for p, s in zip(net.parameters(), last_net):
+                    p.copy_(s.to(device))
+        else:
+            last_net = [p.detach().cpu() for p in net.parameters()]
+            last_psnr = psnr_noisy
+        opt.step()
+    sync(device)
+    return (time.perf_counter() - start) / iterations
+
+
+def lipcore_loop(net, z, op, y, x_true, iterations: int, device: torch.device) -> float:
+    cfg = FitConfig(iterations=3, log_every=25)
+    fit(net, z, op, y, cfg, x_true=x_true, device=device)  # warm-up (allocator, kernels)
+    res = fit(net, z, op, y, FitConfig(iterations=iterations, log_every=25), x_true=x_true, device=device)
+    return res.seconds / iterations
+
+
+def count_flops(net, z, y, device: torch.device) -> int:
+    """FLOPs of one forward + backward (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net, z, y = net.to(device), z.to(device), y.to(device)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.mse_loss(net(z), y).backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def matmul_flops_per_s(device: torch.device, n: int = 4096, reps: int = 5) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    sync(device)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    net, z, op, y, x = problem(args.size, device)
+    if args.worker == "ref":
+        s = reference_loop(net, z, y, x, args.iterations, device)
+    else:
+        s = lipcore_loop(net, z, op, y, x, args.iterations, device)
+    print(json.dumps({"s_per_it": s, "peak_mb": peak_memory_mb(device)}))
+
+
+def run_worker(kind: str, size: int, iterations: int, device: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--size", str(size), "--iterations", str(iterations),
+           "--device", device]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="*")
+    ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved ref/lip pairs per size")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--worker", choices=["ref", "lip"], help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    device = resolve_device(args.device)
+    sizes = args.sizes or ([256, 512] if device.type == "cuda" else [128, 256])
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"iterations={args.iterations} repeats={args.repeats}")
+    rate = matmul_flops_per_s(device)
+    print(f"fp32 matmul 4096^2: {rate / 1e9:.1f} GFLOP/s")
+    for size in sizes:
+        net, z, _, y, _ = problem(size, device)
+        flops = count_flops(net, z, y, device)
+        ref, lip = [], []
+        for _ in range(args.repeats):
+            ref.append(run_worker("ref", size, args.iterations, str(device)))
+            lip.append(run_worker("lip", size, args.iterations, str(device)))
+        r = min(d["s_per_it"] for d in ref)
+        q = min(d["s_per_it"] for d in lip)
+        print(f"{size} px: {flops / 1e9:.1f} GFLOP/iteration | reference {r:.4f} s/it | lipcore {q:.4f} s/it | "
+              f"speed-up {r / q:.2f}x | lipcore {flops / q / 1e9:.1f} GFLOP/s = {100 * flops / q / rate:.0f}% of "
+              f"matmul | peak memory ref {max(d['peak_mb'] for d in ref):.0f} MiB, "
+              f"lipcore {max(d['peak_mb'] for d in lip):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
