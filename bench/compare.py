@@ -133,8 +133,18 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run_worker(kind: str, size: int, iterations: int, device: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--size", str(size), "--iterations", str(iterations),
-           "--device", device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--size",
+        str(size),
+        "--iterations",
+        str(iterations),
+        "--device",
+        device,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -153,8 +163,10 @@ def main() -> None:
         return
     device = resolve_device(args.device)
     sizes = args.sizes or ([256, 512] if device.type == "cuda" else [128, 256])
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-          f"iterations={args.iterations} repeats={args.repeats}")
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"iterations={args.iterations} repeats={args.repeats}"
+    )
     rate = matmul_flops_per_s(device)
     print(f"fp32 matmul 4096^2: {rate / 1e9:.1f} GFLOP/s")
     for size in sizes:
@@ -166,10 +178,12 @@ def main() -> None:
             lip.append(run_worker("lip", size, args.iterations, str(device)))
         r = min(d["s_per_it"] for d in ref)
         q = min(d["s_per_it"] for d in lip)
-        print(f"{size} px: {flops / 1e9:.1f} GFLOP/iteration | reference {r:.4f} s/it | lipcore {q:.4f} s/it | "
-              f"speed-up {r / q:.2f}x | lipcore {flops / q / 1e9:.1f} GFLOP/s = {100 * flops / q / rate:.0f}% of "
-              f"matmul | peak memory ref {max(d['peak_mb'] for d in ref):.0f} MiB, "
-              f"lipcore {max(d['peak_mb'] for d in lip):.0f} MiB")
+        print(
+            f"{size} px: {flops / 1e9:.1f} GFLOP/iteration | reference {r:.4f} s/it | lipcore {q:.4f} s/it | "
+            f"speed-up {r / q:.2f}x | lipcore {flops / q / 1e9:.1f} GFLOP/s = {100 * flops / q / rate:.0f}% of "
+            f"matmul | peak memory ref {max(d['peak_mb'] for d in ref):.0f} MiB, "
+            f"lipcore {max(d['peak_mb'] for d in lip):.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

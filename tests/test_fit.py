@@ -116,3 +116,10 @@ def test_deep_decoder_fits_too(f16_small):
         device="cpu",
     )
     assert res.x_last.shape == f16_small.shape
+
+
+def test_progress_bar_runs(tiny_cfg, f16_small, capsys):
+    net, z, op, y = setup(tiny_cfg, f16_small)
+    res = fit(net, z, op, y, FitConfig(iterations=6, log_every=3, es_window=3), device="cpu", progress=True)
+    assert res.iterations == 6
+    assert "fit" in capsys.readouterr().err

@@ -181,3 +181,20 @@ def test_unknown_param_keys_are_named(project):
     write_params(project / "params.yaml", params)
     with pytest.raises(ValueError, match="iteratons"):
         common.fit_cfg(common.load_params(), "denoise")
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "params.paper.yaml"])
+def test_shipped_params_files_are_valid(name):
+    from tests.conftest import ROOT
+
+    params = common.load_params(ROOT / name)
+    common.net_cfg(params)
+    common.prune_cfg(params)
+    for task in params["tasks"]:
+        common.degradation_cfg(params, task)
+        common.fit_cfg(params, task)
+    assert common.chain(params)
+    assert evaluate.headline_round(params) >= 1
+    assert params["image_size"] % common.net_cfg(params).downscale == 0
+    for image in params["images"]:
+        assert (ROOT / "data" / f"{image}.png").exists()
