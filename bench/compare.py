@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from lipcore import DegradationConfig, FitConfig, NetConfig, build_net, fit, make_input, resolve_device  # noqa: E402
 from lipcore.io import center_crop_to, load_image  # noqa: E402
+from lipcore.metrics import psnr  # noqa: E402
 from lipcore.physics import sample_operator  # noqa: E402
 
 
@@ -83,11 +84,21 @@ def reference_loop(net, z, y, x_true, iterations: int, device: torch.device) -> 
     return (time.perf_counter() - start) / iterations
 
 
-def lipcore_loop(net, z, op, y, x_true, iterations: int, device: torch.device) -> float:
-    cfg = FitConfig(iterations=3, log_every=25)
-    fit(net, z, op, y, cfg, x_true=x_true, device=device)  # warm-up (allocator, kernels)
-    res = fit(net, z, op, y, FitConfig(iterations=iterations, log_every=25), x_true=x_true, device=device)
-    return res.seconds / iterations
+VARIANTS = {
+    "lip": {},
+    "lip-bf16": {"precision": "bf16"},
+    "lip-channels-last": {"channels_last": True},
+}
+
+
+def lipcore_loop(net, z, op, y, x_true, iterations: int, device: torch.device, variant: str) -> tuple[float, float]:
+    """Seconds per iteration and the final EMA PSNR (for the quality check of reduced precision)."""
+    opts = VARIANTS[variant]
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    fit(net, z, op, y, FitConfig(iterations=3, log_every=25, **opts), device=device)  # warm-up
+    net.load_state_dict(start)
+    res = fit(net, z, op, y, FitConfig(iterations=iterations, log_every=25, **opts), x_true=x_true, device=device)
+    return res.seconds / iterations, float(psnr(res.x_ema, x_true))
 
 
 def count_flops(net, z, y, device: torch.device) -> int:
@@ -125,11 +136,12 @@ def worker(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     net, z, op, y, x = problem(args.size, device)
+    quality = None
     if args.worker == "ref":
         s = reference_loop(net, z, y, x, args.iterations, device)
     else:
-        s = lipcore_loop(net, z, op, y, x, args.iterations, device)
-    print(json.dumps({"s_per_it": s, "peak_mb": peak_memory_mb(device)}))
+        s, quality = lipcore_loop(net, z, op, y, x, args.iterations, device, args.worker)
+    print(json.dumps({"s_per_it": s, "peak_mb": peak_memory_mb(device), "psnr": quality}))
 
 
 def run_worker(kind: str, size: int, iterations: int, device: str) -> dict:
@@ -155,7 +167,14 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved ref/lip pairs per size")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--worker", choices=["ref", "lip"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        default=["lip"],
+        choices=list(VARIANTS),
+        help="lipcore settings to time against the reference (and each other)",
+    )
+    ap.add_argument("--worker", choices=["ref", *VARIANTS], help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -172,18 +191,23 @@ def main() -> None:
     for size in sizes:
         net, z, _, y, _ = problem(size, device)
         flops = count_flops(net, z, y, device)
-        ref, lip = [], []
-        for _ in range(args.repeats):
-            ref.append(run_worker("ref", size, args.iterations, str(device)))
-            lip.append(run_worker("lip", size, args.iterations, str(device)))
-        r = min(d["s_per_it"] for d in ref)
-        q = min(d["s_per_it"] for d in lip)
+        runs: dict[str, list[dict]] = {k: [] for k in ["ref", *args.variants]}
+        for _ in range(args.repeats):  # interleaved, so machine noise hits every variant alike
+            for kind in runs:
+                runs[kind].append(run_worker(kind, size, args.iterations, str(device)))
+        r = min(d["s_per_it"] for d in runs["ref"])
         print(
-            f"{size} px: {flops / 1e9:.1f} GFLOP/iteration | reference {r:.4f} s/it | lipcore {q:.4f} s/it | "
-            f"speed-up {r / q:.2f}x | lipcore {flops / q / 1e9:.1f} GFLOP/s = {100 * flops / q / rate:.0f}% of "
-            f"matmul | peak memory ref {max(d['peak_mb'] for d in ref):.0f} MiB, "
-            f"lipcore {max(d['peak_mb'] for d in lip):.0f} MiB"
+            f"{size} px: {flops / 1e9:.1f} GFLOP/iteration; reference loop {r:.4f} s/it, "
+            f"peak memory {max(d['peak_mb'] for d in runs['ref']):.0f} MiB"
         )
+        for kind in args.variants:
+            q = min(d["s_per_it"] for d in runs[kind])
+            print(
+                f"  {kind:18s} {q:.4f} s/it | speed-up vs reference {r / q:.2f}x | {flops / q / 1e9:.1f} GFLOP/s "
+                f"= {100 * flops / q / rate:.0f}% of matmul | peak memory "
+                f"{max(d['peak_mb'] for d in runs[kind]):.0f} MiB | EMA PSNR after {args.iterations} its "
+                f"{runs[kind][0]['psnr']:.2f} dB"
+            )
 
 
 if __name__ == "__main__":

@@ -115,8 +115,12 @@ class FitConfig:
     es_patience: int = 1000  # ES-WMV patience P (scale with the run length)
     es_stop: bool = False  # actually halt at the ES-WMV point (otherwise only record it)
     rewind_iteration: int | None = None  # keep a copy of all weights at this iteration (late rewinding)
+    precision: str = "fp32"  # fp32 | bf16 (autocast of forward and loss; weights and Adam stay fp32)
+    channels_last: bool = False  # NHWC activations (helps some conv backends; measure with bench/compare.py)
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.log_every < 1:

@@ -8,6 +8,7 @@ runs never synchronise per step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -127,9 +128,11 @@ def fit(
     dev = resolve_device(device)
     if dev.type == "cpu":
         tune_cpu_allocator()
-    net.to(dev).train()  # BN in training mode throughout, as DIP does (per-image statistics)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    net.to(dev, memory_format=memory_format).train()  # BN stays in training mode, as in DIP
     op = op.to(dev)
-    z, y = z.to(dev), y.to(dev)
+    z, y = z.to(dev).contiguous(memory_format=memory_format), y.to(dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     x_true = x_true.to(dev) if x_true is not None else None
 
     masked_weights, mask_values = [], []
@@ -169,7 +172,8 @@ def fit(
         step.add_(1)
         optimizer.zero_grad(set_to_none=True)
         z_in = z if cfg.reg_noise_std == 0 else z + cfg.reg_noise_std * noise.normal_(generator=gen)
-        x = net(z_in)
+        with autocast:
+            x = net(z_in).float()
         per_image = (op(x) - y).pow(2).flatten(1).mean(1)
         loss = per_image.sum()
 
@@ -230,7 +234,7 @@ def fit(
         if bar is not None:
             bar.update(1)
             if is_log:
-                bar.set_postfix(loss=f"{float(per_image.mean()):.3g}")  # one sync per log_every steps
+                bar.set_postfix(loss=f"{float(per_image.detach().mean()):.3g}")  # one sync per log_every steps
         if is_log and cfg.es_stop and bool(es_detected):  # host read only here, every log_every steps
             break
     if cfg.rewind_iteration == it:

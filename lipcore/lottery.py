@@ -43,10 +43,6 @@ def search_problem(problem: Problem, protocol: str) -> Problem:
     return problem
 
 
-def uses_separate_search(problem: Problem, protocol: str) -> bool:
-    return search_problem(problem, protocol) is not problem
-
-
 def score(x: Tensor, x_true: Tensor, degradation: DegradationConfig) -> dict[str, float]:
     """PSNR and SSIM of one image; super-resolution uses the Y-channel PSNR with a border of `factor` shaved."""
     if degradation.task == "sr":

@@ -123,3 +123,18 @@ def test_progress_bar_runs(tiny_cfg, f16_small, capsys):
     res = fit(net, z, op, y, FitConfig(iterations=6, log_every=3, es_window=3), device="cpu", progress=True)
     assert res.iterations == 6
     assert "fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("opts", [{"precision": "bf16"}, {"channels_last": True}])
+def test_fast_paths_fit_the_same_problem(tiny_cfg, f16_small, opts):
+    from lipcore.metrics import psnr
+
+    results = []
+    for extra in ({}, opts):
+        net, z, op, y = setup(tiny_cfg, f16_small)
+        results.append(
+            fit(net, z, op, y, FitConfig(iterations=40, log_every=10, **extra), x_true=f16_small, device="cpu")
+        )
+    ref, fast = results
+    assert fast.x_last.dtype == torch.float32
+    assert abs(float(psnr(fast.x_ema, f16_small)) - float(psnr(ref.x_ema, f16_small))) < 1.0
