@@ -64,7 +64,9 @@ def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(summaries), figsize=(4.2 * len(summaries), 3.4), squeeze=False)
     for ax, s in zip(axes[0], summaries):
         point = s["shown_point"]
+        dense = s["curves"]["lip"][0]  # round 0: every method starts from the dense net
         for method, pts in s["curves"].items():
+            pts = pts if pts[0]["round"] == 0 else [dense, *pts]
             x = [p["effective_sparsity"] for p in pts]
             y = [p[f"{point}_psnr"]["mean"] for p in pts]
             e = [p[f"{point}_psnr"]["std"] for p in pts]
