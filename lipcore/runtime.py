@@ -10,6 +10,7 @@ import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 # glibc refuses an mmap threshold above 32 MiB on 64-bit; the trim threshold has no such cap.
 _MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 _allocator_tuned = False
@@ -47,5 +48,9 @@ def tune_cpu_allocator() -> bool:
         return False
     ok_mmap = mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD)
     ok_trim = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # mallopt takes a C int
-    _allocator_tuned = bool(ok_mmap and ok_trim)
+    # The threshold cannot exceed 32 MiB, and a 128-channel 256x256 fp32 activation is 32 MiB plus a
+    # header: it would still be mmapped and faulted in every step. Serving every block from the heap
+    # instead measured 1.4x faster steps at 256 px (0.82 vs 1.16-1.24 s/it, interleaved runs).
+    ok_max = mallopt(_M_MMAP_MAX, 0)
+    _allocator_tuned = bool(ok_mmap and ok_trim and ok_max)
     return _allocator_tuned
