@@ -165,9 +165,16 @@ def read_json(path: PathLike) -> Any:
 # ---------------------------------------------------------------- safetensors artifacts
 
 
+_META_KEY = "lipcore"
+
+
 def save_tensors(path: PathLike, tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None) -> None:
-    """Save tensors as safetensors; metadata values are stored JSON-encoded (safetensors keeps strings)."""
-    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    """Save tensors as safetensors with `metadata` as one JSON string (sorted keys).
+
+    One key, because safetensors writes several metadata keys in an arbitrary order: the same content
+    would give different bytes, and DVC would see a changed output after every rerun.
+    """
+    meta = {_META_KEY: json.dumps(metadata or {}, sort_keys=True)}
     plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(plain, str(tmp), metadata=meta)
@@ -185,7 +192,7 @@ def load_tensors(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path} is not a valid safetensors file: {err}") from err
     try:
-        meta = {k: json.loads(v) for k, v in raw.items()}
+        meta = json.loads(raw[_META_KEY]) if _META_KEY in raw else {}
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: metadata is not JSON-encoded as lipcore writes it: {err}") from err
     return tensors, meta

@@ -65,8 +65,7 @@ def fit_scores(res: FitResult, problem: Problem, fit_cfg: FitConfig) -> dict[str
     out: dict[str, Any] = {
         "last": {**score(last, problem.x_true, problem.degradation), "iteration": res.iterations},
         "es": {**score(res.x_es, problem.x_true, problem.degradation), "iteration": res.es_iteration},
-        "output": "ema" if use_ema else "raw",
-        "seconds": res.seconds,
+        "output": "ema" if use_ema else "raw",  # no wall time here: stage outputs must be byte-deterministic
         "backtracks": res.backtracks,
     }
     if res.oracle is not None:

@@ -198,3 +198,15 @@ def test_shipped_params_files_are_valid(name):
     assert params["image_size"] % common.net_cfg(params).downscale == 0
     for image in params["images"]:
         assert (ROOT / "data" / f"{image}.png").exists()
+
+
+def test_stage_outputs_are_byte_identical_when_rerun(project):
+    """DVC compares output hashes: a rerun with the same inputs must not look like a change downstream."""
+    write_params(project / "params.yaml", tiny_params())
+    degrade.main(["--image", "data/f16.png", "--name", "f16", "--task", "denoise", "--out", "outs/degrade/a"])
+    for out in ("outs/r0a", "outs/r0b"):
+        dense_fit.main(["--obs", "outs/degrade/a", "--task", "denoise", "--seed", "0", "--out", out])
+    files = sorted(p.name for p in (project / "outs/r0a").iterdir())
+    assert files and files == sorted(p.name for p in (project / "outs/r0b").iterdir())
+    for name in files:
+        assert (project / "outs/r0a" / name).read_bytes() == (project / "outs/r0b" / name).read_bytes(), name
