@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +184,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
 
     with io.atomic_path(path) as tmp:
         pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False, float_format="%.6g")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 def device(params: dict[str, Any]) -> str:

@@ -84,14 +84,13 @@ def main(argv: list[str] | None = None) -> None:
         _, z = common.load_init(seed_dir / "r0")
         fit_seed = derive_seed(root, "fit", seed)
         for k in rounds:
-            m = common.read_json(seed_dir / f"r{k}" / common.METRICS)
+            m = io.read_json(seed_dir / f"r{k}" / common.METRICS)
             curves["lip"].setdefault(k, []).append(m)
             if k == head:
                 headline["lip"].append(m)
                 effective.append(m["sparsity"]["effective"])
             if k == 0:
                 headline["dense"].append(m)
-            if k == 0:
                 continue
             lip_mask = common.load_round_mask(seed_dir / f"r{k}", net_cfg)
             methods = set(curve_methods) | (set(MASK_BASELINES) if k == head else set())
@@ -180,8 +179,8 @@ def write_iteration_plot(path: Path, seed_dir: Path, head: int) -> None:
     """PSNR of the reported output vs iteration, dense and LIP at the headline round (first seed)."""
     cols = {}
     for name, k in (("dense", 0), ("lip", head)):
-        hist = common.read_json(seed_dir / f"r{k}" / common.HISTORY)
-        output = common.read_json(seed_dir / f"r{k}" / common.METRICS)["output"]
+        hist = io.read_json(seed_dir / f"r{k}" / common.HISTORY)
+        output = io.read_json(seed_dir / f"r{k}" / common.METRICS)["output"]
         cols[name] = hist["psnr_ema" if output == "ema" else "psnr_out"]
         iterations = hist["iteration"]
     rows = [{"iteration": int(it), **{n: c[i] for n, c in cols.items()}} for i, it in enumerate(iterations)]

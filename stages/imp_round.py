@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     params = common.load_params(args.params)
     net_cfg, prune_cfg = common.net_cfg(params), common.prune_cfg(params)
     fit_cfg = common.fit_cfg(params, args.task)
-    parent_meta = common.read_json(args.parent / common.METRICS)
+    parent_meta = io.read_json(args.parent / common.METRICS)
     if parent_meta["round"] != args.round - 1:
         raise ValueError(f"{args.parent} holds round {parent_meta['round']}, expected round {args.round - 1}")
 

@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = common.load_params(args.params)
     ids = [common.pair_id(i, t) for i in params["images"] for t in params["tasks"]]
-    summaries = [common.read_json(args.evaluate / i / "results.json")["summary"] for i in ids]
-    transfer = common.read_json(args.transfer)
+    summaries = [io.read_json(args.evaluate / i / "results.json")["summary"] for i in ids]
+    transfer = io.read_json(args.transfer)
 
     with io.atomic_dir(args.out) as tmp:
         curves_figure(summaries, tmp / "psnr_vs_sparsity.png")

@@ -46,9 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             fit_cfg = common.fit_cfg(params, t_task)
             for src in ids:
                 if src == tgt:  # the target's own LIP round
-                    cells[src][tgt].append(
-                        common.read_json(args.rounds / tgt / f"s{seed}" / f"r{head}" / common.METRICS)
-                    )
+                    cells[src][tgt].append(io.read_json(args.rounds / tgt / f"s{seed}" / f"r{head}" / common.METRICS))
                     continue
                 mask = common.load_round_mask(args.rounds / src / f"s{seed}" / f"r{head}", net_cfg)
                 outcome = train_and_score(
