@@ -4,6 +4,7 @@ import torch
 
 from lipcore import DegradationConfig, FitConfig, build_net, fit, make_input
 from lipcore import prune as P
+from lipcore.fit import FitJob, fit_many
 from lipcore.physics import sample_operator
 
 
@@ -138,3 +139,95 @@ def test_fast_paths_fit_the_same_problem(tiny_cfg, f16_small, opts):
     ref, fast = results
     assert fast.x_last.dtype == torch.float32
     assert abs(float(psnr(fast.x_ema, f16_small)) - float(psnr(ref.x_ema, f16_small))) < 1.0
+
+
+def _jobs(tiny_cfg, x, n, task="inpaint"):
+    """n problems of one architecture: different seeds, masks (the first dense) and observations."""
+    jobs = []
+    for i in range(n):
+        net, z, op, y = setup(tiny_cfg, x, task=task, seed=i)
+        mask = None if i == 0 else P.random_mask(net, 0.3 * i, torch.Generator().manual_seed(i))
+        jobs.append(FitJob(net, z, op, y, x, mask, seed=10 + i))
+    return jobs
+
+
+def _sequential(tiny_cfg, x, n, cfg, task="inpaint"):
+    out = []
+    for j in _jobs(tiny_cfg, x, n, task):
+        res = fit(j.net, j.z, j.op, j.y, cfg, x_true=j.x_true, mask=j.mask, seed=j.seed, device="cpu")
+        out.append((res, j.net.state_dict()))
+    return out
+
+
+MULTI = FitConfig(iterations=25, log_every=5, es_window=5, es_patience=10, rewind_iteration=4, ema_weight=0.9)
+
+
+def test_fit_many_on_cpu_is_bit_identical_to_sequential_fits(tiny_cfg, f16_small):
+    seq = _sequential(tiny_cfg, f16_small, 3, MULTI)
+    jobs = _jobs(tiny_cfg, f16_small, 3)
+    batched = fit_many(jobs, MULTI, device="cpu")  # auto: sequential on CPU
+    for (ref, ref_state), res, job in zip(seq, batched, jobs):
+        for k in ("x_last", "x_ema", "x_es", "x_es_ema"):
+            assert torch.equal(getattr(ref, k), getattr(res, k)), k
+        for k in ref.history:
+            np.testing.assert_array_equal(ref.history[k], res.history[k])
+        assert ref.oracle["out"].iteration == res.oracle["out"].iteration
+        assert all(torch.equal(v, job.net.state_dict()[k]) for k, v in ref_state.items())
+        assert all(torch.equal(v, res.rewind_state[k]) for k, v in ref.rewind_state.items())
+
+
+def test_fit_many_vmap_engine_equals_sequential_fits_within_float_tolerance(tiny_cfg, f16_small):
+    # Grouped convolutions sum in another order, so results agree to rounding only. Rounding then grows:
+    # conv biases in front of BatchNorm get gradients that are pure rounding noise (~1e-9) and Adam scales
+    # every update to ~lr whatever the gradient's size, so any two float-different runs of DIP drift apart
+    # after a few steps (measured: 1e-6 after 2 steps, 1e-2 after 25). Hence exact-up-to-rounding over the
+    # first steps, where the comparison means something.
+    cfg = FitConfig(iterations=2, log_every=1, es_window=2, es_patience=1, rewind_iteration=1, ema_weight=0.9)
+    seq = _sequential(tiny_cfg, f16_small, 3, cfg)
+    jobs = _jobs(tiny_cfg, f16_small, 3)
+    batched = fit_many(jobs, cfg, device="cpu", engine="vmap")
+    for (ref, ref_state), res, job in zip(seq, batched, jobs):
+        for k in ("x_last", "x_ema", "x_es"):
+            torch.testing.assert_close(getattr(res, k), getattr(ref, k), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(res.history["loss"], ref.history["loss"], rtol=1e-5)
+        np.testing.assert_allclose(res.history["psnr_ema"], ref.history["psnr_ema"], atol=1e-4)
+        assert res.oracle["out"].iteration == ref.oracle["out"].iteration
+        # Weights: Adam's first steps are ~lr * sign(gradient), so the few weights whose gradient is ~0 (and
+        # the biases BN cancels, all of whose gradients are rounding noise) may step either way: compare the
+        # conv weights, nearly all equal and none further apart than those steps allow.
+        for state, ref_w in ((job.net.state_dict(), ref_state), (res.rewind_state, ref.rewind_state)):
+            diff = torch.cat([(state[k] - ref_w[k]).abs().flatten() for k in P.prunable(job.net)])
+            assert float((diff > 1e-4).float().mean()) < 0.05 and float(diff.max()) <= 2 * cfg.lr * 2
+    for job in jobs[1:]:  # masks hold in the stacked weights too
+        for name, w in P.prunable(job.net).items():
+            assert torch.count_nonzero(w[~job.mask[name]]) == 0
+
+
+def test_fit_many_vmap_es_stop_stops_each_member_at_its_own_point(tiny_cfg, f16_small):
+    from dataclasses import replace
+
+    cfg = FitConfig(iterations=200, log_every=5, es_window=5, es_patience=5, es_stop=True)
+    jobs = _jobs(tiny_cfg, f16_small, 2, task="denoise")
+    batched = fit_many(jobs, cfg, device="cpu", engine="vmap")
+    assert len({res.iterations for res in batched}) > 1  # the members did stop at different points
+    for i, (res, job) in enumerate(zip(batched, jobs)):
+        assert res.es_detected is not None and res.iterations - res.es_detected < cfg.log_every
+        assert res.history["iteration"][-1] == res.iterations
+        # Each member keeps the results and weights of its own stop: the same stacked run cut there.
+        cut_jobs = _jobs(tiny_cfg, f16_small, 2, task="denoise")
+        cut = fit_many(cut_jobs, replace(cfg, iterations=res.iterations, es_stop=False), device="cpu", engine="vmap")
+        assert torch.equal(cut[i].x_last, res.x_last) and torch.equal(cut[i].x_es, res.x_es)
+        assert all(torch.equal(v, job.net.state_dict()[k]) for k, v in cut_jobs[i].net.state_dict().items())
+
+
+def test_fit_many_rejects_mixed_architectures_and_partial_ground_truth(tiny_cfg, f16_small):
+    from dataclasses import replace
+
+    jobs = _jobs(tiny_cfg, f16_small, 2)
+    wider = build_net(replace(tiny_cfg, channels_down=tiny_cfg.channels_down[0] * 2))
+    with pytest.raises(ValueError, match="architecture"):
+        fit_many([jobs[0], FitJob(wider, jobs[1].z, jobs[1].op, jobs[1].y, f16_small)], MULTI, engine="vmap")
+    with pytest.raises(ValueError, match="x_true"):
+        fit_many([jobs[0], replace(jobs[1], x_true=None)], MULTI)
+    with pytest.raises(ValueError, match="engine"):
+        fit_many(jobs, MULTI, engine="threads")
