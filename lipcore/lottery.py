@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import prune
 from .config import DegradationConfig, FitConfig, NetConfig, PruneConfig
-from .fit import FitResult, fit
+from .fit import FitJob, FitResult, fit_many
 from .metrics import psnr, psnr_y, ssim
 from .nets import build_net
 from .physics import Denoise, Operator
@@ -95,6 +95,17 @@ class RoundOutcome:
     rewind_state: dict[str, Tensor] | None  # from the SEARCH fit, when fit_cfg.rewind_iteration is set
 
 
+@dataclass
+class Trial:
+    """One (masked) net to train from `start` on `problem`: the inputs of `train_and_score`."""
+
+    start: dict[str, Tensor]
+    z: Tensor
+    problem: Problem
+    mask: prune.Mask | None
+    seed: int
+
+
 def train_and_score(
     net_cfg: NetConfig,
     start: dict[str, Tensor],
@@ -110,16 +121,38 @@ def train_and_score(
 
     When the protocol searches on the observation itself, one fit serves both purposes.
     """
-    search = search_problem(problem, protocol)
+    return train_and_score_many(net_cfg, [Trial(start, z, problem, mask, seed)], fit_cfg, protocol, device)[0]
+
+
+def train_and_score_many(
+    net_cfg: NetConfig,
+    trials: list[Trial],
+    fit_cfg: FitConfig,
+    protocol: str,
+    device: str | torch.device | None = "auto",
+) -> list[RoundOutcome]:
+    """`train_and_score` for many nets of one architecture, fitted together by `fit_many` (batched on GPU)."""
+    searches = [search_problem(t.problem, protocol) for t in trials]
+    jobs = [_job(net_cfg, t, s) for t, s in zip(trials, searches)]
+    results = fit_many(jobs, fit_cfg, device=device)
+    states = [{k: v.detach().cpu().clone() for k, v in job.net.state_dict().items()} for job in jobs]
+    rewinds = [res.rewind_state for res in results]
+    redo = [i for i, (t, s) in enumerate(zip(trials, searches)) if s is not t.problem]
+    if redo:  # the search fit saw another problem: evaluate with a fit on the observation
+        again = fit_many([_job(net_cfg, trials[i], trials[i].problem) for i in redo], fit_cfg, device=device)
+        for i, res in zip(redo, again):
+            results[i] = res
+    return [
+        RoundOutcome(state, res, fit_scores(res, t.problem, fit_cfg), rewind)
+        for state, res, t, rewind in zip(states, results, trials, rewinds)
+    ]
+
+
+def _job(net_cfg: NetConfig, t: Trial, fitted: Problem) -> FitJob:
+    """Trial t as a fit of problem `fitted` (its search or its observation problem), scored on t's x_true."""
     net = build_net(net_cfg)
-    net.load_state_dict(start)
-    res = fit(net, z, search.op, search.y, fit_cfg, x_true=problem.x_true, mask=mask, seed=seed, device=device)
-    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-    rewind_state = res.rewind_state
-    if search is not problem:
-        net.load_state_dict(start)
-        res = fit(net, z, problem.op, problem.y, fit_cfg, x_true=problem.x_true, mask=mask, seed=seed, device=device)
-    return RoundOutcome(state, res, fit_scores(res, problem, fit_cfg), rewind_state)
+    net.load_state_dict(t.start)
+    return FitJob(net, t.z, fitted.op, fitted.y, t.problem.x_true, t.mask, t.seed)
 
 
 def next_mask(

@@ -19,6 +19,7 @@ from lipcore import io
 from lipcore.config import NetConfig
 from lipcore.lottery import (
     MASK_BASELINES,
+    Trial,
     baseline_mask,
     decoder_channels_for,
     nonzero_parameters,
@@ -26,9 +27,10 @@ from lipcore.lottery import (
     rounds_needed,
     summarise,
     train_and_score,
+    train_and_score_many,
 )
 from lipcore.nets import build_net, make_input
-from lipcore.prune import nominal_sparsity, sparsity
+from lipcore.prune import Mask, nominal_sparsity, sparsity
 from lipcore.seeding import derive_seed, generator
 
 from . import common
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         start = common.load_weights(seed_dir / "r0" / common.REWIND, net_cfg)
         _, z = common.load_init(seed_dir / "r0")
         fit_seed = derive_seed(root, "fit", seed)
+        # The baseline fits of this seed share theta_0, z and the problem: one batched fit_many (on GPU).
+        planned: list[tuple[str, int, Mask]] = []
         for k in rounds:
             m = io.read_json(seed_dir / f"r{k}" / common.METRICS)
             curves["lip"].setdefault(k, []).append(m)
@@ -96,15 +100,16 @@ def main(argv: list[str] | None = None) -> None:
             methods = set(curve_methods) | (set(MASK_BASELINES) if k == head else set())
             for method in sorted(methods):
                 gen = generator(root, method, args.name, args.task, seed, k)
-                mask = baseline_mask(method, net_cfg, start, z, problem, lip_mask, gen)
-                res = train_and_score(net_cfg, start, z, problem, fit_cfg, "blind", mask, fit_seed, dev)
-                scores = {**res.scores, "sparsity": {"effective": sparsity(mask)}}
-                if method in curves:
-                    curves[method].setdefault(k, []).append(scores)
-                if k == head:
-                    headline[method].append(scores)
-                    if seed == params["seeds"][0]:
-                        images[method] = reported_images(res.result, fit_cfg)[shown]
+                planned.append((method, k, baseline_mask(method, net_cfg, start, z, problem, lip_mask, gen)))
+        trials = [Trial(start, z, problem, mask, fit_seed) for _, _, mask in planned]
+        for (method, k, mask), res in zip(planned, train_and_score_many(net_cfg, trials, fit_cfg, "blind", dev)):
+            scores = {**res.scores, "sparsity": {"effective": sparsity(mask)}}
+            if method in curves:
+                curves[method].setdefault(k, []).append(scores)
+            if k == head:
+                headline[method].append(scores)
+                if seed == params["seeds"][0]:
+                    images[method] = reported_images(res.result, fit_cfg)[shown]
         if head > 0:
             lip_mask = common.load_round_mask(seed_dir / f"r{head}", net_cfg)
             width = decoder_channels_for(nonzero_parameters(net_cfg, lip_mask), params["evaluate"]["decoder_layers"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lipcore import io
-from lipcore.lottery import summarise, train_and_score
+from lipcore.lottery import Trial, summarise, train_and_score_many
 from lipcore.seeding import derive_seed
 
 from . import common
@@ -44,14 +44,13 @@ def main(argv: list[str] | None = None) -> None:
             start = common.load_weights(args.rounds / tgt / f"s{seed}" / "r0" / common.REWIND, net_cfg)
             _, z = common.load_init(args.rounds / tgt / f"s{seed}" / "r0")
             fit_cfg = common.fit_cfg(params, t_task)
-            for src in ids:
-                if src == tgt:  # the target's own LIP round
-                    cells[src][tgt].append(io.read_json(args.rounds / tgt / f"s{seed}" / f"r{head}" / common.METRICS))
-                    continue
-                mask = common.load_round_mask(args.rounds / src / f"s{seed}" / f"r{head}", net_cfg)
-                outcome = train_and_score(
-                    net_cfg, start, z, problem, fit_cfg, "blind", mask, fit_seed, common.device(params)
-                )
+            # the target's own LIP round on the diagonal; the other sources' masks in one batched fit_many
+            cells[tgt][tgt].append(io.read_json(args.rounds / tgt / f"s{seed}" / f"r{head}" / common.METRICS))
+            sources = [src for src in ids if src != tgt]
+            masks = [common.load_round_mask(args.rounds / src / f"s{seed}" / f"r{head}", net_cfg) for src in sources]
+            trials = [Trial(start, z, problem, mask, fit_seed) for mask in masks]
+            outcomes = train_and_score_many(net_cfg, trials, fit_cfg, "blind", common.device(params))
+            for src, outcome in zip(sources, outcomes):
                 cells[src][tgt].append(outcome.scores)
 
     matrix = {s: {t: summarise(v) for t, v in row.items()} for s, row in cells.items()}
