@@ -148,6 +148,42 @@ class PruneConfig:
             raise ValueError(f"prune scope must be 'global' or 'layer', got {self.scope!r}")
 
 
+@dataclass(frozen=True)
+class SearchConfig:
+    """How IMP trains the nets whose weights it prunes (the search fits); reported fits keep their FitConfig.
+
+    Defaults: the search fit IS the evaluation fit (same length, no early stop), as in the LIP paper.
+    """
+
+    iterations: int | None = None  # search fit length per round; None: the evaluation fit's
+    early_bird: float | None = None  # stop a search fit once the mask the next round would draw moves less
+    # than this fraction of the prunable weights between checks (You et al. 2020, "early-bird tickets")
+    early_bird_every: int = 10  # iterations between mask checks
+    early_bird_patience: int = 3  # consecutive checks below the threshold
+
+    def __post_init__(self) -> None:
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f"search iterations must be >= 1 (null: the evaluation length), got {self.iterations}")
+        if self.early_bird is not None and not 0.0 < self.early_bird < 1.0:
+            raise ValueError(f"early_bird must be a fraction in (0, 1) (or null to turn it off), got {self.early_bird}")
+        if self.early_bird_every < 1 or self.early_bird_patience < 1:
+            raise ValueError("early_bird_every and early_bird_patience must be >= 1")
+
+    @property
+    def is_evaluation(self) -> bool:
+        """Whether the search fit is the evaluation fit itself."""
+        return self.iterations is None and self.early_bird is None
+
+    def fit_cfg(self, evaluation: FitConfig) -> FitConfig:
+        """The search fit's config: the evaluation's with the search length."""
+        if self.iterations is None:
+            return evaluation
+        rewind = evaluation.rewind_iteration
+        if rewind is not None and rewind > self.iterations:
+            raise ValueError(f"rewind_iteration {rewind} lies beyond the search fit ({self.iterations} iterations)")
+        return dataclasses.replace(evaluation, iterations=self.iterations)
+
+
 # Published per-task DIP settings (REFERENCE.md section 1), for users who want the paper's numbers.
 PUBLISHED_FIT: dict[str, FitConfig] = {
     "denoise": FitConfig(iterations=3000, reg_noise_std=1.0 / 30.0, ema_weight=0.99),

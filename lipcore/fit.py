@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -52,7 +52,7 @@ class FitResult:
     x_es_ema: Tensor  # ES-WMV: EMA output at that same iteration
     es_iteration: int  # iteration whose output x_es is
     es_detected: int | None  # iteration at which the patience ran out (None: never within the run)
-    iterations: int  # iterations run (fewer than asked when es_stop halted the fit)
+    iterations: int  # iterations run (fewer than asked when es_stop or a StopCheck halted the fit)
     history: dict[str, np.ndarray]  # HISTORY_COLUMNS, one row every log_every iterations
     backtracks: int
     seconds: float
@@ -136,6 +136,17 @@ class _Tracker:
         return better
 
 
+@dataclass
+class StopCheck:
+    """Every `every` iterations, ask rule(member, its current weights) whether that member's fit may stop.
+
+    Each check reads the weights on the host: keep `every` coarse on GPUs.
+    """
+
+    every: int
+    rule: Callable[[int, dict[str, Tensor]], bool]
+
+
 def fit(
     net: nn.Module,
     z: Tensor,
@@ -148,16 +159,18 @@ def fit(
     seed: int = 0,
     device: str | torch.device | None = "auto",
     progress: bool = False,
+    stop: StopCheck | None = None,
 ) -> FitResult:
     """Fit `net` so that A(net(z + noise)) matches the observation y; the net is trained in place.
 
     z: the fixed input (B, *net.input_shape); y: observation, shaped like op's output.
     x_true: clean image (B, C, H, W), used ONLY to score (oracle PSNR, history), never to steer the fit.
     mask: pruning mask; masked weights are zeroed and their gradients zeroed every step, so with Adam
-    (no weight decay) they stay exactly zero. seed: the reg-noise stream.
+    (no weight decay) they stay exactly zero. seed: the reg-noise stream. stop: an extra stopping rule
+    (e.g. early-bird mask drawing); the result then holds the outputs and weights of the stop.
     """
     job = FitJob(net, z, op, y, x_true, mask, seed)
-    return _fit_members([job], cfg, device, "sequential", progress)[0]
+    return _fit_members([job], cfg, device, "sequential", progress, stop)[0]
 
 
 def fit_many(
@@ -167,14 +180,15 @@ def fit_many(
     device: str | torch.device | None = "auto",
     engine: str = "auto",
     progress: bool = False,
+    stop: StopCheck | None = None,
 ) -> list[FitResult]:
     """Fit N independent nets with one config; results equal N calls of `fit` (the nets train in place).
 
     engine: 'sequential' (N calls of `fit`), 'vmap' (one loop over the N nets stacked into grouped
     convolutions; equal up to rounding, needs one architecture), or 'auto': vmap on CUDA, sequential on
     CPU, where neither batching scheme is faster (measured; see lipcore.members).
-    With cfg.es_stop a member stops at its own ES-WMV detection (its results and weights are those of
-    that point); the loop runs until every member has stopped.
+    With cfg.es_stop a member stops at its own ES-WMV detection, and with `stop` when its rule says so
+    (its results and weights are those of that point); the loop runs until every member has stopped.
     """
     if not jobs:
         raise ValueError("fit_many needs at least one job")
@@ -182,12 +196,26 @@ def fit_many(
         raise ValueError("give x_true for every job or for none (the oracle is tracked for all members)")
     dev = resolve_device(device)
     if choose_engine(engine, len(jobs), dev) == "sequential":
-        return [_fit_members([j], cfg, dev, "sequential", progress)[0] for j in jobs]
-    return _fit_members(jobs, cfg, dev, "vmap", progress)
+        return [
+            _fit_members([j], cfg, dev, "sequential", progress, _for_member(stop, i))[0] for i, j in enumerate(jobs)
+        ]
+    return _fit_members(jobs, cfg, dev, "vmap", progress, stop)
+
+
+def _for_member(stop: StopCheck | None, member: int) -> StopCheck | None:
+    """`stop` as seen by a one-member loop that fits member `member` of a larger set."""
+    if stop is None:
+        return None
+    return StopCheck(stop.every, lambda _, state: stop.rule(member, state))
 
 
 def _fit_members(
-    jobs: Sequence[FitJob], cfg: FitConfig, device: str | torch.device | None, engine: str, progress: bool
+    jobs: Sequence[FitJob],
+    cfg: FitConfig,
+    device: str | torch.device | None,
+    engine: str,
+    progress: bool,
+    stop: StopCheck | None = None,
 ) -> list[FitResult]:
     """The loop itself, over the members of one engine."""
     dev = resolve_device(device)
@@ -327,13 +355,17 @@ def _fit_members(
             bar.update(1)
             if is_log:
                 bar.set_postfix(loss=f"{float(per_image.mean()):.3g}")  # one sync per log_every steps
+        stopping: list[int] = []
         if is_log and cfg.es_stop:  # host read only here, every log_every steps
-            for i in torch.nonzero(es_detected.cpu()).flatten().tolist():
-                if i not in finished:  # member i stops here: keep its results and weights as they are now
-                    finished[i] = result(i, it, row, time.perf_counter() - start)
-                    final_states[i] = members.state_dict(i)
-            if len(finished) == n:
-                break
+            stopping += torch.nonzero(es_detected.cpu()).flatten().tolist()
+        if stop is not None and it % stop.every == 0:
+            stopping += [i for i in range(n) if i not in finished and stop.rule(i, members.state_dict(i))]
+        for i in stopping:
+            if i not in finished:  # member i stops here: keep its results and weights as they are now
+                finished[i] = result(i, it, row, time.perf_counter() - start)
+                final_states[i] = members.state_dict(i)
+        if len(finished) == n:
+            break
     if cfg.rewind_iteration == it:
         rewind_states = [members.state_dict(i) for i in range(n)]
     if dev.type == "cuda":

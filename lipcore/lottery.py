@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from . import prune
-from .config import DegradationConfig, FitConfig, NetConfig, PruneConfig
-from .fit import FitJob, FitResult, fit_many
+from .config import DegradationConfig, FitConfig, NetConfig, PruneConfig, SearchConfig
+from .fit import FitJob, FitResult, StopCheck, fit_many
 from .metrics import psnr, psnr_y, ssim
 from .nets import build_net
 from .physics import Denoise, Operator
@@ -93,6 +93,7 @@ class RoundOutcome:
     result: FitResult  # the EVALUATION fit (on the observation)
     scores: dict[str, Any]
     rewind_state: dict[str, Tensor] | None  # from the SEARCH fit, when fit_cfg.rewind_iteration is set
+    search_iterations: int  # what the search fit ran (its cost; the evaluation fit's when they are one)
 
 
 @dataclass
@@ -116,12 +117,15 @@ def train_and_score(
     mask: prune.Mask | None,
     seed: int,
     device: str | torch.device | None = "auto",
+    search: SearchConfig | None = None,
+    prune_cfg: PruneConfig | None = None,
 ) -> RoundOutcome:
     """Train from `start` with `mask` on the search problem, and score a fit on the observation.
 
-    When the protocol searches on the observation itself, one fit serves both purposes.
+    When the protocol searches on the observation itself with the evaluation's fit, one fit serves both.
     """
-    return train_and_score_many(net_cfg, [Trial(start, z, problem, mask, seed)], fit_cfg, protocol, device)[0]
+    trial = Trial(start, z, problem, mask, seed)
+    return train_and_score_many(net_cfg, [trial], fit_cfg, protocol, device, search, prune_cfg)[0]
 
 
 def train_and_score_many(
@@ -130,22 +134,68 @@ def train_and_score_many(
     fit_cfg: FitConfig,
     protocol: str,
     device: str | torch.device | None = "auto",
+    search: SearchConfig | None = None,
+    prune_cfg: PruneConfig | None = None,
 ) -> list[RoundOutcome]:
-    """`train_and_score` for many nets of one architecture, fitted together by `fit_many` (batched on GPU)."""
+    """`train_and_score` for many nets of one architecture, fitted together by `fit_many` (batched on GPU).
+
+    search: how the search fits run (shorter, or stopped early-bird; prune_cfg then says which mask the next
+    round draws). When the search fit differs from the evaluation fit, each trial gets both.
+    """
+    search = search or SearchConfig()
+    stop = None
+    if search.early_bird is not None:
+        if prune_cfg is None:
+            raise ValueError("early-bird search needs the prune config (which mask the next round would draw)")
+        stop = StopCheck(search.early_bird_every, EarlyBird(net_cfg, [t.mask for t in trials], prune_cfg, search))
     searches = [search_problem(t.problem, protocol) for t in trials]
     jobs = [_job(net_cfg, t, s) for t, s in zip(trials, searches)]
-    results = fit_many(jobs, fit_cfg, device=device)
+    results = fit_many(jobs, search.fit_cfg(fit_cfg), device=device, stop=stop)
     states = [{k: v.detach().cpu().clone() for k, v in job.net.state_dict().items()} for job in jobs]
     rewinds = [res.rewind_state for res in results]
-    redo = [i for i, (t, s) in enumerate(zip(trials, searches)) if s is not t.problem]
-    if redo:  # the search fit saw another problem: evaluate with a fit on the observation
+    spent = [res.iterations for res in results]
+    redo = [i for i, (t, s) in enumerate(zip(trials, searches)) if s is not t.problem or not search.is_evaluation]
+    if redo:  # the search fit was not the evaluation: evaluate with a full fit on the observation
         again = fit_many([_job(net_cfg, trials[i], trials[i].problem) for i in redo], fit_cfg, device=device)
         for i, res in zip(redo, again):
             results[i] = res
     return [
-        RoundOutcome(state, res, fit_scores(res, t.problem, fit_cfg), rewind)
-        for state, res, t, rewind in zip(states, results, trials, rewinds)
+        RoundOutcome(state, res, fit_scores(res, t.problem, fit_cfg), rewind, n)
+        for state, res, t, rewind, n in zip(states, results, trials, rewinds, spent)
     ]
+
+
+class EarlyBird:
+    """Early-bird ticket drawing (You et al. 2020) as a StopCheck rule for IMP search fits.
+
+    At every check it draws, from the member's current weights, the mask the next round would prune to; the
+    member may stop once that mask has moved by less than `search.early_bird` (a fraction of the prunable
+    weights) for `search.early_bird_patience` consecutive checks.
+    """
+
+    def __init__(
+        self, net_cfg: NetConfig, parents: list[prune.Mask | None], prune_cfg: PruneConfig, search: SearchConfig
+    ) -> None:
+        self.scratch = build_net(net_cfg)  # holds the weights being ranked
+        self.parents = parents
+        self.prune_cfg = prune_cfg
+        self.search = search
+        self.previous: dict[int, prune.Mask] = {}
+        self.calm: dict[int, int] = {}
+        self.distances: dict[int, list[float]] = {}  # per member, every check: the record of the drawing
+
+    def __call__(self, member: int, state: dict[str, Tensor]) -> bool:
+        self.scratch.load_state_dict(state)
+        mask = _prune_step(self.scratch, self.parents[member], self.prune_cfg)
+        before = self.previous.get(member)
+        self.previous[member] = mask
+        if before is None:
+            return False
+        distance = prune.mask_distance(before, mask)
+        self.distances.setdefault(member, []).append(distance)
+        calm = self.calm.get(member, 0) + 1 if distance < self.search.early_bird else 0
+        self.calm[member] = calm
+        return calm >= self.search.early_bird_patience
 
 
 def _job(net_cfg: NetConfig, t: Trial, fitted: Problem) -> FitJob:
@@ -161,6 +211,10 @@ def next_mask(
     """One IMP step: prune `prune_cfg.fraction` of the remaining weights of the trained net by magnitude."""
     net = build_net(net_cfg)
     net.load_state_dict(trained)
+    return _prune_step(net, mask, prune_cfg)
+
+
+def _prune_step(net: torch.nn.Module, mask: prune.Mask | None, prune_cfg: PruneConfig) -> prune.Mask:
     parent = mask if mask is not None else prune.dense_mask(net)
     dense_layers = net.input_layers() if prune_cfg.keep_input_dense else ()
     return prune.magnitude_prune(net, parent, prune_cfg.fraction, prune_cfg.scope, dense_layers)

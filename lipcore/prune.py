@@ -56,6 +56,12 @@ def nominal_sparsity(fraction: float, rounds: int) -> float:
     return 1.0 - (1.0 - fraction) ** rounds
 
 
+def mask_distance(a: Mask, b: Mask) -> float:
+    """The fraction of prunable weights on which two masks disagree (normalised Hamming distance)."""
+    _check_names(a, b)
+    return sum(int((a[n] != b[n]).sum()) for n in a) / count_total(a)
+
+
 def layer_sparsity(mask: Mask) -> dict[str, float]:
     return {name: 1.0 - float(m.sum()) / m.numel() for name, m in mask.items()}
 

@@ -16,7 +16,7 @@ import yaml
 from torch import Tensor
 
 from lipcore import io, prune
-from lipcore.config import DegradationConfig, FitConfig, NetConfig, PruneConfig, from_dict
+from lipcore.config import DegradationConfig, FitConfig, NetConfig, PruneConfig, SearchConfig, from_dict
 from lipcore.fit import FitResult
 from lipcore.lottery import Problem
 from lipcore.physics import operator_from_state
@@ -81,6 +81,11 @@ def net_cfg(params: dict[str, Any]) -> NetConfig:
 def prune_cfg(params: dict[str, Any]) -> PruneConfig:
     imp = params.get("imp", {})
     return from_dict(PruneConfig, {k: imp[k] for k in ("fraction", "scope", "keep_input_dense") if k in imp})
+
+
+def search_cfg(params: dict[str, Any]) -> SearchConfig:
+    """imp.search: how the IMP search fits run (null entries: the evaluation fit's own settings)."""
+    return from_dict(SearchConfig, params.get("imp", {}).get("search"))
 
 
 def rewind_iteration(params: dict[str, Any]) -> int:

@@ -46,13 +46,15 @@ def main(argv: list[str] | None = None) -> None:
         None,
         seed=derive_seed(root, "fit", args.seed),
         device=common.device(params),
+        search=common.search_cfg(params),
+        prune_cfg=common.prune_cfg(params),
     )
     meta = {"seed": args.seed, "net": common.cfg_dict(net_cfg)}
     with io.atomic_dir(args.out) as tmp:
         common.save_init(tmp, theta0, z, meta)
         io.save_tensors(tmp / common.REWIND, outcome.rewind_state, {**meta, "iteration": fit_cfg.rewind_iteration})
         io.save_tensors(tmp / common.TRAINED, outcome.state, {**meta, "round": 0})
-        extra = {"round": 0, "sparsity": {"nominal": 0.0, "effective": 0.0}}
+        extra = {"round": 0, "sparsity": {"nominal": 0.0, "effective": 0.0}, "search_iterations": outcome.search_iterations}
         images = reported_images(outcome.result, fit_cfg)
         common.write_fit_outputs(tmp, outcome.result, outcome.scores, images, extra)
 

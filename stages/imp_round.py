@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         mask,
         seed=derive_seed(params["seed"], "fit", args.seed),
         device=common.device(params),
+        search=common.search_cfg(params),
+        prune_cfg=prune_cfg,
     )
     rep = prune.report(mask, prune_cfg.fraction, args.round)
     meta = {
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     with io.atomic_dir(args.out) as tmp:
         prune.save_mask(tmp / common.MASK, mask, {**meta, "nominal_sparsity": rep.nominal})
         io.save_tensors(tmp / common.TRAINED, outcome.state, meta)
-        extra = {"round": args.round, "sparsity": rep.as_dict()}
+        extra = {"round": args.round, "sparsity": rep.as_dict(), "search_iterations": outcome.search_iterations}
         images = reported_images(outcome.result, fit_cfg)
         common.write_fit_outputs(tmp, outcome.result, outcome.scores, images, extra)
 

@@ -52,6 +52,8 @@ def tiny_params(**overrides) -> dict:
             "scope": "global",
             "keep_input_dense": False,
             "rewind_iteration": 0,
+            # short search fits: the pipeline's search-then-evaluate path runs in every stage test
+            "search": {"iterations": 8, "early_bird": None, "early_bird_every": 4, "early_bird_patience": 2},
             "chain": [[1, 0], [2, 1]],
         },
         "evaluate": {"decoder_layers": 3, "curve_methods": ["random_global"]},

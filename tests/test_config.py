@@ -26,3 +26,19 @@ def test_task_defaults_and_validation():
         PruneConfig(fraction=1.5)
     with pytest.raises(ValueError, match="rewind_iteration"):
         FitConfig(iterations=10, rewind_iteration=11)
+
+
+def test_search_config_defaults_to_the_evaluation_fit_and_checks_its_knobs():
+    from lipcore.config import SearchConfig
+
+    evaluation = FitConfig(iterations=300, rewind_iteration=20)
+    assert SearchConfig().is_evaluation and SearchConfig().fit_cfg(evaluation) is evaluation
+    short = SearchConfig(iterations=100).fit_cfg(evaluation)
+    assert short.iterations == 100 and short.lr == evaluation.lr and short.rewind_iteration == 20
+    assert not SearchConfig(early_bird=0.01).is_evaluation
+    with pytest.raises(ValueError, match="beyond the search fit"):
+        SearchConfig(iterations=10).fit_cfg(evaluation)
+    with pytest.raises(ValueError, match="early_bird"):
+        SearchConfig(early_bird=1.5)
+    with pytest.raises(ValueError, match="search iterations"):
+        SearchConfig(iterations=0)

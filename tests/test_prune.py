@@ -136,3 +136,12 @@ def test_mask_artifact_roundtrip_and_checks(net, tmp_path, tiny_cfg):
         P.load_mask(tmp_path / "m.safetensors", other)
     with pytest.raises(ValueError, match="missing"):
         P.load_mask(tmp_path / "m.safetensors", build_net(NetConfig(kind="decoder", decoder_channels=8)))
+
+
+def test_mask_distance_is_the_fraction_of_weights_that_flip(net):
+    a = P.dense_mask(net)
+    b = P.magnitude_prune(net, a, 0.2)
+    assert P.mask_distance(a, a) == 0.0
+    assert P.mask_distance(a, b) == pytest.approx(P.sparsity(b))
+    with pytest.raises(ValueError, match="does not fit"):
+        P.mask_distance(a, {k: v for k, v in list(b.items())[1:]})

@@ -75,6 +75,8 @@ def test_rounds_chain_masks_monotone_with_the_published_schedule(project):
         assert m["sparsity"]["nominal"] == pytest.approx(1 - 0.8**k)
         assert m["sparsity"]["effective"] == pytest.approx(prune.sparsity(mask))
         assert abs(m["sparsity"]["effective"] - m["sparsity"]["nominal"]) < 1e-3
+        # the mask came from an 8-iteration search fit; the scores from the full 12-iteration evaluation
+        assert m["search_iterations"] == 8 and m["last"]["iteration"] == 12
         _, meta = io.load_tensors(base / f"r{k}" / common.MASK)
         assert meta["round"] == k and meta["parent"].endswith(f"r{k - 1}")
     init, _ = io.load_tensors(base / "r0" / common.INIT)
