@@ -356,9 +356,10 @@ def _fit_members(
             if is_log:
                 bar.set_postfix(loss=f"{float(per_image.mean()):.3g}")  # one sync per log_every steps
         stopping: list[int] = []
-        if is_log and cfg.es_stop:  # host read only here, every log_every steps
+        may_stop = cfg.rewind_iteration is None or it > cfg.rewind_iteration  # not before the rewind point
+        if is_log and cfg.es_stop and may_stop:  # host read only here, every log_every steps
             stopping += torch.nonzero(es_detected.cpu()).flatten().tolist()
-        if stop is not None and it % stop.every == 0:
+        if stop is not None and it % stop.every == 0 and may_stop:
             stopping += [i for i in range(n) if i not in finished and stop.rule(i, members.state_dict(i))]
         for i in stopping:
             if i not in finished:  # member i stops here: keep its results and weights as they are now

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import prune
 from .config import DegradationConfig, FitConfig, NetConfig, PruneConfig, SearchConfig
-from .fit import FitJob, FitResult, StopCheck, fit_many
+from .fit import FitJob, FitResult, StopCheck, fit, fit_many
 from .metrics import psnr, psnr_y, ssim
 from .nets import build_net
 from .physics import Denoise, Operator
@@ -218,6 +218,54 @@ def _prune_step(net: torch.nn.Module, mask: prune.Mask | None, prune_cfg: PruneC
     parent = mask if mask is not None else prune.dense_mask(net)
     dense_layers = net.input_layers() if prune_cfg.keep_input_dense else ()
     return prune.magnitude_prune(net, parent, prune_cfg.fraction, prune_cfg.scope, dense_layers)
+
+
+@dataclass
+class Ticket:
+    """A winning-ticket candidate: the mask, the weights it rewinds to, and what the search cost."""
+
+    mask: prune.Mask
+    start: dict[str, Tensor]  # theta_0, or the late-rewind weights of round 0 (fit_cfg.rewind_iteration)
+    search_iterations: list[int]  # per search fit, rounds 0..rounds-1
+
+
+def find_ticket(
+    net_cfg: NetConfig,
+    theta0: dict[str, Tensor],
+    z: Tensor,
+    problem: Problem,
+    fit_cfg: FitConfig,
+    protocol: str,
+    prune_cfg: PruneConfig,
+    rounds: int,
+    seed: int,
+    device: str | torch.device | None = "auto",
+    search: SearchConfig | None = None,
+) -> Ticket:
+    """IMP without the reporting: the search fits of rounds 0..rounds-1, each pruning the next mask.
+
+    Round 0 fits the dense net from theta0 and, with fit_cfg.rewind_iteration set, keeps its weights at that
+    iteration as the rewind point of every later round (late rewinding). The pipeline's rounds do the same
+    and also score each round.
+    """
+    if rounds < 1:
+        raise ValueError(f"find_ticket needs rounds >= 1, got {rounds}")
+    search = search or SearchConfig()
+    search_fit = search.fit_cfg(fit_cfg)
+    searched = search_problem(problem, protocol)
+    start, mask, spent = theta0, None, []
+    for k in range(rounds):
+        net = build_net(net_cfg)
+        net.load_state_dict(start)
+        stop = None
+        if search.early_bird is not None:
+            stop = StopCheck(search.early_bird_every, EarlyBird(net_cfg, [mask], prune_cfg, search))
+        res = fit(net, z, searched.op, searched.y, search_fit, mask=mask, seed=seed, device=device, stop=stop)
+        if k == 0 and res.rewind_state is not None:
+            start = res.rewind_state
+        spent.append(res.iterations)
+        mask = _prune_step(net, mask, prune_cfg)
+    return Ticket(mask, start, spent)
 
 
 def rounds_needed(target: float, fraction: float) -> int:

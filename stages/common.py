@@ -20,6 +20,7 @@ from lipcore.config import DegradationConfig, FitConfig, NetConfig, PruneConfig,
 from lipcore.fit import FitResult
 from lipcore.lottery import Problem
 from lipcore.physics import operator_from_state
+from lipcore.seeding import generator
 
 # File names inside stage output directories.
 OBSERVATION = "observation.safetensors"  # y and the operator's state (its random parts)
@@ -81,6 +82,19 @@ def net_cfg(params: dict[str, Any]) -> NetConfig:
 def prune_cfg(params: dict[str, Any]) -> PruneConfig:
     imp = params.get("imp", {})
     return from_dict(PruneConfig, {k: imp[k] for k in ("fraction", "scope", "keep_input_dense") if k in imp})
+
+
+def initial_net(params: dict[str, Any], seed: int, height: int, width: int) -> tuple[dict[str, Tensor], Tensor]:
+    """theta_0 and z of initialisation `seed`.
+
+    They depend on the seed index only (and z on the image size), never on the image: masks found on one
+    image can then be retrained from the same theta_0 on another (transfer).
+    """
+    from lipcore.nets import build_net, make_input
+
+    net = build_net(net_cfg(params), generator(params["seed"], "init", seed))
+    z = make_input(net, height, width, generator(params["seed"], "z", seed))
+    return {k: v.clone() for k, v in net.state_dict().items()}, z
 
 
 def search_cfg(params: dict[str, Any]) -> SearchConfig:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from lipcore import io
 from lipcore.lottery import reported_images, train_and_score
-from lipcore.nets import build_net, make_input
-from lipcore.seeding import derive_seed, generator
+from lipcore.seeding import derive_seed
 
 from . import common
 
@@ -30,12 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     fit_cfg = common.fit_cfg(params, args.task, rewind_iteration=common.rewind_iteration(params))
     root = params["seed"]
 
-    # theta_0 and z depend on the seed index only (and z on the image size), never on the image: masks
-    # found on one image can then be retrained from the same theta_0 on another (transfer).
-    net = build_net(net_cfg, generator(root, "init", args.seed))
-    h, w = problem.x_true.shape[-2:]
-    z = make_input(net, h, w, generator(root, "z", args.seed))
-    theta0 = {k: v.clone() for k, v in net.state_dict().items()}
+    theta0, z = common.initial_net(params, args.seed, *problem.x_true.shape[-2:])
     outcome = train_and_score(
         net_cfg,
         theta0,
@@ -54,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         common.save_init(tmp, theta0, z, meta)
         io.save_tensors(tmp / common.REWIND, outcome.rewind_state, {**meta, "iteration": fit_cfg.rewind_iteration})
         io.save_tensors(tmp / common.TRAINED, outcome.state, {**meta, "round": 0})
-        extra = {"round": 0, "sparsity": {"nominal": 0.0, "effective": 0.0}, "search_iterations": outcome.search_iterations}
+        sparsity = {"nominal": 0.0, "effective": 0.0}
+        extra = {"round": 0, "sparsity": sparsity, "search_iterations": outcome.search_iterations}
         images = reported_images(outcome.result, fit_cfg)
         common.write_fit_outputs(tmp, outcome.result, outcome.scores, images, extra)
 
