@@ -19,15 +19,16 @@ def _act(name: str) -> nn.Module:
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, pad: str) -> nn.Conv2d:
-    # Padding inside the conv (padding_mode='reflect') equals DIP's ReflectionPad2d + unpadded conv,
-    # without an extra padded copy of the activation.
+    # padding_mode='reflect' equals DIP's ReflectionPad2d + unpadded conv. A 1x1 conv pads nothing, but
+    # nn.Conv2d would still run a (zero-width) reflection pad, i.e. copy the activation and scatter its
+    # gradient back: 'zeros' with padding 0 is the same conv without that.
     return nn.Conv2d(
         cin,
         cout,
         k,
         stride=stride,
         padding=k // 2,
-        padding_mode="reflect" if pad == "reflection" else "zeros",
+        padding_mode="reflect" if pad == "reflection" and k > 1 else "zeros",
     )
 
 
