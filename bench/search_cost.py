@@ -7,7 +7,7 @@ the iterations of the search fits of rounds 0..K-1 (every iteration costs the sa
 FLOPs); the ticket's own evaluation fit is the same for every setting and not counted.
 
     python bench/search_cost.py                      # default params: 2 images x 2 tasks x 2 seeds
-    python bench/search_cost.py --settings default short100 early_bird
+    python bench/search_cost.py --settings default short100 early_bird --seeds 0 1 2 3
 
 Writes bench/out/search_cost.json and prints a markdown table.
 """
@@ -46,9 +46,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--seeds", type=int, nargs="+", help="initialisation indices (default: the params' seeds)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "search_cost.json"))
     args = ap.parse_args()
     params = common.load_params(args.params)
+    if args.seeds:
+        params["seeds"] = args.seeds
     rounds = headline_round(params)
     net_cfg, prune_cfg = common.net_cfg(params), common.prune_cfg(params)
     protocol, device, shown = (

@@ -231,3 +231,17 @@ def test_fit_many_rejects_mixed_architectures_and_partial_ground_truth(tiny_cfg,
         fit_many([jobs[0], replace(jobs[1], x_true=None)], MULTI)
     with pytest.raises(ValueError, match="engine"):
         fit_many(jobs, MULTI, engine="threads")
+
+
+@pytest.mark.parametrize("opts", [{"precision": "bf16"}, {"channels_last": True}])
+def test_fit_many_vmap_engine_takes_the_fast_paths(tiny_cfg, f16_small, opts):
+    # One step: its output comes from theta_0, so it compares the stacked forward pass and the loss. (After a
+    # step, bf16 gradients near 0 flip Adam's ~lr-sized first updates either way; see the tests above.)
+    cfg = FitConfig(iterations=1, log_every=1, es_window=2, es_patience=1, **opts)
+    seq = _sequential(tiny_cfg, f16_small, 2, cfg)
+    batched = fit_many(_jobs(tiny_cfg, f16_small, 2), cfg, device="cpu", engine="vmap")
+    tol = 2e-2 if opts.get("precision") == "bf16" else 1e-4
+    for (ref, _), res in zip(seq, batched):
+        assert res.x_last.dtype == torch.float32
+        torch.testing.assert_close(res.x_last, ref.x_last, atol=tol, rtol=0)
+        np.testing.assert_allclose(res.history["loss"], ref.history["loss"], rtol=tol)

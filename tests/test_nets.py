@@ -60,3 +60,15 @@ def test_input_layers_are_the_convs_that_read_z(tiny_cfg):
     assert all(params[n].shape[1] == tiny_cfg.in_channels for n in names)
     readers = [n for n, p in params.items() if p.dim() == 4 and p.shape[1] == tiny_cfg.in_channels]
     assert sorted(readers) == sorted(names)
+
+
+def test_convs_pad_by_reflection_as_dip_and_1x1_convs_copy_nothing():
+    import torch.nn.functional as F
+
+    net = build_net(NetConfig(channels_down=8, channels_up=8, channels_skip=2, scales=3, in_channels=4))
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert {(m.kernel_size[0], m.padding_mode) for m in convs} == {(3, "reflect"), (1, "zeros")}
+    conv = next(m for m in convs if m.kernel_size[0] == 3 and m.stride[0] == 1)
+    x = torch.rand(1, conv.in_channels, 16, 16)
+    dip = F.conv2d(torch.nn.ReflectionPad2d(1)(x), conv.weight, conv.bias)  # DIP: ReflectionPad2d, then conv
+    torch.testing.assert_close(conv(x), dip)
