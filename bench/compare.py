@@ -1,10 +1,12 @@
 """Speed of lipcore's fit against a reference loop that does what the original DIP code does every iteration.
 
-Reference loop (DIP's denoising notebook): plain torch.optim.Adam; PSNR against the observation, the ground
-truth and the averaged output computed on the host each step (three device->host copies); a host copy of all
-parameters for backtracking each step; default allocator. Both run the standard skip net on the same input
-for the same number of iterations, each in its own fresh process (the allocator setting is process-wide),
-interleaved ref/lip/ref/lip so machine noise hits both. Also reports achieved FLOP/s (FLOPs counted with
+Reference loop (DIP's denoising notebook), on the net built from DIP's modules (every conv a
+ReflectionPad2d, 1x1 convs included, then nn.Conv2d; same weights): plain torch.optim.Adam; PSNR against
+the observation, the ground truth and the averaged output computed on the host each step (three
+device->host copies); a host copy of all parameters for backtracking each step; default allocator. Both
+run the standard skip net (same weights) on the same input for the same number of iterations, each in its
+own fresh process (the allocator setting is process-wide), interleaved ref/lip/ref/lip so machine noise
+hits both. Also reports achieved FLOP/s (FLOPs counted with
 torch.utils.flop_counter) as a fraction of the fp32 matmul rate measured in the same run, and peak memory.
 
     python bench/compare.py                       # CPU: 128 and 256 px; GPU: 256 and 512 px
@@ -14,6 +16,7 @@ torch.utils.flop_counter) as a fraction of the fp32 matmul rate measured in the 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import subprocess
@@ -52,9 +55,36 @@ def host_psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
 
 
+class DipConv(torch.nn.Module):
+    """A conv as DIP's `conv()` helper builds it: ReflectionPad2d(k // 2), 1x1 convs included, then an
+    unpadded nn.Conv2d."""
+
+    def __init__(self, conv: torch.nn.Conv2d) -> None:
+        super().__init__()
+        k = conv.kernel_size[0]
+        self.pad = torch.nn.ReflectionPad2d(k // 2)
+        self.conv = torch.nn.Conv2d(
+            conv.in_channels, conv.out_channels, k, stride=conv.stride, bias=conv.bias is not None
+        )
+        self.conv.load_state_dict(conv.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pad(x))
+
+
+def dip_net(net: torch.nn.Module) -> torch.nn.Module:
+    """The same net (same weights, same function) built from the modules the original DIP code uses."""
+    net = copy.deepcopy(net)
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Conv2d):
+                setattr(parent, name, DipConv(child))
+    return net
+
+
 def reference_loop(net, z, y, x_true, iterations: int, device: torch.device) -> float:
-    """What DIP's code does per iteration. Returns seconds per iteration (after 3 warm-up steps)."""
-    net, z, y = net.to(device), z.to(device), y.to(device)
+    """What DIP's code does per iteration, on DIP's modules. Seconds per iteration (after 3 warm-up steps)."""
+    net, z, y = dip_net(net).to(device), z.to(device), y.to(device)
     y_np, x_np = y.cpu().numpy()[0], x_true.numpy()[0]
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     noise = torch.empty_like(z)

@@ -72,3 +72,25 @@ def test_convs_pad_by_reflection_as_dip_and_1x1_convs_copy_nothing():
     x = torch.rand(1, conv.in_channels, 16, 16)
     dip = F.conv2d(torch.nn.ReflectionPad2d(1)(x), conv.weight, conv.bias)  # DIP: ReflectionPad2d, then conv
     torch.testing.assert_close(conv(x), dip)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_is_the_conv_it_replaces(bias):
+    import torch.nn.functional as F
+
+    from lipcore.nets import PointwiseConv2d
+
+    conv = PointwiseConv2d(8, 3, 1, bias=bias)
+    x = torch.rand(1, 8, 6, 5, requires_grad=True)
+    out = conv(x)
+    ref = F.conv2d(x, conv.weight, conv.bias)
+    torch.testing.assert_close(out, ref)
+    g = torch.rand_like(out)
+    grads = torch.autograd.grad(out, [x, conv.weight], g)
+    ref_grads = torch.autograd.grad(ref, [x, conv.weight], g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    channels_last = x.detach().contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(conv(channels_last), ref.detach(), rtol=1e-5, atol=1e-6)
+    batch = torch.rand(3, 8, 6, 5)  # several images: the conv path
+    torch.testing.assert_close(conv(batch), F.conv2d(batch, conv.weight, conv.bias))
