@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--es-patience", type=int, default=300)
     ap.add_argument("--channels", type=int, default=128)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="FitConfig.precision")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "fit_dip.json")
     args = ap.parse_args(argv)
 
@@ -73,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         log_every=args.log_every,
         es_window=args.es_window,
         es_patience=args.es_patience,
+        precision=args.precision,
     )
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} size={args.size} "
-        f"iterations={args.iterations} sigma={args.sigma}/255 seed={args.seed}",
+        f"iterations={args.iterations} sigma={args.sigma}/255 seed={args.seed} precision={args.precision}",
         flush=True,
     )
     res = fit(net, z, op, y, cfg, x_true=x_true, seed=args.seed, device=device)
