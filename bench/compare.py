@@ -118,6 +118,7 @@ VARIANTS = {
     "lip": {},
     "lip-bf16": {"precision": "bf16"},
     "lip-channels-last": {"channels_last": True},
+    "lip-cudnn-benchmark": {"cudnn_benchmark": True},  # CUDA only; on CPU the same as "lip"
 }
 
 

@@ -117,6 +117,9 @@ class FitConfig:
     rewind_iteration: int | None = None  # keep a copy of all weights at this iteration (late rewinding)
     precision: str = "fp32"  # fp32 | bf16 (autocast of forward and loss; weights and Adam stay fp32)
     channels_last: bool = False  # NHWC activations (helps some conv backends; measure with bench/compare.py)
+    # CUDA only: let cuDNN time its conv algorithms on the first steps and keep the fastest for the fixed
+    # shapes of a fit. Off until measured on a GPU (bench/compare.py --variants lip lip-cudnn-benchmark).
+    cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):

@@ -170,7 +170,8 @@ def fit(
     (e.g. early-bird mask drawing); the result then holds the outputs and weights of the stop.
     """
     job = FitJob(net, z, op, y, x_true, mask, seed)
-    return _fit_members([job], cfg, device, "sequential", progress, stop)[0]
+    with _cudnn_benchmark(cfg.cudnn_benchmark):
+        return _fit_members([job], cfg, device, "sequential", progress, stop)[0]
 
 
 def fit_many(
@@ -195,11 +196,23 @@ def fit_many(
     if len({j.x_true is None for j in jobs}) > 1:
         raise ValueError("give x_true for every job or for none (the oracle is tracked for all members)")
     dev = resolve_device(device)
-    if choose_engine(engine, len(jobs), dev) == "sequential":
-        return [
-            _fit_members([j], cfg, dev, "sequential", progress, _for_member(stop, i))[0] for i, j in enumerate(jobs)
-        ]
-    return _fit_members(jobs, cfg, dev, "vmap", progress, stop)
+    with _cudnn_benchmark(cfg.cudnn_benchmark):
+        if choose_engine(engine, len(jobs), dev) == "sequential":
+            return [
+                _fit_members([j], cfg, dev, "sequential", progress, _for_member(stop, i))[0] for i, j in enumerate(jobs)
+            ]
+        return _fit_members(jobs, cfg, dev, "vmap", progress, stop)
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    """torch.backends.cudnn.benchmark is process-wide: set it for this fit only and put it back after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _for_member(stop: StopCheck | None, member: int) -> StopCheck | None:

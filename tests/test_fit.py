@@ -4,7 +4,7 @@ import torch
 
 from lipcore import DegradationConfig, FitConfig, build_net, fit, make_input
 from lipcore import prune as P
-from lipcore.fit import FitJob, fit_many
+from lipcore.fit import FitJob, StopCheck, fit_many
 from lipcore.physics import sample_operator
 
 
@@ -139,6 +139,19 @@ def test_fast_paths_fit_the_same_problem(tiny_cfg, f16_small, opts):
     ref, fast = results
     assert fast.x_last.dtype == torch.float32
     assert abs(float(psnr(fast.x_ema, f16_small)) - float(psnr(ref.x_ema, f16_small))) < 1.0
+
+
+def test_cudnn_benchmark_is_set_for_the_fit_only(tiny_cfg, f16_small):
+    """The flag is process-wide: a fit that asks for it must not leave it changed for the rest of the process."""
+    seen = []
+    before = torch.backends.cudnn.benchmark
+    net, z, op, y = setup(tiny_cfg, f16_small)
+    cfg = FitConfig(iterations=4, log_every=2, cudnn_benchmark=not before)
+    stop = StopCheck(2, lambda i, state: seen.append(torch.backends.cudnn.benchmark) or False)
+    fit(net, z, op, y, cfg, device="cpu", stop=stop)
+    fit_many([FitJob(net, z, op, y)], cfg, device="cpu", stop=stop)
+    assert seen == [not before] * 4
+    assert torch.backends.cudnn.benchmark is before
 
 
 def _jobs(tiny_cfg, x, n, task="inpaint"):
