@@ -14,8 +14,10 @@ DATA = ROOT / "data"
 
 
 @pytest.fixture(autouse=True)
-def _threads():
+def _threads_and_seed():
     torch.set_num_threads(2)
+    # Tests that draw from the global generator must not depend on which tests ran before them.
+    torch.manual_seed(0)
 
 
 @pytest.fixture
