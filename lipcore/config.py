@@ -115,15 +115,17 @@ class FitConfig:
     es_patience: int = 1000  # ES-WMV patience P (scale with the run length)
     es_stop: bool = False  # actually halt at the ES-WMV point (otherwise only record it)
     rewind_iteration: int | None = None  # keep a copy of all weights at this iteration (late rewinding)
-    precision: str = "fp32"  # fp32 | bf16 (autocast of forward and loss; weights and Adam stay fp32)
+    # auto: bf16 autocast where the device runs bf16 natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX),
+    # else fp32. fp32 | bf16 force one (bf16: autocast of the forward; weights and Adam stay fp32).
+    precision: str = "auto"
     channels_last: bool = False  # NHWC activations (helps some conv backends; measure with bench/compare.py)
     # CUDA only: let cuDNN time its conv algorithms on the first steps and keep the fastest for the fixed
     # shapes of a fit. Off until measured on a GPU (bench/compare.py --variants lip lip-cudnn-benchmark).
     cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.log_every < 1:
