@@ -1,7 +1,7 @@
 """Ticket-search compute vs PSNR at the target sparsity: the table behind the imp.search knobs.
 
 For every image x task x seed of a params file (default: params.yaml) and every search setting below, find
-the ticket at the target sparsity's round with lipcore.lottery.find_ticket (the same observations, theta_0,
+the ticket at the target sparsity's round with lipcore.imp.find_ticket (the same observations, theta_0,
 z and seeds as the pipeline), then train it with the full evaluation fit and score it. Search compute is
 the iterations of the search fits of rounds 0..K-1 (every iteration costs the same: masks do not skip
 FLOPs); the ticket's own evaluation fit is the same for every setting and not counted.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from statistics import mean
@@ -25,12 +24,16 @@ from statistics import mean
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipcore.config import SearchConfig  # noqa: E402
-from lipcore.lottery import find_ticket, train_and_score  # noqa: E402
-from lipcore.seeding import derive_seed  # noqa: E402
-from stages import common  # noqa: E402
-from stages.degrade import main as degrade  # noqa: E402
-from stages.evaluate import headline_round  # noqa: E402
+from lipcore import io  # noqa: E402
+from lipcore.config import SearchConfig, derive  # noqa: E402
+from lipcore.imp import find_ticket, headline_round  # noqa: E402
+from lipcore.physics import make_problem  # noqa: E402
+from lipcore.runtime import tune_cpu_allocator  # noqa: E402
+from lipcore.scoring import shown_point  # noqa: E402
+from lipcore.seeding import derive_seed, generator  # noqa: E402
+from lipcore.trials import Trial, initialisation, search_problem, train_and_score  # noqa: E402
+from stages import layout  # noqa: E402
+from stages.params import load_params  # noqa: E402
 
 SETTINGS = {
     "default": SearchConfig(),
@@ -49,77 +52,52 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", help="initialisation indices (default: the params' seeds)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "search_cost.json"))
     args = ap.parse_args()
-    params = common.load_params(args.params)
-    if args.seeds:
-        params["seeds"] = args.seeds
-    rounds = headline_round(params)
-    net_cfg, prune_cfg = common.net_cfg(params), common.prune_cfg(params)
-    protocol, device, shown = (
-        common.protocol(params),
-        common.device(params),
-        common.shown_point(common.protocol(params)),
-    )
+    tune_cpu_allocator()
+    params = load_params(args.params)
+    seeds = args.seeds or list(params.seeds)
+    rounds = headline_round(params.sparsity, params.imp)
+    shown = shown_point(params.protocol)
     rows = []  # one per setting x problem x seed
     start_time = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for image in params["images"]:
-            for task in params["tasks"]:
-                obs = Path(tmp) / common.pair_id(image, task)
-                degrade(
-                    ["--params", args.params, "--image", str(ROOT / "data" / f"{image}.png"), "--name", image]
-                    + ["--task", task, "--out", str(obs)]
-                )
-                problem = common.load_problem(obs)
-                fit_cfg = common.fit_cfg(params, task, rewind_iteration=common.rewind_iteration(params))
-                for seed in params["seeds"]:
-                    theta0, z = common.initial_net(params, seed, *problem.x_true.shape[-2:])
-                    fit_seed = derive_seed(params["seed"], "fit", seed)
-                    for name in args.settings:
-                        ticket = find_ticket(
-                            net_cfg,
-                            theta0,
-                            z,
-                            problem,
-                            fit_cfg,
-                            protocol,
-                            prune_cfg,
-                            rounds,
-                            fit_seed,
-                            device,
-                            SETTINGS[name],
-                        )
-                        scored = train_and_score(
-                            net_cfg,
-                            ticket.start,
-                            z,
-                            problem,
-                            common.fit_cfg(params, task),
-                            protocol,
-                            ticket.mask,
-                            fit_seed,
-                            device,
-                        )
-                        rows.append(
-                            {
-                                "setting": name,
-                                "problem": common.pair_id(image, task),
-                                "seed": seed,
-                                "search_iterations": ticket.search_iterations,
-                                "psnr": scored.scores[shown]["psnr"],
-                                "oracle_psnr": scored.scores["oracle_best"]["psnr"],
-                            }
-                        )
-                        print(json.dumps(rows[-1]), flush=True)
+    for image in params.images:
+        for task in params.tasks:
+            # the pipeline's observation (stages.degrade draws it from the same generator)
+            x_true = io.center_crop_to(
+                io.load_image(ROOT / layout.image_file(image), channels=3), *[params.image_size] * 2
+            )
+            degradation = params.task(task).degradation
+            mask = io.load_mask_image(ROOT / degradation.mask, *x_true.shape[-2:]) if degradation.mask else None
+            problem = make_problem(x_true[None], degradation, generator(params.seed, "degrade", image, task), mask)
+            fit_cfg = params.fit_for(task)
+            for seed in seeds:
+                theta0, z = initialisation(params.net, params.seed, seed, *x_true.shape[-2:])
+                fit_seed = derive_seed(params.seed, "fit", seed)
+                for name in args.settings:
+                    imp = derive(params.imp, search=SETTINGS[name])
+                    searched = search_problem(problem, params.protocol)
+                    ticket = find_ticket(params.net, theta0, z, searched, fit_cfg, imp, rounds, fit_seed, params.device)
+                    trial = Trial(ticket.start, z, problem, ticket.mask, fit_seed)
+                    (scored,) = train_and_score(params.net, [trial], fit_cfg, params.protocol, None, params.device)
+                    rows.append(
+                        {
+                            "setting": name,
+                            "problem": layout.pair_id(image, task),
+                            "seed": seed,
+                            "search_iterations": ticket.search_iterations,
+                            "psnr": scored.scores[shown]["psnr"],
+                            "oracle_psnr": scored.scores["oracle_best"]["psnr"],
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
-    print(table(rows, args.settings, rounds, shown, params))
+    print(table(rows, args.settings, rounds, shown, seeds))
     print(f"({time.perf_counter() - start_time:.0f} s)")
 
 
-def table(rows: list[dict], settings: list[str], rounds: int, shown: str, params: dict) -> str:
+def table(rows: list[dict], settings: list[str], rounds: int, shown: str, seeds: list[int]) -> str:
     problems = sorted({r["problem"] for r in rows})
     by = {(r["setting"], r["problem"], r["seed"]): r for r in rows}
-    seeds = params["seeds"]
     base = "default" if "default" in settings else settings[0]
     base_cost = mean(sum(r["search_iterations"]) for r in rows if r["setting"] == base)
 

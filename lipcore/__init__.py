@@ -1,6 +1,6 @@
 """lipcore: lottery image priors — DIP / deep-decoder nets, degradations, the fitting loop, pruning, metrics."""
 
-from .config import DegradationConfig, FitConfig, NetConfig, PruneConfig, from_dict
+from .config import DegradationConfig, FitConfig, ImpConfig, NetConfig, SearchConfig, from_dict
 from .fit import FitResult, OracleBest, fit
 from .nets import build_net, count_parameters, make_input
 from .runtime import resolve_device, tune_cpu_allocator
@@ -11,7 +11,8 @@ __all__ = [
     "FitResult",
     "NetConfig",
     "OracleBest",
-    "PruneConfig",
+    "ImpConfig",
+    "SearchConfig",
     "build_net",
     "count_parameters",
     "fit",

@@ -1,22 +1,174 @@
-"""Frozen configuration dataclasses: one per params section. `from_dict` rejects unknown keys."""
+"""Frozen configuration dataclasses, one per params section, built by `from_dict` (unknown keys and wrong
+types are refused with the key's path).
+
+Every section derives from `Section`, which can record which fields a caller reads (`recording_reads`):
+the pipeline's tests use it to prove that each DVC stage lists exactly the params keys its code reads.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import types
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# While `recording_reads()` is active: the dotted params keys read so far (None: not recording).
+_reads: set[str] | None = None
 
-def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
-    """Build dataclass `cls` from a plain dict, naming any key it does not know (typos fail loudly)."""
-    data = dict(data or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+
+class Section:
+    """Base of every config dataclass. Instances built by `from_dict(..., key=...)` know the params key of
+    each field and, while `recording_reads()` is active, record every field read as that key.
+
+    A field holding a nested Section (or a dict of them) is not itself recorded: the nested section records
+    the fields read from it, so that reading `imp.fraction` does not count as reading all of `imp`.
+    """
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if _reads is not None:
+            keys = object.__getattribute__(self, "__dict__").get("_keys")
+            if keys is not None and name in keys and not _holds_sections(value):
+                _reads.add(keys[name])
+        return value
+
+
+def _holds_sections(value: Any) -> bool:
+    if isinstance(value, Section):
+        return True
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, Section) for v in value.values())
+
+
+@contextlib.contextmanager
+def recording_reads() -> Iterator[set[str]]:
+    """Collect the dotted params keys read from key-aware sections inside the block."""
+    global _reads
+    outer, _reads = _reads, set()
+    try:
+        yield _reads
+    finally:
+        _reads = outer
+
+
+@contextlib.contextmanager
+def unrecorded() -> Iterator[None]:
+    """Reads inside the block are not recorded (building and checking configs reads every field)."""
+    global _reads
+    outer, _reads = _reads, None
+    try:
+        yield
+    finally:
+        _reads = outer
+
+
+def _set_keys(section: Section, keys: dict[str, str]) -> None:
+    object.__setattr__(section, "_keys", keys)  # in __dict__, not a field: eq, repr and asdict ignore it
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, key: str | None = None) -> T:
+    """Build dataclass `cls` from a plain dict: nested sections, tuples and dicts converted, unknown keys and
+    wrong types refused with the offending key.
+
+    key: the section's own params key ("" for the root of a params file); the built sections then record
+    their reads as params keys (see Section). None: a config that does not come from params (no recording).
+    """
+    with unrecorded():
+        return _from_dict(cls, data, key)
+
+
+def _from_dict(cls: type[T], data: dict[str, Any] | None, key: str | None) -> T:
+    where = f"{key}." if key else ""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{key or cls.__name__}: expected a mapping of keys to values, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown key(s) {unknown}; allowed keys are {sorted(names)}")
-    return cls(**data)
+        raise ValueError(
+            f"{key or cls.__name__}: unknown key(s) {[where + u for u in unknown]}; allowed keys are {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    recorded = key is not None
+    values = {name: _convert(value, hints[name], where + name, recorded) for name, value in data.items()}
+    for name in set(fields) - set(values):  # absent nested sections: their defaults, key-aware too
+        if isinstance(hints[name], type) and issubclass(hints[name], Section):
+            values[name] = from_dict(hints[name], {}, where + name if recorded else None)
+    try:
+        obj = cls(**values)
+    except TypeError as err:  # a required key is missing
+        raise ValueError(f"{key or cls.__name__}: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}" if key else str(err)) from err
+    if isinstance(obj, Section) and key is not None:
+        _set_keys(obj, {name: where + name for name in fields})
+    return obj
+
+
+def derive(cfg: T, **changes: Any) -> T:
+    """dataclasses.replace that keeps the params keys of the unchanged fields (see Section)."""
+    with unrecorded():  # copying every field is not reading it; the copy records its own reads
+        new = dataclasses.replace(cfg, **changes)
+    keys = object.__getattribute__(cfg, "__dict__").get("_keys")
+    if keys is not None:
+        _set_keys(new, {k: v for k, v in keys.items() if k not in changes})
+    return new
+
+
+def with_keys(cfg: T, keys: dict[str, str]) -> T:
+    """`cfg` whose fields are recorded as the given params keys (for a section merged from several)."""
+    _set_keys(cfg, keys)
+    return cfg
+
+
+_SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _convert(value: Any, hint: Any, key: str, recorded: bool) -> Any:
+    """`value` checked against (and shaped to) the type hint `hint`; errors name `key`; nested sections
+    record their reads as keys under `key` if `recorded`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return _convert(value, option, key, recorded)
+            except ValueError as err:  # "key: expected X, got V" -> "expected X"
+                errors.append(str(err).split(": ", 1)[-1].rsplit(", got ", 1)[0].removeprefix("expected "))
+        raise ValueError(f"{key}: expected {' or '.join(errors)}, got {value!r}")
+    if hint is type(None):
+        if value is not None:
+            raise ValueError(f"{key}: expected null, got {value!r}")
+        return None
+    if isinstance(hint, type) and issubclass(hint, Section):
+        return from_dict(hint, value, key if recorded else None)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]", recorded) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]", recorded) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return {k: _convert(v, args[1], f"{key}.{k}", recorded) for k, v in value.items()}
+    if hint in _SCALARS:
+        ok = isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise ValueError(f"{key}: expected {_SCALARS[hint]}, got {value!r}")
+        return value
+    return value
 
 
 def _per_scale(value: int | list[int] | tuple[int, ...], scales: int, what: str) -> tuple[int, ...]:
@@ -29,7 +181,7 @@ def _per_scale(value: int | list[int] | tuple[int, ...], scales: int, what: str)
 
 
 @dataclass(frozen=True)
-class NetConfig:
+class NetConfig(Section):
     """Architecture. kind='skip' is the DIP encoder-decoder, kind='decoder' the deep decoder.
 
     The defaults are the DIP / LIP standard skip net (2,217,831 parameters for 3 output channels).
@@ -71,7 +223,7 @@ class NetConfig:
 
 
 @dataclass(frozen=True)
-class DegradationConfig:
+class DegradationConfig(Section):
     """One task's degradation. `sigma=None` means the task default (25/255 for denoise, else 0)."""
 
     task: str = "denoise"  # denoise | inpaint | sr | cs
@@ -102,7 +254,7 @@ class DegradationConfig:
 
 
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(Section):
     """The optimisation loop. Defaults: the published DIP denoising setup (Adam 0.01, 3000 its)."""
 
     iterations: int = 3000
@@ -128,6 +280,8 @@ class FitConfig:
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         if not 0.0 <= self.ema_weight < 1.0:
@@ -139,22 +293,7 @@ class FitConfig:
 
 
 @dataclass(frozen=True)
-class PruneConfig:
-    """Iterative magnitude pruning."""
-
-    fraction: float = 0.2  # of the REMAINING prunable weights removed per round
-    scope: str = "global"  # global | layer
-    keep_input_dense: bool = False  # paper-compatible: layers reading z are ranked but kept dense
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.fraction < 1.0:
-            raise ValueError(f"prune fraction must be in (0, 1), got {self.fraction}")
-        if self.scope not in ("global", "layer"):
-            raise ValueError(f"prune scope must be 'global' or 'layer', got {self.scope!r}")
-
-
-@dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(Section):
     """How IMP trains the nets whose weights it prunes (the search fits); reported fits keep their FitConfig.
 
     Defaults: the search fit IS the evaluation fit (same length, no early stop), as in the LIP paper.
@@ -186,7 +325,42 @@ class SearchConfig:
         rewind = evaluation.rewind_iteration
         if rewind is not None and rewind > self.iterations:
             raise ValueError(f"rewind_iteration {rewind} lies beyond the search fit ({self.iterations} iterations)")
-        return dataclasses.replace(evaluation, iterations=self.iterations)
+        return derive(evaluation, iterations=self.iterations)
+
+
+@dataclass(frozen=True)
+class ImpConfig(Section):
+    """Iterative magnitude pruning (params.yaml's `imp`): what a round removes, what it rewinds to, how its
+    search fits run, and the chain of rounds."""
+
+    fraction: float = 0.2  # of the REMAINING prunable weights removed per round: nominal sparsity 1 - (1-f)^k
+    scope: str = "global"  # global | layer
+    keep_input_dense: bool = False  # paper-compatible: layers reading z are ranked but kept dense
+    rewind_iteration: int = 0  # 0: rewind to theta_0; k > 0: late rewinding to round 0's weights at iteration k
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    # (round, parent) pairs, [[1, 0], [2, 1], ...]: DVC cannot compute k - 1, so the pipeline spells them out
+    chain: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"prune fraction must be in (0, 1), got {self.fraction}")
+        if self.scope not in ("global", "layer"):
+            raise ValueError(f"prune scope must be 'global' or 'layer', got {self.scope!r}")
+        if self.rewind_iteration < 0:
+            raise ValueError(f"rewind_iteration must be >= 0, got {self.rewind_iteration}")
+        object.__setattr__(self, "chain", tuple(tuple(int(v) for v in pair) for pair in self.chain))
+        for i, pair in enumerate(self.chain, start=1):
+            if pair != (i, i - 1):
+                raise ValueError(f"chain entry {i} is {list(pair)}; expected [{i}, {i - 1}] (rounds chain in order)")
+
+    @property
+    def rounds(self) -> list[int]:
+        """The pruned rounds 1..K of the chain (round 0 is the dense fit)."""
+        return [k for k, _ in self.chain]
+
+    def prune_dict(self) -> dict[str, Any]:
+        """What decides one round's mask, for the mask's metadata (not the chain: adding a round changes no mask)."""
+        return {"fraction": self.fraction, "scope": self.scope, "keep_input_dense": self.keep_input_dense}
 
 
 # Published per-task DIP settings (REFERENCE.md section 1), for users who want the paper's numbers.

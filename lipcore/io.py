@@ -101,6 +101,11 @@ def center_crop_to(x: Tensor, height: int, width: int) -> Tensor:
     return x[..., top : top + height, left : left + width]
 
 
+def load_mask_image(path: PathLike, height: int, width: int) -> Tensor:
+    """An inpainting mask image (white = known pixel), centre-cropped to height x width: (H, W), 1 = known."""
+    return (center_crop_to(load_image(path, channels=1), height, width)[0] > 0.5).float()
+
+
 def save_png(x: Tensor, path: PathLike) -> None:
     """Write an image (C, H, W) or (1, C, H, W) in [0, 1] as an 8-bit PNG, atomically."""
     x = x.detach().float().cpu()

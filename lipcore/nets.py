@@ -164,14 +164,32 @@ def check_size(height: int, width: int, cfg: NetConfig) -> None:
 
 
 def build_net(cfg: NetConfig, generator: torch.Generator | None = None) -> SkipNet | DeepDecoder:
-    """Construct the net and initialise it from `generator` (PyTorch's default init rule)."""
-    net = SkipNet(cfg) if cfg.kind == "skip" else DeepDecoder(cfg)
+    """Construct the net and initialise it from `generator` (PyTorch's default init rule; None: the global
+    generator, as PyTorch would)."""
+    # Built on meta first: constructing on the CPU would run nn.Conv2d's own init, a draw from the global
+    # generator that init_weights then overwrites.
+    net = skeleton(cfg).to_empty(device="cpu")
     init_weights(net, generator)
     return net
 
 
+def skeleton(cfg: NetConfig) -> SkipNet | DeepDecoder:
+    """The architecture on the `meta` device: every parameter's and buffer's name and shape, no memory and
+    no random draw (for checking artifacts against the net, or loading a state into it)."""
+    with torch.device("meta"):
+        return SkipNet(cfg) if cfg.kind == "skip" else DeepDecoder(cfg)
+
+
+def net_from_state(cfg: NetConfig, state: dict[str, Tensor]) -> SkipNet | DeepDecoder:
+    """A net holding a copy of `state` (all parameters and BN buffers; names and shapes checked); draws nothing."""
+    net = skeleton(cfg)
+    net.load_state_dict({k: v.detach().clone() for k, v in state.items()}, assign=True)
+    return net
+
+
 def init_weights(net: nn.Module, generator: torch.Generator | None = None) -> None:
-    """PyTorch's default Conv2d init (as the DIP code used), drawn from an explicit generator; BN: 1, 0."""
+    """PyTorch's default Conv2d init (as the DIP code used), drawn from an explicit generator; BN: weight 1,
+    bias 0, fresh running statistics."""
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.Conv2d):

@@ -11,6 +11,9 @@ Images are (B, C, H, W) in [0, 1]. The fitting loss is ||A(x_hat) - y||^2.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -19,6 +22,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .config import DegradationConfig
+from .metrics import psnr, psnr_y
 
 # A dense Gaussian CS matrix larger than this many entries (1 GiB in fp32) is refused: it would not fit.
 MAX_CS_ENTRIES = 2**28
@@ -223,3 +227,30 @@ def operator_from_state(
         op = Denoise(image_shape, std)
     op.load_state_dict(state)  # also checks that no saved part is missing or unexpected
     return op
+
+
+@dataclass
+class Problem:
+    """What a fit sees, operator and observation, and the ground truth x_true that only scores it."""
+
+    op: Operator
+    y: Tensor
+    x_true: Tensor
+    degradation: DegradationConfig
+
+    @property
+    def psnr(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The PSNR this task reports, (x, ref) -> (B,): super-resolution on the Y channel with a border of
+        `factor` pixels shaved (the SR convention), every other task over all channels and pixels."""
+        if self.degradation.task == "sr":
+            return partial(psnr_y, shave=self.degradation.factor)
+        return psnr
+
+
+def make_problem(
+    x_true: Tensor, cfg: DegradationConfig, generator: torch.Generator, mask: Tensor | None = None
+) -> Problem:
+    """Degrade the clean image x_true (1, C, H, W): draw the operator's random parts, then the observation,
+    both from `generator`. mask (inpainting): a given mask (H, W), 1 = known, instead of a random one."""
+    op = sample_operator(cfg, tuple(x_true.shape[1:]), generator, mask=mask)
+    return Problem(op, op.observe(x_true, generator), x_true, cfg)

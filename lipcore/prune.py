@@ -10,7 +10,6 @@ the first in that order is removed first, so a mask is a deterministic function 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +48,6 @@ def count_total(mask: Mask) -> int:
 def sparsity(mask: Mask) -> float:
     """Effective sparsity: the fraction of prunable weights that the mask removes."""
     return 1.0 - count_kept(mask) / count_total(mask)
-
-
-def nominal_sparsity(fraction: float, rounds: int) -> float:
-    """The sparsity that `rounds` rounds of pruning `fraction` of the remaining weights aim at: 1-(1-f)^k."""
-    return 1.0 - (1.0 - fraction) ** rounds
 
 
 def mask_distance(a: Mask, b: Mask) -> float:
@@ -187,22 +181,6 @@ def is_monotone(parent: Mask, child: Mask) -> bool:
     return all(bool((child[n] & ~parent[n]).sum() == 0) for n in parent)
 
 
-@dataclass(frozen=True)
-class SparsityReport:
-    nominal: float
-    effective: float
-    kept: int
-    total: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"nominal": self.nominal, "effective": self.effective, "kept": self.kept, "total": self.total}
-
-
-def report(mask: Mask, fraction: float, rounds: int) -> SparsityReport:
-    """Nominal (1 - (1-f)^k) and effective (measured) sparsity of an IMP mask after `rounds` rounds."""
-    return SparsityReport(nominal_sparsity(fraction, rounds), sparsity(mask), count_kept(mask), count_total(mask))
-
-
 # ---------------------------------------------------------------- artifacts
 
 
@@ -220,5 +198,4 @@ def load_mask(path: str | Path, net: nn.Module) -> tuple[Mask, dict[str, Any]]:
     bad = [n for n, t in tensors.items() if t.dtype != torch.bool]
     if bad:
         raise ValueError(f"{path}: mask entries must be bool tensors; {bad[:3]} are not")
-    mask = {n: tensors[n].to(weights[n].device) for n in weights}  # net's order
-    return mask, meta
+    return {n: tensors[n] for n in weights}, meta  # in the net's order, on the CPU (a fit moves what it needs)

@@ -1,8 +1,10 @@
 """Stage dense_fit: one image x task x seed -> theta_0 and z, the trained dense weights, history, metrics.
 
-This is round 0 of the IMP chain: its directory is the parent of round 1.
+This is round 0 of the IMP chain: its directory is the parent of round 1, and its rewind weights (theta_0,
+or its weights at imp.rewind_iteration) are what every later round starts from.
 
-    python -m stages.dense_fit --obs outs/degrade/f16-denoise --seed 0 --out outs/rounds/f16-denoise/s0/r0
+    python -m stages.dense_fit --obs outs/degrade/f16-denoise --task denoise --seed 0 \
+        --out outs/rounds/f16-denoise/s0/r0
 """
 
 from __future__ import annotations
@@ -10,48 +12,35 @@ from __future__ import annotations
 from pathlib import Path
 
 from lipcore import io
-from lipcore.lottery import reported_images, train_and_score
 from lipcore.seeding import derive_seed
+from lipcore.trials import Trial, imp_round, initialisation
 
-from . import common
+from . import artifacts, entry, layout
+from .params import load_params
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = common.parser(__doc__)
+    ap = entry.parser(__doc__)
     ap.add_argument("--obs", type=Path, required=True, help="degrade output directory")
     ap.add_argument("--task", required=True)
     ap.add_argument("--seed", type=int, required=True, help="initialisation index")
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    params = common.load_params(args.params)
-    problem = common.load_problem(args.obs)
-    net_cfg = common.net_cfg(params)
-    fit_cfg = common.fit_cfg(params, args.task, rewind_iteration=common.rewind_iteration(params))
-    root = params["seed"]
+    args = entry.start(ap, argv)
+    params = load_params(args.params)
+    problem = artifacts.load_problem(args.obs)
+    fit_cfg = params.fit_for(args.task)
 
-    theta0, z = common.initial_net(params, args.seed, *problem.x_true.shape[-2:])
-    outcome = train_and_score(
-        net_cfg,
-        theta0,
-        z,
-        problem,
-        fit_cfg,
-        common.protocol(params),
-        None,
-        seed=derive_seed(root, "fit", args.seed),
-        device=common.device(params),
-        search=common.search_cfg(params),
-        prune_cfg=common.prune_cfg(params),
-    )
-    meta = {"seed": args.seed, "net": common.cfg_dict(net_cfg)}
+    theta0, z = initialisation(params.net, params.seed, args.seed, *problem.x_true.shape[-2:])
+    trial = Trial(theta0, z, problem, None, derive_seed(params.seed, "fit", args.seed))
+    outcome = imp_round(params.net, trial, fit_cfg, params.protocol, params.imp, 0, params.device)
+
+    meta = {"seed": args.seed, "net": artifacts.cfg_dict(params.net)}
     with io.atomic_dir(args.out) as tmp:
-        common.save_init(tmp, theta0, z, meta)
-        io.save_tensors(tmp / common.REWIND, outcome.rewind_state, {**meta, "iteration": fit_cfg.rewind_iteration})
-        io.save_tensors(tmp / common.TRAINED, outcome.state, {**meta, "round": 0})
-        sparsity = {"nominal": 0.0, "effective": 0.0}
-        extra = {"round": 0, "sparsity": sparsity, "search_iterations": outcome.search_iterations}
-        images = reported_images(outcome.result, fit_cfg)
-        common.write_fit_outputs(tmp, outcome.result, outcome.scores, images, extra)
+        artifacts.save_init(tmp, theta0, z, meta)
+        rewind_meta = {**meta, "iteration": params.imp.rewind_iteration}
+        io.save_tensors(tmp / layout.REWIND, outcome.rewind_state, rewind_meta)
+        io.save_tensors(tmp / layout.TRAINED, outcome.state, {**meta, "round": 0})
+        artifacts.write_round(tmp, 0, outcome, fit_cfg, {"nominal": 0.0, "effective": 0.0})
 
 
 if __name__ == "__main__":

@@ -6,89 +6,63 @@ with about as many parameters as the LIP net keeps. All start from the same thet
 are scored at the oracle best, the last iterate and the ES-WMV stop; mean +- std over seeds.
 
     python -m stages.evaluate --name f16 --task denoise --obs outs/degrade/f16-denoise \
-        --rounds outs/rounds/f16-denoise --out outs/evaluate/f16-denoise --metrics metrics/f16-denoise.json
+        --rounds outs/rounds/f16-denoise --out outs/evaluate/f16-denoise --metrics metrics/f16-denoise.json \
+        --sparsity-plot plots/sparsity/f16-denoise.csv --iteration-plot plots/iteration/f16-denoise.csv
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from lipcore import io
-from lipcore.config import NetConfig
-from lipcore.lottery import (
-    MASK_BASELINES,
-    Trial,
-    baseline_mask,
-    decoder_channels_for,
-    nonzero_parameters,
-    reported_images,
-    rounds_needed,
-    summarise,
-    train_and_score,
-    train_and_score_many,
-)
+from lipcore.baselines import MASK_BASELINES, baseline_mask, matched_decoder
+from lipcore.imp import headline_round, nominal_sparsity
 from lipcore.nets import build_net, make_input
-from lipcore.prune import Mask, nominal_sparsity, sparsity
+from lipcore.prune import Mask, sparsity
+from lipcore.scoring import reported_images, shown_point, summarise
 from lipcore.seeding import derive_seed, generator
+from lipcore.trials import Trial, train_and_score
 
-from . import common
+from . import artifacts, entry, layout
+from .params import Params, load_params
 
-
-def headline_round(params: dict[str, Any]) -> int:
-    """The first round of imp.chain whose nominal sparsity reaches `sparsity`; a clear error if none does."""
-    target = float(params["sparsity"])
-    fraction = float(params["imp"]["fraction"])
-    rounds = [k for k, _ in common.chain(params)]
-    if not 0.0 <= target < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {target}")
-    for k in [0, *rounds]:
-        if nominal_sparsity(fraction, k) >= target - 1e-9:
-            return k
-    need = rounds_needed(target, fraction)
-    have = len(rounds)
-    more = ", ".join(f"[{k}, {k - 1}]" for k in range(have + 1, need + 1))
-    raise ValueError(
-        f"sparsity={target} is not reached: {have} IMP rounds give at most {nominal_sparsity(fraction, have):.3f} "
-        f"at prune fraction {fraction}. Add {need - have} round(s) to imp.chain in params.yaml: {more}"
-    )
+log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = common.parser(__doc__)
+    ap = entry.parser(__doc__)
     ap.add_argument("--name", required=True)
     ap.add_argument("--task", required=True)
     ap.add_argument("--obs", type=Path, required=True)
-    ap.add_argument("--rounds", type=Path, required=True, help="directory holding s<seed>/r<round>")
+    ap.add_argument("--rounds", type=Path, required=True, help="the problem's rounds directory (s<seed>/r<round>)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True, help="headline JSON (a DVC metrics file)")
     ap.add_argument("--sparsity-plot", type=Path, required=True, help="CSV: PSNR vs sparsity per method")
     ap.add_argument("--iteration-plot", type=Path, required=True, help="CSV: PSNR vs iteration")
-    args = ap.parse_args(argv)
-    params = common.load_params(args.params)
-    head = headline_round(params)
-    rounds = [0] + [k for k, _ in common.chain(params)]
-    net_cfg = common.net_cfg(params)
-    fit_cfg = common.fit_cfg(params, args.task)
-    problem = common.load_problem(args.obs)
-    root, dev = params["seed"], common.device(params)
-    curve_methods = list(params.get("evaluate", {}).get("curve_methods", []))
-    shown = common.shown_point(common.protocol(params))
+    args = entry.start(ap, argv)
+    params = load_params(args.params)
+    imp = params.imp
+    head = headline_round(params.sparsity, imp)
+    rounds = [0, *imp.rounds]
+    fit_cfg = params.fit_for(args.task)
+    problem = artifacts.load_problem(args.obs)
+    curve_methods = list(params.evaluate.curve_methods)
+    shown = shown_point(params.protocol)
 
     curves: dict[str, dict[int, list[dict]]] = {m: {} for m in ["lip", *curve_methods]}
     headline: dict[str, list[dict]] = {m: [] for m in ["dense", "lip", *MASK_BASELINES, "decoder"]}
     effective: list[float] = []
     images: dict[str, Any] = {}
-    for seed in params["seeds"]:
-        seed_dir = args.rounds / f"s{seed}"
-        start = common.load_weights(seed_dir / "r0" / common.REWIND, net_cfg)
-        _, z = common.load_init(seed_dir / "r0")
-        fit_seed = derive_seed(root, "fit", seed)
-        # The baseline fits of this seed share theta_0, z and the problem: one batched fit_many (on GPU).
+    for seed in params.seeds:
+        start, z = artifacts.load_rewind(layout.round_dir(args.rounds, seed, 0), params.net)
+        fit_seed = derive_seed(params.seed, "fit", seed)
+        # The baseline fits of this seed share theta_0, z and the problem: one batched fit (on GPU).
         planned: list[tuple[str, int, Mask]] = []
         for k in rounds:
-            m = io.read_json(seed_dir / f"r{k}" / common.METRICS)
+            m = artifacts.read_fit_metrics(layout.round_dir(args.rounds, seed, k))
             curves["lip"].setdefault(k, []).append(m)
             if k == head:
                 headline["lip"].append(m)
@@ -96,49 +70,38 @@ def main(argv: list[str] | None = None) -> None:
             if k == 0:
                 headline["dense"].append(m)
                 continue
-            lip_mask = common.load_round_mask(seed_dir / f"r{k}", net_cfg)
+            lip_mask = artifacts.load_round_mask(layout.round_dir(args.rounds, seed, k), params.net)
             methods = set(curve_methods) | (set(MASK_BASELINES) if k == head else set())
             for method in sorted(methods):
-                gen = generator(root, method, args.name, args.task, seed, k)
-                planned.append((method, k, baseline_mask(method, net_cfg, start, z, problem, lip_mask, gen)))
+                gen = generator(params.seed, method, args.name, args.task, seed, k)
+                planned.append((method, k, baseline_mask(method, params.net, start, z, problem, lip_mask, gen)))
+        log.info("seed %s: fitting %d baseline masks", seed, len(planned))
         trials = [Trial(start, z, problem, mask, fit_seed) for _, _, mask in planned]
-        for (method, k, mask), res in zip(planned, train_and_score_many(net_cfg, trials, fit_cfg, "blind", dev)):
+        outcomes = train_and_score(params.net, trials, fit_cfg, "blind", None, params.device) if trials else []
+        for (method, k, mask), res in zip(planned, outcomes):
             scores = {**res.scores, "sparsity": {"effective": sparsity(mask)}}
             if method in curves:
                 curves[method].setdefault(k, []).append(scores)
             if k == head:
                 headline[method].append(scores)
-                if seed == params["seeds"][0]:
+                if seed == params.seeds[0]:
                     images[method] = reported_images(res.result, fit_cfg)[shown]
         if head > 0:
-            lip_mask = common.load_round_mask(seed_dir / f"r{head}", net_cfg)
-            width = decoder_channels_for(nonzero_parameters(net_cfg, lip_mask), params["evaluate"]["decoder_layers"])
-            dec_cfg = NetConfig(
-                kind="decoder",
-                decoder_channels=width,
-                out_channels=net_cfg.out_channels,
-                decoder_layers=params["evaluate"]["decoder_layers"],
-                upsample=net_cfg.upsample,
-            )
-            dec = build_net(dec_cfg, generator(root, "decoder", seed))
-            z_dec = make_input(dec, *problem.x_true.shape[-2:], generator(root, "decoder_z", seed))
-            dec_fit = common.fit_cfg(params, args.task, reg_noise_std=0.0)  # the deep decoder uses no input noise
-            res = train_and_score(dec_cfg, dec.state_dict(), z_dec, problem, dec_fit, "blind", None, fit_seed, dev)
-            headline["decoder"].append(
-                {**res.scores, "channels": width, "parameters": sum(p.numel() for p in dec.parameters())}
-            )
-            if seed == params["seeds"][0]:
-                images["decoder"] = reported_images(res.result, dec_fit)[shown]
+            log.info("seed %s: fitting the deep decoder", seed)
+            scores, image = fit_decoder(params, args.task, layout.round_dir(args.rounds, seed, head), problem, seed)
+            headline["decoder"].append(scores)
+            if seed == params.seeds[0]:
+                images["decoder"] = image[shown]
 
     summary = {
         "image": args.name,
         "task": args.task,
-        "protocol": common.protocol(params),
+        "protocol": params.protocol,
         "shown_point": shown,
         "headline": {
-            "target_sparsity": float(params["sparsity"]),
+            "target_sparsity": params.sparsity,
             "round": head,
-            "nominal_sparsity": nominal_sparsity(params["imp"]["fraction"], head),
+            "nominal_sparsity": nominal_sparsity(imp.fraction, head),
             "effective_sparsity": sum(effective) / len(effective),
             "methods": {m: summarise(v) for m, v in headline.items() if v},
         },
@@ -146,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             m: [
                 {
                     "round": k,
-                    "nominal_sparsity": nominal_sparsity(params["imp"]["fraction"], k),
+                    "nominal_sparsity": nominal_sparsity(imp.fraction, k),
                     "effective_sparsity": sum(s["sparsity"]["effective"] for s in v) / len(v),
                     **summarise(v),
                 }
@@ -155,18 +118,36 @@ def main(argv: list[str] | None = None) -> None:
             for m, by_round in curves.items()
         },
     }
-    first = args.rounds / f"s{params['seeds'][0]}"
+    first = params.seeds[0]
     with io.atomic_dir(args.out) as tmp:
-        io.write_json(tmp / "results.json", {"summary": summary, "per_seed": headline})
-        shutil.copy(args.obs / "clean.png", tmp / "clean.png")
-        shutil.copy(args.obs / "degraded.png", tmp / "degraded.png")
-        shutil.copy(first / "r0" / common.OUTPUT_PNG.format(shown), tmp / "dense.png")
-        shutil.copy(first / f"r{head}" / common.OUTPUT_PNG.format(shown), tmp / "lip.png")
+        io.write_json(tmp / layout.RESULTS, {"summary": summary, "per_seed": headline})
+        shutil.copy(args.obs / layout.CLEAN_PNG, tmp / layout.method_png("clean"))
+        shutil.copy(args.obs / layout.DEGRADED_PNG, tmp / layout.method_png("degraded"))
+        for method, k in (("dense", 0), ("lip", head)):
+            shutil.copy(
+                layout.round_dir(args.rounds, first, k) / layout.output_png(shown), tmp / layout.method_png(method)
+            )
         for method, img in images.items():
-            io.save_png(img, tmp / f"{method}.png")
+            io.save_png(img, tmp / layout.method_png(method))
     io.write_json(args.metrics, summary["headline"])
     write_sparsity_plot(args.sparsity_plot, summary["curves"], shown)
-    write_iteration_plot(args.iteration_plot, first, head)
+    write_iteration_plot(args.iteration_plot, args.rounds, first, head)
+
+
+def fit_decoder(
+    params: Params, task: str, lip_round: Path, problem: Any, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The deep decoder with about as many parameters as the LIP net of `lip_round` keeps: scores, images."""
+    lip_mask = artifacts.load_round_mask(lip_round, params.net)
+    dec_cfg = matched_decoder(params.net, lip_mask, params.evaluate.decoder_layers)
+    dec = build_net(dec_cfg, generator(params.seed, "decoder", seed))
+    z_dec = make_input(dec, *problem.x_true.shape[-2:], generator(params.seed, "decoder_z", seed))
+    dec_fit = params.fit_for(task, reg_noise_std=0.0)  # the deep decoder uses no input noise
+    trial = Trial(dec.state_dict(), z_dec, problem, None, derive_seed(params.seed, "fit", seed))
+    (res,) = train_and_score(dec_cfg, [trial], dec_fit, "blind", None, params.device)
+    parameters = sum(p.numel() for p in dec.parameters())
+    scores = {**res.scores, "channels": dec_cfg.decoder_channels, "parameters": parameters}
+    return scores, reported_images(res.result, dec_fit)
 
 
 def write_sparsity_plot(path: Path, curves: dict[str, list[dict]], shown: str) -> None:
@@ -177,19 +158,22 @@ def write_sparsity_plot(path: Path, curves: dict[str, list[dict]], shown: str) -
             row = rows.setdefault(round(p["nominal_sparsity"], 6), {"sparsity": round(p["nominal_sparsity"], 6)})
             row[method] = p[f"{shown}_psnr"]["mean"]
     rows[0.0].update({m: rows[0.0]["lip"] for m in curves})  # at sparsity 0 every method is the dense net
-    common.write_csv(path, [rows[k] for k in sorted(rows)], ["sparsity", *curves])
+    artifacts.write_csv(path, [rows[k] for k in sorted(rows)], ["sparsity", *curves])
 
 
-def write_iteration_plot(path: Path, seed_dir: Path, head: int) -> None:
-    """PSNR of the reported output vs iteration, dense and LIP at the headline round (first seed)."""
-    cols = {}
+def write_iteration_plot(path: Path, rounds: Path, seed: int, head: int) -> None:
+    """PSNR of the reported output vs iteration, dense and LIP at the headline round (first seed).
+
+    Rows are matched by iteration: a fit that stopped early (fit.es_stop) has no values after its stop.
+    """
+    rows: dict[int, dict[str, Any]] = {}
     for name, k in (("dense", 0), ("lip", head)):
-        hist = io.read_json(seed_dir / f"r{k}" / common.HISTORY)
-        output = io.read_json(seed_dir / f"r{k}" / common.METRICS)["output"]
-        cols[name] = hist["psnr_ema" if output == "ema" else "psnr_out"]
-        iterations = hist["iteration"]
-    rows = [{"iteration": int(it), **{n: c[i] for n, c in cols.items()}} for i, it in enumerate(iterations)]
-    common.write_csv(path, rows, ["iteration", *cols])
+        round_dir = layout.round_dir(rounds, seed, k)
+        hist = io.read_json(round_dir / layout.HISTORY)
+        column = hist["psnr_ema" if artifacts.read_fit_metrics(round_dir)["output"] == "ema" else "psnr_out"]
+        for it, value in zip(hist["iteration"], column):
+            rows.setdefault(int(it), {"iteration": int(it)})[name] = value
+    artifacts.write_csv(path, [rows[it] for it in sorted(rows)], ["iteration", "dense", "lip"])
 
 
 if __name__ == "__main__":

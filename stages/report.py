@@ -16,7 +16,8 @@ from PIL import Image  # noqa: E402
 
 from lipcore import io  # noqa: E402
 
-from . import common  # noqa: E402
+from . import entry, layout  # noqa: E402
+from .params import load_params  # noqa: E402
 
 GRID = ["clean", "degraded", "dense", "lip", "random_global", "snip", "decoder"]
 METHOD_ORDER = ["dense", "lip", "random_global", "random_layer", "snip", "decoder"]
@@ -46,10 +47,10 @@ def headline_table(summary: dict[str, Any]) -> list[str]:
 
 
 def grid_figure(eval_dir: Path, title: str, path: Path) -> None:
-    names = [n for n in GRID if (eval_dir / f"{n}.png").exists()]
+    names = [n for n in GRID if (eval_dir / layout.method_png(n)).exists()]
     fig, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.6))
     for ax, name in zip(axes, names):
-        img = Image.open(eval_dir / f"{name}.png")
+        img = Image.open(eval_dir / layout.method_png(name))
         ax.imshow(img, cmap="gray" if img.mode == "L" else None, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
@@ -93,37 +94,37 @@ def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = common.parser(__doc__)
+    ap = entry.parser(__doc__)
     ap.add_argument("--evaluate", type=Path, required=True, help="directory of evaluate outputs")
     ap.add_argument("--transfer", type=Path, required=True, help="transfer metrics JSON")
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
-    params = common.load_params(args.params)
-    ids = [common.pair_id(i, t) for i in params["images"] for t in params["tasks"]]
-    summaries = [io.read_json(args.evaluate / i / "results.json")["summary"] for i in ids]
+    args = entry.start(ap, argv)
+    params = load_params(args.params)
+    ids = [layout.pair_id(i, t) for i in params.images for t in params.tasks]
+    summaries = [io.read_json(args.evaluate / i / layout.RESULTS)["summary"] for i in ids]
     transfer = io.read_json(args.transfer)
 
     with io.atomic_dir(args.out) as tmp:
-        curves_figure(summaries, tmp / "psnr_vs_sparsity.png")
+        curves_figure(summaries, tmp / layout.CURVES_PNG)
         lines = [
             "# Lottery image priors: report",
             "",
-            f"Protocol **{common.protocol(params)}**; images {params['images']}, tasks {params['tasks']}, "
-            f"seeds {params['seeds']}, image size {params['image_size']}, {params['fit']['iterations']} iterations "
+            f"Protocol **{params.protocol}**; images {list(params.images)}, tasks {list(params.tasks)}, "
+            f"seeds {list(params.seeds)}, image size {params.image_size}, {params.fit.iterations} iterations "
             "per fit. Values are mean ± std over seeds. *Oracle best* picks the iteration with the ground "
             "truth (as the LIP paper reports); *ES-WMV* stops without it.",
             "",
-            "![PSNR vs sparsity](psnr_vs_sparsity.png)",
+            f"![PSNR vs sparsity]({layout.CURVES_PNG})",
             "",
         ]
         for s, i in zip(summaries, ids):
-            grid_figure(args.evaluate / i, f"{i} ({s['shown_point']})", tmp / f"grid_{i}.png")
+            grid_figure(args.evaluate / i, f"{i} ({s['shown_point']})", tmp / layout.grid_png(i))
             lines += [
                 f"## {s['image']} / {s['task']}",
                 "",
                 *headline_table(s),
                 "",
-                f"![grid](grid_{i}.png)",
+                f"![grid]({layout.grid_png(i)})",
                 "",
             ]
         lines += [
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for src in ids:
             lines.append(f"| {src} | " + " | ".join(f"{transfer['psnr'][src][t]:.2f}" for t in ids) + " |")
-        (tmp / "report.md").write_text("\n".join(lines) + "\n")
+        (tmp / layout.REPORT_MD).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

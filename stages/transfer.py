@@ -10,46 +10,51 @@ LIP round. Writes the cross-image / cross-task PSNR matrix (mean +- std over see
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from lipcore import io
-from lipcore.lottery import Trial, summarise, train_and_score_many
+from lipcore.imp import headline_round
+from lipcore.scoring import shown_point, summarise
 from lipcore.seeding import derive_seed
+from lipcore.trials import Trial, train_and_score
 
-from . import common
-from .evaluate import headline_round
+from . import artifacts, entry, layout
+from .params import load_params
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = common.parser(__doc__)
+    ap = entry.parser(__doc__)
     ap.add_argument("--degrade", type=Path, required=True, help="directory of degrade outputs")
     ap.add_argument("--rounds", type=Path, required=True, help="directory of round outputs")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
-    args = ap.parse_args(argv)
-    params = common.load_params(args.params)
-    head = headline_round(params)
-    net_cfg = common.net_cfg(params)
-    shown = common.shown_point(common.protocol(params))
-    pairs = [(image, task) for image in params["images"] for task in params["tasks"]]
-    ids = [common.pair_id(*p) for p in pairs]
-
-    cells: dict[str, dict[str, list[dict]]] = {s: {t: [] for t in ids} for s in ids}
+    args = entry.start(ap, argv)
+    params = load_params(args.params)
+    head = headline_round(params.sparsity, params.imp)
     if head == 0:
         raise ValueError("transfer needs a sparse headline round: set sparsity > 0")
-    for seed in params["seeds"]:
-        fit_seed = derive_seed(params["seed"], "fit", seed)
-        for (_, t_task), tgt in zip(pairs, ids):
-            problem = common.load_problem(args.degrade / tgt)
-            start = common.load_weights(args.rounds / tgt / f"s{seed}" / "r0" / common.REWIND, net_cfg)
-            _, z = common.load_init(args.rounds / tgt / f"s{seed}" / "r0")
-            fit_cfg = common.fit_cfg(params, t_task)
-            # the target's own LIP round on the diagonal; the other sources' masks in one batched fit_many
-            cells[tgt][tgt].append(io.read_json(args.rounds / tgt / f"s{seed}" / f"r{head}" / common.METRICS))
+    shown = shown_point(params.protocol)
+    pairs = [(image, task) for image in params.images for task in params.tasks]
+    ids = [layout.pair_id(*p) for p in pairs]
+
+    cells: dict[str, dict[str, list[dict]]] = {s: {t: [] for t in ids} for s in ids}
+    for seed in params.seeds:
+        fit_seed = derive_seed(params.seed, "fit", seed)
+        for (_, task), tgt in zip(pairs, ids):
+            problem = artifacts.load_problem(args.degrade / tgt)
+            start, z = artifacts.load_rewind(layout.round_dir(args.rounds / tgt, seed, 0), params.net)
+            # the target's own LIP round on the diagonal; the other sources' masks in one batched fit
+            cells[tgt][tgt].append(artifacts.read_fit_metrics(layout.round_dir(args.rounds / tgt, seed, head)))
             sources = [src for src in ids if src != tgt]
-            masks = [common.load_round_mask(args.rounds / src / f"s{seed}" / f"r{head}", net_cfg) for src in sources]
-            trials = [Trial(start, z, problem, mask, fit_seed) for mask in masks]
-            outcomes = train_and_score_many(net_cfg, trials, fit_cfg, "blind", common.device(params))
+            log.info("seed %s: %d masks onto %s", seed, len(sources), tgt)
+            if not sources:
+                continue
+            rounds = [layout.round_dir(args.rounds / src, seed, head) for src in sources]
+            trials = [Trial(start, z, problem, artifacts.load_round_mask(r, params.net), fit_seed) for r in rounds]
+            outcomes = train_and_score(params.net, trials, params.fit_for(task), "blind", None, params.device)
             for src, outcome in zip(sources, outcomes):
                 cells[src][tgt].append(outcome.scores)
 
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     psnr = {s: {t: round(m[f"{shown}_psnr"]["mean"], 3) for t, m in row.items()} for s, row in matrix.items()}
     result = {"round": head, "point": shown, "psnr": psnr}
     with io.atomic_dir(args.out) as tmp:
-        io.write_json(tmp / "matrix.json", {**result, "full": matrix, "per_seed": cells})
+        io.write_json(tmp / layout.MATRIX, {**result, "full": matrix, "per_seed": cells})
     io.write_json(args.metrics, result)
 
 

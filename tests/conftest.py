@@ -62,3 +62,45 @@ def tiny_params(**overrides) -> dict:
     }
     params.update(overrides)
     return params
+
+
+PROJECT_FILES = ["dvc.yaml", ".dvcignore", "data/f16.png", "data/baby.png", "data/masks"]
+
+
+def make_project(path: Path, params: dict, code: bool = False) -> Path:
+    """A scratch pipeline project at `path`: dvc.yaml, the shipped images, `params` as params.yaml
+    (and, with code=True, copies of stages/ and lipcore/ for subprocess runs)."""
+    import shutil
+
+    import yaml
+
+    for item in PROJECT_FILES + (["stages", "lipcore"] if code else []):
+        src, dst = ROOT / item, path / item
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    return path
+
+
+def dvc_stages(path: Path) -> list:
+    """DVC's own resolved stages of the project at `path` (matrix expanded), dependencies first."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    if not (path / ".dvc").exists():
+        Repo.init(str(path), no_scm=True)
+    with Repo(str(path)) as repo:
+        return list(reversed(list(nx.topological_sort(repo.index.graph))))
+
+
+def run_stage_in_process(stage) -> None:
+    """Run a DVC stage's own command (`python -m stages.<name> ...`) by calling that module's main."""
+    import importlib
+    import shlex
+
+    argv = shlex.split(stage.cmd)
+    assert argv[:2] == ["python", "-m"], stage.cmd
+    importlib.import_module(argv[2]).main(argv[3:])

@@ -1,11 +1,64 @@
 import pytest
 
-from lipcore.config import DegradationConfig, FitConfig, NetConfig, PruneConfig, from_dict
+from lipcore.config import (
+    DegradationConfig,
+    FitConfig,
+    ImpConfig,
+    NetConfig,
+    SearchConfig,
+    derive,
+    from_dict,
+    recording_reads,
+)
 
 
 def test_from_dict_rejects_unknown_keys_and_names_them():
     with pytest.raises(ValueError, match="chanels"):
         from_dict(NetConfig, {"chanels": 3})
+    with pytest.raises(ValueError, match=r"imp.search: unknown key\(s\) \['imp.search.earlybird'\]"):
+        from_dict(ImpConfig, {"search": {"earlybird": 0.1}}, "imp")
+
+
+@pytest.mark.parametrize(
+    "cls, data, message",
+    [
+        (FitConfig, {"iterations": "20"}, r"fit.iterations: expected an integer, got '20'"),
+        (FitConfig, {"iterations": 20.5}, r"fit.iterations: expected an integer, got 20.5"),
+        (FitConfig, {"lr": "0.01"}, r"fit.lr: expected a number, got '0.01'"),
+        (FitConfig, {"lr": 0}, r"fit: lr must be > 0"),
+        (FitConfig, {"es_stop": "yes"}, r"fit.es_stop: expected true or false"),
+        (ImpConfig, {"search": {"iterations": 2.5}}, r"imp.search.iterations: expected an integer or null, got 2.5"),
+        (ImpConfig, {"chain": [[1, 0], [3, 1]]}, r"imp: chain entry 2 is \[3, 1\]; expected \[2, 1\]"),
+        (ImpConfig, {"chain": [1, 2]}, r"imp.chain\[0\]: expected a list"),
+    ],
+)
+def test_from_dict_names_the_key_and_value_of_a_wrong_type(cls, data, message):
+    section = "fit" if cls is FitConfig else "imp"
+    with pytest.raises(ValueError, match=message):
+        from_dict(cls, data, section)
+
+
+def test_from_dict_converts_to_the_declared_types():
+    cfg = from_dict(FitConfig, {"lr": 1, "iterations": 5}, "fit")
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0
+    imp = from_dict(ImpConfig, {"chain": [[1, 0], [2, 1]]}, "imp")
+    assert imp.chain == ((1, 0), (2, 1)) and imp.rounds == [1, 2] and imp.search == SearchConfig()
+
+
+def test_sections_record_the_params_keys_read():
+    imp = from_dict(ImpConfig, {"fraction": 0.3, "chain": [[1, 0]]}, "imp")
+    with recording_reads() as reads:
+        assert imp.fraction == 0.3
+        assert imp.search.early_bird is None  # a default section is key-aware too
+        _ = imp.search  # reading a nested section is not reading all of it
+    assert reads == {"imp.fraction", "imp.search.early_bird"}
+    with recording_reads() as reads:
+        short = derive(from_dict(FitConfig, {}, "fit"), iterations=3)
+        assert short.iterations == 3 and short.lr == 0.01
+    assert reads == {"fit.lr"}  # the changed field is the caller's, not a params read
+    with recording_reads() as reads:
+        lrs = [FitConfig().lr, from_dict(FitConfig, {"lr": 0.1}).lr]  # not from a params file: nothing recorded
+    assert reads == set() and lrs == [0.01, 0.1]
 
 
 def test_per_scale_fields_broadcast_and_check_length():
@@ -23,14 +76,12 @@ def test_task_defaults_and_validation():
     with pytest.raises(ValueError, match="task"):
         DegradationConfig(task="deblur")
     with pytest.raises(ValueError, match="fraction"):
-        PruneConfig(fraction=1.5)
+        ImpConfig(fraction=1.5)
     with pytest.raises(ValueError, match="rewind_iteration"):
         FitConfig(iterations=10, rewind_iteration=11)
 
 
 def test_search_config_defaults_to_the_evaluation_fit_and_checks_its_knobs():
-    from lipcore.config import SearchConfig
-
     evaluation = FitConfig(iterations=300, rewind_iteration=20)
     assert SearchConfig().is_evaluation and SearchConfig().fit_cfg(evaluation) is evaluation
     short = SearchConfig(iterations=100).fit_cfg(evaluation)

@@ -94,3 +94,27 @@ def test_pointwise_conv_is_the_conv_it_replaces(bias):
     torch.testing.assert_close(conv(channels_last), ref.detach(), rtol=1e-5, atol=1e-6)
     batch = torch.rand(3, 8, 6, 5)  # several images: the conv path
     torch.testing.assert_close(conv(batch), F.conv2d(batch, conv.weight, conv.bias))
+
+
+def test_building_learning_shapes_and_loading_states_draw_nothing_from_the_global_generator(tiny_cfg, tmp_path):
+    from lipcore import io
+    from lipcore.baselines import nonzero_parameters
+    from lipcore.config import ImpConfig
+    from lipcore.imp import next_mask
+    from lipcore.nets import net_from_state, skeleton
+    from lipcore.prune import dense_mask
+    from stages import artifacts
+
+    before = torch.random.get_rng_state()
+    net = build_net(tiny_cfg, torch.Generator().manual_seed(0))
+    io.save_state(tmp_path / "w.safetensors", net)
+    state = artifacts.load_weights(tmp_path / "w.safetensors", tiny_cfg)
+    copy = net_from_state(tiny_cfg, state)
+    mask = next_mask(tiny_cfg, state, None, ImpConfig())
+    assert nonzero_parameters(tiny_cfg, dense_mask(net)) == count_parameters(net)
+    assert all(p.is_meta for p in skeleton(tiny_cfg).parameters())
+    assert torch.equal(torch.random.get_rng_state(), before)
+    z = torch.rand(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(copy(z), net(z)) and mask.keys() == dense_mask(net).keys()
+    copy.head.weight.data.zero_()  # the copy owns its tensors
+    assert not torch.equal(state["head.weight"], copy.head.weight)

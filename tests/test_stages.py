@@ -3,12 +3,21 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from lipcore import io, prune
-from stages import common, degrade, dense_fit, evaluate, imp_round, report, transfer
+from lipcore.config import FitConfig
+from lipcore.fit import fit
+from lipcore.imp import find_ticket, headline_round
+from lipcore.metrics import psnr_y
+from lipcore.nets import net_from_state
+from lipcore.physics import Denoise
+from lipcore.trials import search_problem
+from stages import artifacts, degrade, dense_fit, evaluate, imp_round, layout, report, transfer
+from stages.params import load_params
 from tests.conftest import DATA, tiny_params
 
 
@@ -26,61 +35,68 @@ def write_params(path, params):
 
 
 def run_chain(params, image="f16", task="denoise", seeds=(0,)):
-    pid = f"{image}-{task}"
-    degrade.main(["--image", f"data/{image}.png", "--name", image, "--task", task, "--out", f"outs/degrade/{pid}"])
+    obs, rounds = str(layout.degrade_dir(image, task)), layout.pair_rounds(image, task)
+    degrade.main(["--image", str(layout.image_file(image)), "--name", image, "--task", task, "--out", obs])
     for s in seeds:
-        base = f"outs/rounds/{pid}/s{s}"
-        dense_fit.main(["--obs", f"outs/degrade/{pid}", "--task", task, "--seed", str(s), "--out", f"{base}/r0"])
+        r0 = str(layout.round_dir(rounds, s, 0))
+        dense_fit.main(["--obs", obs, "--task", task, "--seed", str(s), "--out", r0])
         for k, parent in params["imp"]["chain"]:
+            parent_dir, out = layout.round_dir(rounds, s, parent), layout.round_dir(rounds, s, k)
             imp_round.main(
-                [
-                    "--obs",
-                    f"outs/degrade/{pid}",
-                    "--task",
-                    task,
-                    "--seed",
-                    str(s),
-                    "--round",
-                    str(k),
-                    "--dense",
-                    f"{base}/r0",
-                    "--parent",
-                    f"{base}/r{parent}",
-                    "--out",
-                    f"{base}/r{k}",
-                ]
+                ["--obs", obs, "--task", task, "--seed", str(s), "--round", str(k), "--dense", r0]
+                + ["--parent", str(parent_dir), "--out", str(out)]
             )
+
+
+def run_evaluate(image, task):
+    evaluate.main(
+        ["--name", image, "--task", task, "--obs", str(layout.degrade_dir(image, task))]
+        + ["--rounds", str(layout.pair_rounds(image, task)), "--out", str(layout.evaluate_dir(image, task))]
+        + ["--metrics", str(layout.headline_metrics(image, task))]
+        + ["--sparsity-plot", str(layout.sparsity_plot(image, task))]
+        + ["--iteration-plot", str(layout.iteration_plot(image, task))]
+    )
+
+
+def run_transfer():
+    args = ["--degrade", str(layout.DEGRADE), "--rounds", str(layout.ROUNDS), "--out", str(layout.TRANSFER)]
+    transfer.main([*args, "--metrics", str(layout.TRANSFER_METRICS)])
+
+
+def fit_metrics(image, task, seed, k):
+    return artifacts.read_fit_metrics(layout.round_dir(layout.pair_rounds(image, task), seed, k))
 
 
 def test_degrade_writes_a_rebuildable_observation(project):
     write_params(project / "params.yaml", tiny_params(tasks=["inpaint"]))
     degrade.main(["--image", "data/f16.png", "--name", "f16", "--task", "inpaint", "--out", "outs/degrade/f16-inpaint"])
-    problem = common.load_problem(project / "outs/degrade/f16-inpaint")
+    problem = artifacts.load_problem(project / "outs/degrade/f16-inpaint")
     assert problem.y.shape == (1, 3, 32, 32) and problem.x_true.shape == (1, 3, 32, 32)
     assert torch.equal(problem.op(problem.x_true), problem.y)  # noise-free inpainting: y = A x exactly
-    assert (project / "outs/degrade/f16-inpaint/degraded.png").exists()
+    assert 0.4 < float(problem.op.mask.mean()) < 0.6  # keep: 0.5
+    assert (project / "outs/degrade/f16-inpaint" / layout.DEGRADED_PNG).exists()
 
 
 def test_rounds_chain_masks_monotone_with_the_published_schedule(project):
     params = tiny_params()
     write_params(project / "params.yaml", params)
     run_chain(params)
-    net_cfg = common.net_cfg(params)
-    base = project / "outs/rounds/f16-denoise/s0"
-    masks = [common.load_round_mask(base / f"r{k}", net_cfg) for k in (1, 2)]
+    base = layout.pair_rounds("f16", "denoise")
+    masks = [artifacts.load_round_mask(layout.round_dir(base, 0, k), load_params().net) for k in (1, 2)]
     assert prune.is_monotone(masks[0], masks[1])
     for k, mask in zip((1, 2), masks):
-        m = json.loads((base / f"r{k}" / common.METRICS).read_text())
+        m = fit_metrics("f16", "denoise", 0, k)
         assert m["round"] == k
         assert m["sparsity"]["nominal"] == pytest.approx(1 - 0.8**k)
         assert m["sparsity"]["effective"] == pytest.approx(prune.sparsity(mask))
         assert abs(m["sparsity"]["effective"] - m["sparsity"]["nominal"]) < 1e-3
         # the mask came from an 8-iteration search fit; the scores from the full 12-iteration evaluation
         assert m["search_iterations"] == 8 and m["last"]["iteration"] == 12
-        _, meta = io.load_tensors(base / f"r{k}" / common.MASK)
+        _, meta = io.load_tensors(layout.round_dir(base, 0, k) / layout.MASK)
         assert meta["round"] == k and meta["parent"].endswith(f"r{k - 1}")
-    init, _ = io.load_tensors(base / "r0" / common.INIT)
-    rewind, _ = io.load_tensors(base / "r0" / common.REWIND)
+        assert meta["prune"] == {"fraction": 0.2, "scope": "global", "keep_input_dense": False}
+    init, _ = io.load_tensors(layout.round_dir(base, 0, 0) / layout.INIT)
+    rewind, _ = io.load_tensors(layout.round_dir(base, 0, 0) / layout.REWIND)
     assert all(torch.equal(init[f"net.{k}"], v) for k, v in rewind.items())  # rewind_iteration 0: theta_0
 
 
@@ -88,25 +104,12 @@ def test_round_refuses_a_wrong_parent(project):
     params = tiny_params()
     write_params(project / "params.yaml", params)
     run_chain(params)
-    base = "outs/rounds/f16-denoise/s0"
+    base = layout.pair_rounds("f16", "denoise")
     with pytest.raises(ValueError, match="expected round 2"):
         imp_round.main(
-            [
-                "--obs",
-                "outs/degrade/f16-denoise",
-                "--task",
-                "denoise",
-                "--seed",
-                "0",
-                "--round",
-                "3",
-                "--dense",
-                f"{base}/r0",
-                "--parent",
-                f"{base}/r1",
-                "--out",
-                f"{base}/r3",
-            ]
+            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "0", "--round", "3"]
+            + ["--dense", str(layout.round_dir(base, 0, 0)), "--parent", str(layout.round_dir(base, 0, 1))]
+            + ["--out", str(layout.round_dir(base, 0, 3))]
         )
 
 
@@ -115,91 +118,172 @@ def test_evaluate_transfer_report(project):
     write_params(project / "params.yaml", params)
     for image in params["images"]:
         run_chain(params, image=image)
-    for image in params["images"]:
-        evaluate.main(
-            [
-                "--name",
-                image,
-                "--task",
-                "denoise",
-                "--obs",
-                f"outs/degrade/{image}-denoise",
-                "--rounds",
-                f"outs/rounds/{image}-denoise",
-                "--out",
-                f"outs/evaluate/{image}-denoise",
-                "--metrics",
-                f"metrics/{image}-denoise.json",
-                "--sparsity-plot",
-                f"plots/sparsity/{image}-denoise.csv",
-                "--iteration-plot",
-                f"plots/iteration/{image}-denoise.csv",
-            ]
-        )
-    head = json.loads((project / "metrics/f16-denoise.json").read_text())
+        run_evaluate(image, "denoise")
+    head = json.loads(layout.headline_metrics("f16", "denoise").read_text())
     assert head["round"] == 2  # 0.36 >= 0.3 > 0.2
     assert set(head["methods"]) == {"dense", "lip", "random_global", "random_layer", "snip", "decoder"}
     assert head["methods"]["lip"]["es_psnr"]["mean"] > 10
-    results = json.loads((project / "outs/evaluate/f16-denoise/results.json").read_text())
+    lip = fit_metrics("f16", "denoise", 0, 2)
+    assert head["methods"]["lip"]["es_psnr"]["mean"] == lip["es"]["psnr"]  # one seed: the round's own score
+    results = io.read_json(layout.evaluate_dir("f16", "denoise") / layout.RESULTS)
     per_seed = results["per_seed"]
     for method in ("random_global", "random_layer", "snip"):  # exactly the LIP sparsity
         assert per_seed[method][0]["sparsity"]["effective"] == pytest.approx(head["effective_sparsity"], abs=1e-9)
-    assert (project / "plots/sparsity/f16-denoise.csv").read_text().startswith("sparsity,lip,random_global")
+    assert layout.sparsity_plot("f16", "denoise").read_text().startswith("sparsity,lip,random_global")
 
-    transfer.main(
-        [
-            "--degrade",
-            "outs/degrade",
-            "--rounds",
-            "outs/rounds",
-            "--out",
-            "outs/transfer",
-            "--metrics",
-            "metrics/transfer.json",
-        ]
-    )
-    t = json.loads((project / "metrics/transfer.json").read_text())
+    run_transfer()
+    t = json.loads(layout.TRANSFER_METRICS.read_text())
     assert set(t["psnr"]) == {"f16-denoise", "baby-denoise"}
-    assert t["psnr"]["f16-denoise"]["f16-denoise"] == pytest.approx(
-        json.loads((project / "outs/rounds/f16-denoise/s0/r2/metrics.json").read_text())["es"]["psnr"],
-        abs=1e-3,
-    )
+    assert t["psnr"]["f16-denoise"]["f16-denoise"] == pytest.approx(lip["es"]["psnr"], abs=1e-3)
 
-    report.main(["--evaluate", "outs/evaluate", "--transfer", "metrics/transfer.json", "--out", "report"])
-    md = (project / "report/report.md").read_text()
+    report.main(["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER_METRICS), "--out", "report"])
+    md = (project / "report" / layout.REPORT_MD).read_text()
     assert "| lip |" in md and "Transfer" in md
-    assert (project / "report/psnr_vs_sparsity.png").exists() and (project / "report/grid_f16-denoise.png").exists()
+    assert (project / "report" / layout.CURVES_PNG).exists()
+    assert (project / "report" / layout.grid_png("f16-denoise")).exists()
+
+
+def test_transfer_with_one_problem_writes_the_diagonal_only(project):
+    params = tiny_params(images=["f16"])
+    write_params(project / "params.yaml", params)
+    run_chain(params)
+    run_transfer()
+    t = json.loads(layout.TRANSFER_METRICS.read_text())
+    assert list(t["psnr"]) == ["f16-denoise"]
+    lip = fit_metrics("f16", "denoise", 0, 2)
+    assert t["psnr"]["f16-denoise"]["f16-denoise"] == pytest.approx(lip["es"]["psnr"], abs=1e-3)
+
+
+def test_iteration_plot_matches_rows_by_iteration_when_fits_stop_early(tmp_path):
+    """fit.es_stop: the dense and LIP histories end at different iterations; rows must not shift."""
+    dense = {"iteration": [4, 8, 12], "psnr_out": [10.0, 11.0, 12.0], "psnr_ema": [1.0, 2.0, 3.0]}
+    lip = {"iteration": [4, 8], "psnr_out": [20.0, 21.0], "psnr_ema": [5.0, 6.0]}
+    for k, hist, output in ((0, dense, "raw"), (2, lip, "ema")):
+        d = layout.round_dir(tmp_path, 0, k)
+        io.write_json(d / layout.HISTORY, hist)
+        io.write_json(d / layout.FIT_METRICS, {"output": output})
+    evaluate.write_iteration_plot(tmp_path / "plot.csv", tmp_path, 0, 2)
+    assert (tmp_path / "plot.csv").read_text().splitlines() == [
+        "iteration,dense,lip",
+        "4,10,5",
+        "8,11,6",
+        "12,12,",
+    ]
+    lip["iteration"], lip["psnr_ema"] = [4, 8, 12, 16], [5.0, 6.0, 7.0, 8.0]  # LIP runs longer than dense
+    io.write_json(layout.round_dir(tmp_path, 0, 2) / layout.HISTORY, lip)
+    evaluate.write_iteration_plot(tmp_path / "plot.csv", tmp_path, 0, 2)
+    assert (tmp_path / "plot.csv").read_text().splitlines()[-1] == "16,,8"
+
+
+def test_es_stop_runs_through_evaluate(project):
+    params = tiny_params(images=["f16"])
+    params["fit"] = {**params["fit"], "es_stop": True, "iterations": 40, "log_every": 2}
+    write_params(project / "params.yaml", params)
+    run_chain(params)
+    run_evaluate("f16", "denoise")
+    rows = layout.iteration_plot("f16", "denoise").read_text().splitlines()[1:]
+    iterations = [int(r.split(",")[0]) for r in rows]
+    assert iterations == sorted(set(iterations))
+    stops = {k: fit_metrics("f16", "denoise", 0, k)["last"]["iteration"] for k in (0, 2)}
+    assert max(iterations) == max(stops.values())
+    assert min(stops.values()) < 40  # at least one fit stopped early
+
+
+def test_super_resolution_oracle_is_picked_by_the_reported_y_psnr(project):
+    params = tiny_params(images=["f16"], tasks=["sr2"])
+    params["task_defs"]["sr2"] = {"degradation": {"task": "sr", "factor": 2}, "fit": {"ema_weight": 0.0}}
+    params["fit"] = {**params["fit"], "log_every": 1}
+    write_params(project / "params.yaml", params)
+    run_chain(params, task="sr2")
+    for k in (0, 1, 2):
+        m = fit_metrics("f16", "sr2", 0, k)
+        hist = io.read_json(layout.round_dir(layout.pair_rounds("f16", "sr2"), 0, k) / layout.HISTORY)
+        best = int(np.argmax(hist["psnr_out"]))
+        assert m["oracle_best"]["iteration"] == hist["iteration"][best]
+        assert m["oracle_best"]["psnr"] == pytest.approx(hist["psnr_out"][best], abs=1e-3)
+    problem = artifacts.load_problem(layout.degrade_dir("f16", "sr2"))
+    assert problem.y.shape == (1, 3, 16, 16)
+    assert problem.psnr.func is psnr_y and problem.psnr.keywords == {"shave": 2}
+
+
+def test_compressive_sensing_runs_through_the_rounds(project):
+    params = tiny_params(images=["f16"], tasks=["cs"])
+    params["task_defs"]["cs"] = {"degradation": {"task": "cs", "ratio": 0.25}, "fit": {"ema_weight": 0.0}}
+    write_params(project / "params.yaml", params)
+    run_chain(params, task="cs")
+    problem = artifacts.load_problem(layout.degrade_dir("f16", "cs"))
+    assert problem.y.shape == (1, 768)  # 0.25 of 3 x 32 x 32 measurements
+    for k in (0, 1, 2):
+        m = fit_metrics("f16", "cs", 0, k)
+        assert np.isfinite(m["es"]["psnr"]) and m["sparsity"]["nominal"] == pytest.approx(1 - 0.8**k)
+
+
+def test_paper_protocol_searches_denoising_masks_on_the_clean_image(project):
+    params = tiny_params(images=["f16"], protocol="paper")
+    write_params(project / "params.yaml", params)
+    run_chain(params)
+    p = load_params()
+    problem = artifacts.load_problem(layout.degrade_dir("f16", "denoise"))
+    round0 = layout.round_dir(layout.pair_rounds("f16", "denoise"), 0, 0)
+    theta0, z = artifacts.load_init(round0)
+    # the weights round 1 prunes come from an 8-iteration search fit of the CLEAN image
+    net = net_from_state(p.net, theta0)
+    search_cfg = p.imp.search.fit_cfg(p.fit_for("denoise"))
+    from lipcore.seeding import derive_seed
+
+    fit(net, z, Denoise(problem.op.image_shape, 0.0), problem.x_true, search_cfg, seed=derive_seed(0, "fit", 0))
+    trained = artifacts.load_weights(round0 / layout.TRAINED, p.net)
+    assert all(torch.equal(v, trained[k]) for k, v in net.state_dict().items())
+    # the reported fit is on the noisy observation, 12 iterations
+    assert fit_metrics("f16", "denoise", 0, 0)["last"]["iteration"] == 12
+
+
+def test_find_ticket_draws_the_pipelines_masks(project):
+    """find_ticket's round k fits exactly as the pipeline's round k (late rewinding, early-bird search)."""
+    params = tiny_params(images=["f16"])
+    params["imp"] = {
+        **params["imp"],
+        "rewind_iteration": 6,
+        "search": {"iterations": 10, "early_bird": 0.5, "early_bird_every": 2, "early_bird_patience": 1},
+    }
+    write_params(project / "params.yaml", params)
+    run_chain(params)
+    p = load_params()
+    rounds = layout.pair_rounds("f16", "denoise")
+    theta0, z = artifacts.load_init(layout.round_dir(rounds, 0, 0))
+    problem = artifacts.load_problem(layout.degrade_dir("f16", "denoise"))
+    from lipcore.seeding import derive_seed
+
+    ticket = find_ticket(
+        p.net, theta0, z, search_problem(problem, p.protocol), p.fit_for("denoise"), p.imp, 2, derive_seed(0, "fit", 0)
+    )
+    assert ticket.search_iterations == [fit_metrics("f16", "denoise", 0, k)["search_iterations"] for k in (0, 1)]
+    assert ticket.search_iterations[1] < 7  # a later round may stop before the rewind point of round 0
+    mask = artifacts.load_round_mask(layout.round_dir(rounds, 0, 2), p.net)
+    assert all(torch.equal(mask[n], ticket.mask[n]) for n in mask)
+    rewind = artifacts.load_weights(layout.round_dir(rounds, 0, 0) / layout.REWIND, p.net)
+    assert all(torch.equal(rewind[k], v) for k, v in ticket.start.items())
 
 
 def test_unreached_sparsity_says_how_many_rounds_to_add(project):
     write_params(project / "params.yaml", tiny_params(sparsity=0.6))
+    params = load_params()
     with pytest.raises(ValueError, match=r"Add 3 round\(s\) to imp.chain.*\[3, 2\], \[4, 3\], \[5, 4\]"):
-        evaluate.headline_round(common.load_params())
-
-
-def test_unknown_param_keys_are_named(project):
-    params = tiny_params()
-    params["fit"]["iteratons"] = 5
-    write_params(project / "params.yaml", params)
-    with pytest.raises(ValueError, match="iteratons"):
-        common.fit_cfg(common.load_params(), "denoise")
+        headline_round(params.sparsity, params.imp)
 
 
 @pytest.mark.parametrize("name", ["params.yaml", "params.paper.yaml"])
 def test_shipped_params_files_are_valid(name):
     from tests.conftest import ROOT
 
-    params = common.load_params(ROOT / name)
-    common.net_cfg(params)
-    common.prune_cfg(params)
-    for task in params["tasks"]:
-        common.degradation_cfg(params, task)
-        common.fit_cfg(params, task)
-    assert common.chain(params)
-    assert evaluate.headline_round(params) >= 1
-    assert params["image_size"] % common.net_cfg(params).downscale == 0
-    for image in params["images"]:
-        assert (ROOT / "data" / f"{image}.png").exists()
+    params = load_params(ROOT / name)
+    for task in params.tasks:
+        params.fit_for(task)
+    assert params.imp.chain
+    assert headline_round(params.sparsity, params.imp) >= 1
+    assert params.image_size % params.net.downscale == 0
+    for image in params.images:
+        assert (ROOT / layout.image_file(image)).exists()
 
 
 def test_stage_outputs_are_byte_identical_when_rerun(project):
@@ -212,3 +296,11 @@ def test_stage_outputs_are_byte_identical_when_rerun(project):
     assert files and files == sorted(p.name for p in (project / "outs/r0b").iterdir())
     for name in files:
         assert (project / "outs/r0a" / name).read_bytes() == (project / "outs/r0b" / name).read_bytes(), name
+
+
+def test_fit_configs_carry_the_task_overrides(project):
+    write_params(project / "params.yaml", tiny_params())
+    p = load_params()
+    assert p.fit_for("denoise").ema_weight == 0.9 and p.fit_for("inpaint").ema_weight == 0.0
+    assert p.fit_for("denoise", reg_noise_std=0.0).reg_noise_std == 0.0
+    assert p.fit_for("denoise").iterations == 12 == FitConfig(**{**p.fit.__dict__}).iterations

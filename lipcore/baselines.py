@@ -1,0 +1,68 @@
+"""What LIP is compared with at the same sparsity: random masks that remove exactly as many weights (globally,
+and layer-wise matched), SNIP, and a deep decoder with as many parameters as the sparse net keeps."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import prune
+from .config import NetConfig
+from .nets import net_from_state, skeleton
+from .physics import Problem
+
+MASK_BASELINES = ("random_global", "random_layer", "snip")
+
+
+def baseline_mask(
+    method: str,
+    net_cfg: NetConfig,
+    start: dict[str, Tensor],
+    z: Tensor,
+    problem: Problem,
+    reference: prune.Mask,
+    generator: torch.Generator,
+) -> prune.Mask:
+    """A baseline mask pruning exactly as many weights as `reference` (the LIP mask it is compared with).
+
+    random_global: uniformly over all conv weights; random_layer: as many per layer as `reference`;
+    snip: the smallest |w * dL/dw| at `start` on the problem's loss.
+    """
+    if method not in MASK_BASELINES:
+        raise ValueError(f"unknown baseline {method!r}; choose from {MASK_BASELINES}")
+    net = net_from_state(net_cfg, start)
+    removed = prune.count_total(reference) - prune.count_kept(reference)
+    fraction = removed / prune.count_total(reference)
+    if method == "random_global":
+        return prune.random_mask(net, fraction, generator)
+    if method == "random_layer":
+        return prune.random_mask_like(reference, generator)
+    return prune.snip_mask(net, lambda m: (problem.op(m(z)) - problem.y).pow(2).mean(), fraction)
+
+
+def nonzero_parameters(net_cfg: NetConfig, mask: prune.Mask) -> int:
+    """Trainable parameters of the masked net: kept conv weights + all biases and BN parameters."""
+    total = sum(p.numel() for p in skeleton(net_cfg).parameters())
+    return total - (prune.count_total(mask) - prune.count_kept(mask))
+
+
+def decoder_channels_for(n_params: int, layers: int = 6, out_channels: int = 3) -> int:
+    """The deep-decoder width k whose parameter count (layers*k^2 + 2*layers*k + out*k) is nearest n_params."""
+    a, b = layers, 2 * layers + out_channels
+    k = (-b + math.sqrt(b * b + 4 * a * n_params)) / (2 * a)
+    candidates = [max(1, math.floor(k)), max(1, math.ceil(k))]
+    return min(candidates, key=lambda c: abs(a * c * c + b * c - n_params))
+
+
+def matched_decoder(net_cfg: NetConfig, mask: prune.Mask, layers: int) -> NetConfig:
+    """The deep decoder whose parameter count is nearest to what the masked net `net_cfg` keeps."""
+    width = decoder_channels_for(nonzero_parameters(net_cfg, mask), layers, net_cfg.out_channels)
+    return NetConfig(
+        kind="decoder",
+        decoder_channels=width,
+        decoder_layers=layers,
+        out_channels=net_cfg.out_channels,
+        upsample=net_cfg.upsample,
+    )

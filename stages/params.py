@@ -1,0 +1,112 @@
+"""The schema of params.yaml: one frozen dataclass tree, loaded and checked once per stage.
+
+Sections are lipcore's configs (net, fit, imp, each task's degradation); the pipeline adds the top-level
+keys, task_defs and evaluate. Unknown keys and wrong types are refused at every level with the key's path.
+Every field records its params key when read (lipcore.config.recording_reads): tests/test_params_deps.py
+checks that each DVC stage lists exactly the keys its code reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lipcore.config import (
+    DegradationConfig,
+    FitConfig,
+    ImpConfig,
+    NetConfig,
+    Section,
+    from_dict,
+    unrecorded,
+    with_keys,
+)
+from lipcore.trials import PROTOCOLS
+
+
+@dataclass(frozen=True)
+class TaskDef(Section):
+    """One task: its degradation and the overrides of the `fit` section it publishes (e.g. reg-noise, EMA)."""
+
+    degradation: DegradationConfig
+    fit: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Section):
+    decoder_layers: int = 6  # deep-decoder baseline; its width is chosen to match LIP's weight count
+    curve_methods: tuple[str, ...] = ()  # baselines also fitted at every round's sparsity (for the curves)
+
+    def __post_init__(self) -> None:
+        from lipcore.baselines import MASK_BASELINES
+
+        unknown = sorted(set(self.curve_methods) - set(MASK_BASELINES))
+        if unknown:
+            raise ValueError(f"curve_methods: unknown method(s) {unknown}; choose from {list(MASK_BASELINES)}")
+        if self.decoder_layers < 1:
+            raise ValueError(f"decoder_layers must be >= 1, got {self.decoder_layers}")
+
+
+@dataclass(frozen=True)
+class Params(Section):
+    """params.yaml."""
+
+    sparsity: float  # target of the headline: the first IMP round whose nominal sparsity reaches it
+    image_size: int  # centre crop, a multiple of the net's 2**scales
+    images: tuple[str, ...]  # data/<name>.png
+    tasks: tuple[str, ...]  # keys of task_defs
+    task_defs: dict[str, TaskDef]
+    protocol: str = "blind"  # paper | blind (lipcore.trials.search_problem)
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    seed: int = 0  # root seed; all others are derived from it and names
+    seeds: tuple[int, ...] = (0,)  # initialisations: theta_0, z and reg-noise stream
+    net: NetConfig = dataclasses.field(default_factory=NetConfig)
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+    imp: ImpConfig = dataclasses.field(default_factory=ImpConfig)
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        missing = [t for t in self.tasks if t not in self.task_defs]
+        if missing:
+            raise ValueError(f"tasks {missing} are not defined under task_defs (have {sorted(self.task_defs)})")
+
+    def task(self, name: str) -> TaskDef:
+        """task_defs[name]; an error naming the defined tasks if there is none."""
+        defs = self.task_defs
+        if name not in defs:
+            raise ValueError(f"task {name!r} is not defined under task_defs in params.yaml (have {sorted(defs)})")
+        return defs[name]
+
+    def fit_for(self, task: str, **overrides: Any) -> FitConfig:
+        """The `fit` section with task_defs.<task>.fit on top (and `overrides`, set by the stage's code)."""
+        task_fit = self.task(task).fit
+        with unrecorded():
+            merged = {**dataclasses.asdict(self.fit), **task_fit, **overrides}
+            cfg = from_dict(FitConfig, merged, f"task_defs.{task}.fit")
+        keys = {f.name: f"fit.{f.name}" for f in dataclasses.fields(FitConfig) if f.name not in overrides}
+        keys.update({k: f"task_defs.{task}.fit.{k}" for k in task_fit if k not in overrides})
+        return with_keys(cfg, keys)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and check the whole params file; every error names the key, the value and what is allowed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the stage from the project root")
+    data = yaml.safe_load(path.read_text())
+    try:
+        params = from_dict(Params, data, key="")
+        with unrecorded():
+            for task in params.task_defs:  # each task's fit overrides must make a valid fit
+                params.fit_for(task)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    return params

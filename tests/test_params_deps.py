@@ -1,0 +1,77 @@
+"""Every DVC stage lists exactly the params keys its code reads: no stale cache from an unlisted key, no
+needless rerun from a listed one. Each stage's own command runs in-process on tiny params while the params
+tree records every key read (lipcore.config.recording_reads); DVC resolves the stages and their lists."""
+
+from collections import defaultdict
+
+import pytest
+from dvc.dependency.param import ParamsDependency
+
+from lipcore.config import recording_reads
+from tests.conftest import dvc_stages, make_project, run_stage_in_process, tiny_params
+
+
+def _settings() -> dict[str, dict]:
+    """Two settings that between them take every branch that reads a key (early-bird search on and off,
+    late rewinding, the paper protocol, fits that stop at ES-WMV)."""
+    plain = tiny_params(images=["f16"], tasks=["denoise", "inpaint"])
+    varied = tiny_params(images=["f16"], tasks=["denoise", "inpaint"], protocol="paper")
+    varied["imp"] = {
+        **varied["imp"],
+        "rewind_iteration": 2,
+        "search": {"iterations": 8, "early_bird": 0.5, "early_bird_every": 2, "early_bird_patience": 1},
+    }
+    varied["fit"] = {**varied["fit"], "es_stop": True}
+    return {"plain": plain, "varied": varied}
+
+
+def _covers(key: str, other: str) -> bool:
+    """True if params key `key` is `other` or one of its parents."""
+    return other == key or other.startswith(key + ".")
+
+
+@pytest.fixture(scope="module")
+def reads_and_lists(tmp_path_factory):
+    reads: dict[str, set[str]] = defaultdict(set)
+    listed: dict[str, set[str]] = {}
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        for name, params in _settings().items():
+            project = make_project(tmp_path_factory.mktemp(name), params)
+            monkeypatch.chdir(project)
+            for stage in dvc_stages(project):
+                keys = {p for d in stage.deps if isinstance(d, ParamsDependency) for p in d.params}
+                listed[stage.addressing] = keys
+                with recording_reads() as seen:
+                    run_stage_in_process(stage)
+                reads[stage.addressing] |= seen
+    finally:
+        monkeypatch.undo()
+    return reads, listed
+
+
+def test_every_stage_ran_and_read_params(reads_and_lists):
+    reads, listed = reads_and_lists
+    kinds = {a.split("@")[0] for a in listed}
+    assert kinds == {"degrade", "dense_fit", "imp_round", "evaluate", "transfer", "report"}
+    assert all(reads[a] for a in listed), [a for a in listed if not reads[a]]
+
+
+def test_every_key_a_stage_reads_is_listed_in_dvc_yaml(reads_and_lists):
+    reads, listed = reads_and_lists
+    unlisted = {a: sorted(r for r in reads[a] if not any(_covers(k, r) for k in listed[a])) for a in listed}
+    assert not {a: keys for a, keys in unlisted.items() if keys}, "read but not in the stage's params: list"
+
+
+def test_every_key_dvc_yaml_lists_is_read(reads_and_lists):
+    reads, listed = reads_and_lists
+    unread = {a: sorted(k for k in listed[a] if not any(_covers(k, r) for r in reads[a])) for a in listed}
+    assert not {a: keys for a, keys in unread.items() if keys}, "listed in dvc.yaml but never read"
+
+
+def test_rounds_do_not_read_the_target_or_the_chain(reads_and_lists):
+    """Changing `sparsity` or appending a round must rerun no existing round."""
+    reads, _ = reads_and_lists
+    for address, keys in reads.items():
+        if address.startswith(("dense_fit", "imp_round")):
+            assert not {k for k in keys if k == "sparsity" or k.startswith("imp.chain")}, address
