@@ -10,11 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import ROOT, tiny_params
-
-COPY = ["dvc.yaml", "stages", "lipcore", ".dvcignore", "data/f16.png", "data/baby.png", "data/masks"]
+from tests.conftest import make_project, tiny_params
 
 
 def run(cmd, cwd, env):
@@ -29,15 +26,7 @@ def repo(tmp_path_factory):
     dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
     if dvc is None:
         pytest.fail("dvc is not installed: run setup.sh (pip install -e '.[pipeline,dev]')")
-    path = tmp_path_factory.mktemp("lip")
-    for item in COPY:
-        src, dst = ROOT / item, path / item
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst)
-    (path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    path = make_project(tmp_path_factory.mktemp("lip"), tiny_params(), code=True)
     # The stages run `python -m stages...`: put this interpreter first on PATH.
     env = {
         **os.environ,
