@@ -363,7 +363,8 @@ class ImpConfig(Section):
         return {"fraction": self.fraction, "scope": self.scope, "keep_input_dense": self.keep_input_dense}
 
 
-# Published per-task DIP settings (REFERENCE.md section 1), for users who want the paper's numbers.
+# The published per-task DIP settings (Ulyanov et al. 2018 and their code; LIP reuses them), for users who want
+# the paper's setup: copy one into params.yaml's task_defs.<task>.fit, or pass it to fit().
 PUBLISHED_FIT: dict[str, FitConfig] = {
     "denoise": FitConfig(iterations=3000, reg_noise_std=1.0 / 30.0, ema_weight=0.99),
     "denoise_sigma50": FitConfig(iterations=3000, reg_noise_std=1.0 / 20.0, ema_weight=0.99),

@@ -56,10 +56,6 @@ def mask_distance(a: Mask, b: Mask) -> float:
     return sum(int((a[n] != b[n]).sum()) for n in a) / count_total(a)
 
 
-def layer_sparsity(mask: Mask) -> dict[str, float]:
-    return {name: 1.0 - float(m.sum()) / m.numel() for name, m in mask.items()}
-
-
 def _remove_smallest(scores: Tensor, alive: Tensor, n_remove: int) -> Tensor:
     """New flat keep-vector: `alive` minus the n_remove alive entries of smallest score (stable ties)."""
     if n_remove <= 0:

@@ -93,3 +93,18 @@ def test_search_config_defaults_to_the_evaluation_fit_and_checks_its_knobs():
         SearchConfig(early_bird=1.5)
     with pytest.raises(ValueError, match="search iterations"):
         SearchConfig(iterations=0)
+
+
+def test_published_fit_settings_are_the_dip_papers():
+    from lipcore.config import PUBLISHED_FIT
+
+    table = {k: (c.iterations, round(c.reg_noise_std, 4), c.ema_weight) for k, c in PUBLISHED_FIT.items()}
+    assert table == {
+        "denoise": (3000, 0.0333, 0.99),
+        "denoise_sigma50": (3000, 0.05, 0.99),
+        "inpaint": (3000, 0.03, 0.0),
+        "inpaint_text": (6000, 0.03, 0.0),
+        "sr4": (2000, 0.03, 0.0),
+        "sr8": (4000, 0.05, 0.0),
+    }
+    assert all(c.lr == 0.01 for c in PUBLISHED_FIT.values())
