@@ -1,0 +1,57 @@
+"""The baselines LIP is compared with: matched random / SNIP masks and the deep decoder of the same size."""
+
+import pytest
+import torch
+
+from lipcore import DegradationConfig, NetConfig, build_net, count_parameters, make_input
+from lipcore import prune as P
+from lipcore.baselines import MASK_BASELINES, baseline_mask, decoder_channels_for, matched_decoder, nonzero_parameters
+from lipcore.physics import make_problem
+
+
+def _decoder_parameters(k: int, layers: int = 6) -> int:
+    return count_parameters(build_net(NetConfig(kind="decoder", decoder_channels=k, decoder_layers=layers)))
+
+
+@pytest.mark.parametrize("layers", [3, 6])
+@pytest.mark.parametrize("n_params", [1, 500, 25_536, 30_000, 100_224, 1_000_000])
+def test_decoder_width_is_the_nearest_parameter_count(n_params, layers):
+    k = decoder_channels_for(n_params, layers)
+    brute = min(range(1, 600), key=lambda c: abs(layers * c * c + (2 * layers + 3) * c - n_params))
+    assert k == brute
+    if k < 200:  # the formula is the built decoder's count
+        assert _decoder_parameters(k, layers) == layers * k * k + (2 * layers + 3) * k
+
+
+def test_published_decoder_sizes_are_matched_exactly():
+    assert decoder_channels_for(25_536) == 64 and decoder_channels_for(100_224) == 128
+
+
+def test_matched_decoder_has_about_the_sparse_nets_parameters(tiny_cfg):
+    net = build_net(tiny_cfg, torch.Generator().manual_seed(0))
+    mask = P.random_mask(net, 0.5, torch.Generator().manual_seed(1))
+    kept = nonzero_parameters(tiny_cfg, mask)
+    assert kept == count_parameters(net) - (P.count_total(mask) - P.count_kept(mask))
+    dec = matched_decoder(tiny_cfg, mask, layers=3)
+    got = _decoder_parameters(dec.decoder_channels, 3)
+    neighbours = [_decoder_parameters(dec.decoder_channels + d, 3) for d in (-1, 1)]
+    assert all(abs(got - kept) <= abs(n - kept) for n in neighbours)
+
+
+@pytest.mark.parametrize("method", MASK_BASELINES)
+def test_baseline_masks_remove_exactly_as_many_weights_as_lip(method, tiny_cfg, f16_small):
+    g = torch.Generator().manual_seed(0)
+    net = build_net(tiny_cfg, g)
+    z = make_input(net, 32, 32, g)
+    problem = make_problem(f16_small, DegradationConfig(task="inpaint"), g)
+    lip = P.magnitude_prune(net, P.dense_mask(net), 0.36, scope="layer")
+    mask = baseline_mask(method, tiny_cfg, net.state_dict(), z, problem, lip, torch.Generator().manual_seed(2))
+    assert P.count_kept(mask) == P.count_kept(lip)
+    if method == "random_layer":
+        assert all(int(mask[n].sum()) == int(lip[n].sum()) for n in lip)
+    assert any(not torch.equal(mask[n], lip[n]) for n in lip)  # not LIP's mask itself
+
+
+def test_unknown_baselines_are_named():
+    with pytest.raises(ValueError, match="choose from"):
+        baseline_mask("magnitude", NetConfig(), {}, torch.zeros(1), None, {}, torch.Generator())
