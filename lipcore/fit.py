@@ -28,7 +28,7 @@ from .members import choose_engine, make_engine
 from .metrics import psnr, psnr_from_mse
 from .physics import Operator
 from .prune import Mask
-from .runtime import resolve_device, tune_cpu_allocator
+from .runtime import on_device, resolve_device, resolve_precision
 
 HISTORY_COLUMNS = ("iteration", "loss", "psnr_obs", "es_variance", "backtracks", "psnr_out", "psnr_ema")
 
@@ -232,18 +232,17 @@ def _fit_members(
 ) -> list[FitResult]:
     """The loop itself, over the members of one engine."""
     dev = resolve_device(device)
-    if dev.type == "cpu":
-        tune_cpu_allocator()
     n = len(jobs)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for j in jobs:
         j.net.to(dev, memory_format=memory_format).train()  # BN stays in training mode, as in DIP
     members = make_engine(engine, [j.net for j in jobs], [j.mask for j in jobs])
-    ops = [j.op.to(dev) for j in jobs]
+    ops = [on_device(j.op, dev) for j in jobs]  # a copy where it must move: the caller's stays put
     zs = [j.z.to(dev).contiguous(memory_format=memory_format) for j in jobs]
     ys = [j.y.to(dev) for j in jobs]
     x_true = torch.stack([j.x_true.to(dev) for j in jobs]) if jobs[0].x_true is not None else None
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    bf16 = resolve_precision(cfg.precision, dev) == "bf16"
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     params = members.params
     # The fused kernel does the whole Adam update in one pass per tensor (10-20% faster steps on small nets).

@@ -1,12 +1,20 @@
-"""Process-level runtime choices: which device to run on, and the CPU allocator setting that makes DIP fast."""
+"""Runtime choices: the device, the precision it runs well, moving modules there without touching the caller's,
+and the process-wide CPU allocator setting that makes DIP fast (for entry points to call, never the library)."""
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import os
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -26,25 +34,86 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+def _concrete(device: torch.device) -> torch.device:
+    """'cuda' means the current CUDA device; tensors always name theirs ('cuda:0')."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def on_device(module: M, device: str | torch.device) -> M:
+    """`module` itself when all its parameters and buffers are on `device`, else a copy moved there.
+
+    nn.Module.to moves a module in place; a fit must not move its caller's operator, so it moves a copy.
+    """
+    device = _concrete(torch.device(device))
+    tensors = [*module.parameters(), *module.buffers()]
+    if all(t.device == device for t in tensors):
+        return module
+    return copy.deepcopy(module).to(device)
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware. The CPU probes are private torch functions: if a torch
+    version lacks them, assume no (fp32 is the safe side: emulated bf16 is tens of times slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(probe is not None and probe() for probe in probes)
+    return False
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """FitConfig.precision -> 'bf16' or 'fp32' for `device`: 'auto' is bf16 only where it runs natively.
+
+    An explicit 'bf16' is kept, with a warning where the CPU would emulate it (measured ~60x slower on AVX2).
+    """
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    device = torch.device(device)
+    native = _native_bf16(device)
+    if precision == "auto":
+        return "bf16" if native else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not native:
+        warnings.warn(
+            f"precision 'bf16' on a CPU without native bf16 (torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 or AMX): the fit runs tens of times "
+            "slower than in fp32. Use precision 'auto' or 'fp32'.",
+            stacklevel=2,
+        )
+    return precision
+
+
+def _glibc_mallopt() -> Callable[[int, int], int] | None:
+    """glibc's mallopt(param, value), or None where there is no glibc."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return None
+    try:
+        return ctypes.CDLL(libc_name).mallopt
+    except (OSError, AttributeError):
+        return None
+
+
 def tune_cpu_allocator() -> bool:
     """Stop glibc from handing the large activation buffers back to the OS after every step.
 
     Without this, each DIP iteration on CPU re-maps and page-faults its activations (about a quarter of
-    the step time on our 2-core machines, see PERF-NOTES). Returns True if glibc accepted the settings.
-    Idempotent; a no-op where glibc is absent or the user set MALLOC_* variables themselves.
+    the step time on our 2-core machines, see PERF-NOTES). Process-wide and irreversible, so the library never
+    calls it: entry points (stages/, bench/) do. Returns True if the allocator is tuned (now or by an earlier
+    call). Idempotent; a no-op returning False where glibc is absent, and the opt-outs: set any MALLOC_*
+    environment variable (your own glibc tuning wins) or LIP_NO_ALLOCATOR_TUNING=1.
     """
     global _allocator_tuned
     if _allocator_tuned:
         return True
+    if os.environ.get("LIP_NO_ALLOCATOR_TUNING", "") not in ("", "0"):
+        return False
     if any(k.startswith("MALLOC_") for k in os.environ):
         return False
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(libc_name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
         return False
     ok_mmap = mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD)
     ok_trim = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # mallopt takes a C int
