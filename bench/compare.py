@@ -30,7 +30,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipcore import DegradationConfig, FitConfig, NetConfig, build_net, fit, make_input, resolve_device  # noqa: E402
+from lipcore import (  # noqa: E402
+    DegradationConfig,
+    FitConfig,
+    NetConfig,
+    build_net,
+    fit,
+    make_input,
+    resolve_device,
+    tune_cpu_allocator,
+)
 from lipcore.io import center_crop_to, load_image  # noqa: E402
 from lipcore.metrics import psnr  # noqa: E402
 from lipcore.physics import sample_operator  # noqa: E402
@@ -115,10 +124,10 @@ def reference_loop(net, z, y, x_true, iterations: int, device: torch.device) -> 
 
 
 VARIANTS = {
-    "lip": {},
+    "lip": {"precision": "fp32"},  # explicit: the default "auto" is bf16 on GPUs
     "lip-bf16": {"precision": "bf16"},
-    "lip-channels-last": {"channels_last": True},
-    "lip-cudnn-benchmark": {"cudnn_benchmark": True},  # CUDA only; on CPU the same as "lip"
+    "lip-channels-last": {"precision": "fp32", "channels_last": True},
+    "lip-cudnn-benchmark": {"precision": "fp32", "cudnn_benchmark": True},  # CUDA only; on CPU the same as "lip"
 }
 
 
@@ -165,6 +174,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def worker(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
+    if args.worker != "ref" and device.type == "cpu":
+        tune_cpu_allocator()  # lipcore's setting, process-wide: the reference loop keeps the default allocator
     torch.manual_seed(0)
     net, z, op, y, x = problem(args.size, device)
     quality = None

@@ -16,7 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipcore import DegradationConfig, FitConfig, NetConfig, build_net, fit, make_input, resolve_device
+from lipcore import (
+    DegradationConfig,
+    FitConfig,
+    NetConfig,
+    build_net,
+    fit,
+    make_input,
+    resolve_device,
+    tune_cpu_allocator,
+)
 from lipcore.io import center_crop_to, load_image, write_json
 from lipcore.metrics import psnr
 from lipcore.physics import sample_operator
@@ -57,11 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--es-patience", type=int, default=300)
     ap.add_argument("--channels", type=int, default=128)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="FitConfig.precision")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="FitConfig.precision")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "fit_dip.json")
     args = ap.parse_args(argv)
 
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # process-wide, so the entry script's call (see lipcore.runtime)
     torch.manual_seed(args.seed)
     x_true = center_crop_to(load_image(args.image, channels=3), args.size, args.size)[None]
     gen = torch.Generator().manual_seed(args.seed)

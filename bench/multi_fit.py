@@ -32,6 +32,7 @@ from lipcore import (  # noqa: E402
     make_input,
     prune,  # noqa: E402
     resolve_device,
+    tune_cpu_allocator,
 )
 from lipcore.fit import FitJob, fit, fit_many  # noqa: E402
 from lipcore.io import center_crop_to, load_image  # noqa: E402
@@ -81,6 +82,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # process-wide, so the entry script's call (see lipcore.runtime)
     cases = args.case or (["256:128:8"] if device.type == "cuda" else ["64:32:4", "128:128:4"])
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     for case in cases:

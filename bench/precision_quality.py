@@ -25,7 +25,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipcore import DegradationConfig, FitConfig, NetConfig, build_net, fit, make_input, resolve_device  # noqa: E402
+from lipcore import (  # noqa: E402
+    DegradationConfig,
+    FitConfig,
+    NetConfig,
+    build_net,
+    fit,
+    make_input,
+    resolve_device,
+    tune_cpu_allocator,
+)
 from lipcore.io import center_crop_to, load_image  # noqa: E402
 from lipcore.metrics import psnr  # noqa: E402
 from lipcore.physics import sample_operator  # noqa: E402
@@ -33,7 +42,12 @@ from lipcore.physics import sample_operator  # noqa: E402
 COLUMNS = ("final", "best", "es")
 
 
-VARIANTS = {"fp32": {}, "bf16": {"precision": "bf16"}, "fp32-cl": {"channels_last": True}}
+# Explicit precisions: the default "auto" is bf16 on GPUs, which would compare bf16 with itself.
+VARIANTS = {
+    "fp32": {"precision": "fp32"},
+    "bf16": {"precision": "bf16"},
+    "fp32-cl": {"precision": "fp32", "channels_last": True},
+}
 
 
 def one_fit(size: int, iterations: int, seed: int, variant: str, device: torch.device) -> dict[str, float]:
@@ -62,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.1, help="dB, on the mean final EMA PSNR")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # process-wide, so the entry script's call (see lipcore.runtime)
     print(
         f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; standard net, F16 "
         f"{args.size} px denoising, {args.iterations} iterations; PSNR of the EMA output (dB)"
