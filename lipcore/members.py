@@ -51,7 +51,7 @@ def _check_same_architecture(nets: Sequence[nn.Module]) -> None:
         if shapes != ref or type(net) is not type(nets[0]):
             raise ValueError(
                 f"vmap engine: net {i} differs in architecture from net 0; "
-                "stack only nets built from the same NetConfig (or use engine='loop')"
+                "stack only nets built from the same NetConfig (or use engine='sequential')"
             )
 
 

@@ -1,11 +1,19 @@
+import importlib
+import logging
+import os
+import warnings
+from dataclasses import replace
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 
-from lipcore import DegradationConfig, FitConfig, build_net, fit, make_input
+from lipcore import DegradationConfig, FitConfig, build_net, fit, make_input, runtime
 from lipcore import prune as P
 from lipcore.fit import FitJob, StopCheck, fit_many
-from lipcore.physics import sample_operator
+from lipcore.metrics import psnr, psnr_y
+from lipcore.physics import Inpaint, sample_operator
 
 
 def setup(tiny_cfg, x, task="denoise", seed=0):
@@ -60,8 +68,6 @@ def test_oracle_only_with_ground_truth_and_it_is_the_best(tiny_cfg, f16_small):
     assert blind.oracle is None and np.all(np.isnan(blind.history["psnr_out"]))
     net, z, op, y = setup(tiny_cfg, f16_small)
     res = fit(net, z, op, y, CFG, x_true=f16_small, device="cpu")
-    from lipcore.metrics import psnr
-
     for key, x_key in (("out", "x_last"), ("ema", "x_ema")):
         best = res.oracle[key]
         assert best.psnr >= np.nanmax(res.history[f"psnr_{key}"]) - 1e-5
@@ -76,7 +82,7 @@ def test_es_wmv_stop_halts_and_returns_the_min_variance_output(tiny_cfg, f16_sma
     res = fit(net, z, op, y, cfg, device="cpu")
     assert res.es_detected is not None
     assert res.iterations < 400 and res.iterations - res.es_detected < cfg.log_every
-    assert res.es_iteration <= res.es_detected - cfg.es_patience
+    assert res.es_detected == res.es_iteration + cfg.es_patience  # no new minimum for exactly the patience
     assert res.es_iteration >= cfg.es_window
 
 
@@ -108,30 +114,29 @@ def test_deep_decoder_fits_too(f16_small):
     net = build_net(NetConfig(kind="decoder", decoder_channels=16), g)
     z = make_input(net, 32, 32, g)
     op = sample_operator(DegradationConfig(task="sr", factor=2), f16_small.shape[1:], g)
-    res = fit(
-        net,
-        z,
-        op,
-        op.observe(f16_small),
-        FitConfig(iterations=20, log_every=5, reg_noise_std=0),
-        device="cpu",
-    )
+    y = op.observe(f16_small)
+    res = fit(net, z, op, y, FitConfig(iterations=20, log_every=5, reg_noise_std=0), device="cpu")
     assert res.x_last.shape == f16_small.shape
+    assert res.history["loss"][-1] < 0.8 * res.history["loss"][0]  # it does fit the observation
+    np.testing.assert_allclose(res.history["loss"][-1], float((op(res.x_last) - y).pow(2).mean()), rtol=1e-5)
 
 
 def test_progress_bar_runs(tiny_cfg, f16_small, capsys):
     net, z, op, y = setup(tiny_cfg, f16_small)
     res = fit(net, z, op, y, FitConfig(iterations=6, log_every=3, es_window=3), device="cpu", progress=True)
     assert res.iterations == 6
-    assert "fit" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fit" in err and "6/6" in err and "loss=" in err
 
 
+BF16_ON_THIS_CPU = "ignore:precision 'bf16' on a CPU without native bf16"  # tiny nets: slow, but short
+
+
+@pytest.mark.filterwarnings(BF16_ON_THIS_CPU)
 @pytest.mark.parametrize("opts", [{"precision": "bf16"}, {"channels_last": True}])
 def test_fast_paths_fit_the_same_problem(tiny_cfg, f16_small, opts):
-    from lipcore.metrics import psnr
-
     results = []
-    for extra in ({}, opts):
+    for extra in ({"precision": "fp32"}, {"precision": "fp32", **opts}):  # fp32 named: 'auto' may be bf16
         net, z, op, y = setup(tiny_cfg, f16_small)
         results.append(
             fit(net, z, op, y, FitConfig(iterations=40, log_every=10, **extra), x_true=f16_small, device="cpu")
@@ -238,7 +243,7 @@ def test_fit_many_rejects_mixed_architectures_and_partial_ground_truth(tiny_cfg,
 
     jobs = _jobs(tiny_cfg, f16_small, 2)
     wider = build_net(replace(tiny_cfg, channels_down=tiny_cfg.channels_down[0] * 2))
-    with pytest.raises(ValueError, match="architecture"):
+    with pytest.raises(ValueError, match="architecture.*engine='sequential'"):
         fit_many([jobs[0], FitJob(wider, jobs[1].z, jobs[1].op, jobs[1].y, f16_small)], MULTI, engine="vmap")
     with pytest.raises(ValueError, match="x_true"):
         fit_many([jobs[0], replace(jobs[1], x_true=None)], MULTI)
@@ -246,6 +251,7 @@ def test_fit_many_rejects_mixed_architectures_and_partial_ground_truth(tiny_cfg,
         fit_many(jobs, MULTI, engine="threads")
 
 
+@pytest.mark.filterwarnings(BF16_ON_THIS_CPU)
 @pytest.mark.parametrize("opts", [{"precision": "bf16"}, {"channels_last": True}])
 def test_fit_many_vmap_engine_takes_the_fast_paths(tiny_cfg, f16_small, opts):
     # One step: its output comes from theta_0, so it compares the stacked forward pass and the loss. (After a
@@ -258,3 +264,192 @@ def test_fit_many_vmap_engine_takes_the_fast_paths(tiny_cfg, f16_small, opts):
         assert res.x_last.dtype == torch.float32
         torch.testing.assert_close(res.x_last, ref.x_last, atol=tol, rtol=0)
         np.testing.assert_allclose(res.history["loss"], ref.history["loss"], rtol=tol)
+
+
+# --- defects: a fit leaves its arguments alone; process-wide switches belong to the entry points --------------
+
+
+class SpyInpaint(Inpaint):
+    """An Inpaint operator that records every Module._apply (what .to / .cuda / .float run on a module)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.applied: list[str] = []
+
+    def _apply(self, fn, recurse=True):
+        self.applied.append(getattr(fn, "__name__", "fn"))
+        return super()._apply(fn, recurse)
+
+
+def _spy_job(tiny_cfg, x, seed=0):
+    net, z, op, _ = setup(tiny_cfg, x, task="inpaint", seed=seed)
+    spy = SpyInpaint(op.image_shape, op.noise_std, op.mask.clone())
+    y = spy.observe(x, torch.Generator().manual_seed(seed))
+    mask = P.random_mask(net, 0.5, torch.Generator().manual_seed(seed))
+    return FitJob(net, z, spy, y, x.clone(), mask, seed=seed)
+
+
+def _arguments(job):
+    """Everything of a job a fit must not change (the net excepted: it is trained in place)."""
+    tensors = {"z": job.z, "y": job.y, "x_true": job.x_true, "op.mask": job.op.mask}
+    tensors.update({f"mask.{k}": v for k, v in job.mask.items()})
+    return {k: (v.data_ptr(), v.device, v.clone()) for k, v in tensors.items()}
+
+
+def _assert_untouched(job, before):
+    assert job.op.applied == []  # never moved, cast or copied onto itself
+    for k, (ptr, device, value) in before.items():
+        now = _arguments(job)[k]
+        assert now[0] == ptr and now[1] == device and torch.equal(now[2], value), k
+
+
+def test_fit_leaves_operator_and_inputs_untouched(tiny_cfg, f16_small):
+    job = _spy_job(tiny_cfg, f16_small)
+    before = _arguments(job)
+    fit(job.net, job.z, job.op, job.y, FitConfig(iterations=3, log_every=3), x_true=job.x_true, mask=job.mask)
+    _assert_untouched(job, before)
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vmap"])
+def test_fit_many_leaves_operators_and_inputs_untouched(tiny_cfg, f16_small, engine):
+    jobs = [_spy_job(tiny_cfg, f16_small, seed) for seed in range(2)]
+    before = [_arguments(j) for j in jobs]
+    fit_many(jobs, FitConfig(iterations=3, log_every=3), device="cpu", engine=engine)
+    for job, b in zip(jobs, before):
+        _assert_untouched(job, b)
+
+
+def test_on_device_moves_a_copy_and_keeps_what_is_already_there():
+    op = Inpaint((3, 8, 8), 0.0, torch.ones(1, 1, 8, 8))
+    assert runtime.on_device(op, torch.device("cpu")) is op and runtime.on_device(op, "cpu") is op
+    moved = runtime.on_device(op, "meta")
+    assert moved is not op and isinstance(moved, Inpaint)
+    assert op.mask.device.type == "cpu" and moved.mask.device.type == "meta"
+    assert runtime.on_device(moved, "meta") is moved
+    assert runtime.on_device(torch.nn.Identity(), "meta").__class__ is torch.nn.Identity  # no tensors: nothing to move
+
+
+def test_fit_does_not_tune_the_allocator(tiny_cfg, f16_small, monkeypatch):
+    """tune_cpu_allocator is process-wide and irreversible: only entry points may call it."""
+
+    def refuse():
+        raise AssertionError("the fit tuned the process's allocator")
+
+    monkeypatch.setattr(runtime, "tune_cpu_allocator", refuse)
+    fit_module = importlib.import_module("lipcore.fit")  # `lipcore.fit` is the function
+    monkeypatch.setattr(fit_module, "tune_cpu_allocator", refuse, raising=False)
+    net, z, op, y = setup(tiny_cfg, f16_small)
+    fit(net, z, op, y, FitConfig(iterations=2, log_every=2), device="cpu")
+    fit_many(_jobs(tiny_cfg, f16_small, 2), FitConfig(iterations=2, log_every=2), device="cpu", engine="vmap")
+
+
+@pytest.mark.parametrize("env", [{"LIP_NO_ALLOCATOR_TUNING": "1"}, {"MALLOC_ARENA_MAX": "2"}, {}])
+def test_allocator_tuning_opt_outs(monkeypatch, env):
+    calls = []
+    monkeypatch.setattr(runtime, "_allocator_tuned", False)
+    monkeypatch.setattr(runtime, "_glibc_mallopt", lambda: lambda *args: calls.append(args) or 1)
+    for k in list(os.environ):
+        if k.startswith("MALLOC_") or k == "LIP_NO_ALLOCATOR_TUNING":
+            monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert runtime.tune_cpu_allocator() is (not env)
+    assert len(calls) == (0 if env else 3)
+
+
+# --- precision: 'auto' runs bf16 only where the device has it natively -----------------------------------------
+
+
+def _cpu_bf16(monkeypatch, avx512_bf16, amx):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx", [(True, False), (False, True)])
+def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16(monkeypatch, avx512_bf16, amx):
+    _cpu_bf16(monkeypatch, avx512_bf16, amx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.resolve_precision("auto", torch.device("cpu")) == "bf16"
+        assert runtime.resolve_precision("bf16", "cpu") == "bf16"
+    assert runtime.resolve_precision("fp32", "cpu") == "fp32"
+
+
+def test_auto_precision_is_fp32_on_a_cpu_without_and_explicit_bf16_warns(monkeypatch):
+    _cpu_bf16(monkeypatch, False, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.resolve_precision("auto", "cpu") == "fp32"
+    with pytest.warns(UserWarning, match=r"(?s)tens of times slower.*'auto' or 'fp32'") as record:
+        assert runtime.resolve_precision("bf16", "cpu") == "bf16"
+    assert torch.backends.cpu.get_cpu_capability() in str(record[0].message)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the private probes
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert runtime.resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        runtime.resolve_precision("fp16", "cpu")
+
+
+def test_the_fit_runs_the_resolved_precision(tiny_cfg, f16_small, monkeypatch):
+    # One step on a tiny net: bf16 on this machine is emulated and slow.
+    cfg = FitConfig(iterations=1, log_every=1, es_window=2)
+    runs = {}
+    for precision, native in (("fp32", False), ("bf16", True), ("auto", True), ("auto", False)):
+        _cpu_bf16(monkeypatch, native, False)
+        net, z, op, y = setup(tiny_cfg, f16_small)
+        runs[precision, native] = fit(net, z, op, y, replace(cfg, precision=precision), device="cpu").x_last
+    assert torch.equal(runs["auto", True], runs["bf16", True])
+    assert torch.equal(runs["auto", False], runs["fp32", False])
+    assert not torch.equal(runs["bf16", True], runs["fp32", False])
+
+
+# --- the oracle scores with each member's metric (SR: Y-channel PSNR with a shaved border) --------------------
+
+
+def test_oracle_picks_by_the_given_metric(tiny_cfg, f16_small):
+    metric = partial(psnr_y, shave=2)
+    cfg = FitConfig(iterations=12, log_every=1, es_window=3, ema_weight=0.5)
+    net, z, op, y = setup(tiny_cfg, f16_small, task="sr")
+    res = fit(net, z, op, y, cfg, x_true=f16_small, device="cpu", metric=metric)
+    for key, column in (("out", "psnr_out"), ("ema", "psnr_ema")):
+        best, trace = res.oracle[key], res.history[column]  # log_every=1: the metric at every iteration
+        assert best.iteration == int(res.history["iteration"][np.argmax(trace)])
+        assert best.psnr == np.float32(trace.max())
+        assert best.psnr == float(metric(best.x, f16_small))
+    # The RGB oracle of the same run scores differently: the metric is no label on the same numbers.
+    net, z, op, y = setup(tiny_cfg, f16_small, task="sr")
+    rgb = fit(net, z, op, y, cfg, x_true=f16_small, device="cpu")
+    assert torch.equal(rgb.x_last, res.x_last)
+    assert not np.array_equal(rgb.history["psnr_out"], res.history["psnr_out"])
+    assert rgb.oracle["out"].psnr == float(psnr(rgb.oracle["out"].x, f16_small))
+
+
+def test_fit_many_scores_each_member_with_its_own_metric(tiny_cfg, f16_small):
+    cfg = FitConfig(iterations=4, log_every=2, es_window=2)
+    metrics = [psnr, partial(psnr_y, shave=2), partial(psnr_y, shave=2)]
+    for engine in ("sequential", "vmap"):
+        jobs = [replace(j, metric=m) for j, m in zip(_jobs(tiny_cfg, f16_small, 3), metrics)]
+        for job, res in zip(jobs, fit_many(jobs, cfg, device="cpu", engine=engine)):
+            for best in res.oracle.values():
+                assert best.psnr == pytest.approx(float(job.metric(best.x, f16_small)), abs=1e-5)
+
+
+# --- logging: one INFO line per finished fit -------------------------------------------------------------------
+
+
+def test_each_finished_fit_logs_one_info_line(tiny_cfg, f16_small, caplog):
+    caplog.set_level(logging.INFO, logger="lipcore.fit")
+    cfg = FitConfig(iterations=30, log_every=5, es_window=5, es_patience=5, backtrack_db=-1e3)
+    net, z, op, y = setup(tiny_cfg, f16_small)
+    res = fit(net, z, op, y, cfg, x_true=f16_small, device="cpu")
+    (record,) = [r for r in caplog.records if r.name == "lipcore.fit"]
+    msg = record.getMessage()
+    assert record.levelno == logging.INFO
+    assert f"{res.iterations} iterations" in msg and "s/it" in msg
+    assert f"ES-WMV point {res.es_iteration}" in msg and f"detected at {res.es_detected}" in msg
+    assert f"{res.backtracks} backtracks" in msg and f"{res.oracle['ema'].psnr:.2f} dB" in msg
+    caplog.clear()
+    jobs = [replace(j, x_true=None) for j in _jobs(tiny_cfg, f16_small, 2)]
+    fit_many(jobs, replace(cfg, es_patience=100), device="cpu", engine="vmap")
+    msgs = [r.getMessage() for r in caplog.records if r.name == "lipcore.fit"]
+    assert len(msgs) == 2 and all("not detected" in m and "oracle" not in m for m in msgs)
