@@ -242,11 +242,11 @@ def _fit_members(
     for j in jobs:
         j.net.to(dev, memory_format=memory_format).train()  # BN stays in training mode, as in DIP
     members = make_engine(engine, [j.net for j in jobs], [j.mask for j in jobs])
-    data_loss = _DataLoss(
-        [on_device(j.op, dev) for j in jobs], [j.y.to(dev) for j in jobs]
-    )  # the caller's op stays put
+    # The caller's operator stays where it is (a moved copy where it must move); the net trains in place.
+    data_loss = _DataLoss([on_device(j.op, dev) for j in jobs], [j.y.to(dev) for j in jobs])
     zs = [j.z.to(dev).contiguous(memory_format=memory_format) for j in jobs]
-    noises = [torch.empty_like(z) for z in zs]
+    # Drawn in the standard layout: normal_ fills memory in order, so a channels-last buffer would get other noise.
+    noises = [torch.empty(z.shape, dtype=z.dtype, device=dev) for z in zs]
     gens = [torch.Generator(device=dev).manual_seed(j.seed) for j in jobs]
     bf16 = precision == "bf16"
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -297,7 +297,7 @@ def _fit_members(
             if is_log:
                 history.log(step, per_image, variance, backtrack.count, scores)
 
-        # logging
+        # logging: the progress bar (the INFO line per member is written from the results, after the loop)
         if bar is not None:
             bar.update(1)
             if is_log:
@@ -312,7 +312,7 @@ def _fit_members(
             break
 
     if dev.type == "cuda":
-        torch.cuda.synchronize(dev)  # the clock stops when the device is done
+        torch.cuda.synchronize(dev)  # host sync: the clock stops when the device is done
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
