@@ -124,6 +124,4 @@ def _job(net_cfg: NetConfig, t: Trial, fitted: Problem) -> FitJob:
     """Trial t as a fit of problem `fitted` (its search or its observation problem), scored on t's x_true
     with the metric t's task reports."""
     net = net_from_state(net_cfg, t.start)
-    job = FitJob(net, t.z, fitted.op, fitted.y, t.problem.x_true, t.mask, t.seed)
-    job.metric = t.problem.psnr  # TEMP until FitJob has the field
-    return job
+    return FitJob(net, t.z, fitted.op, fitted.y, t.problem.x_true, t.mask, t.seed, metric=t.problem.psnr)
