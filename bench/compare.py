@@ -30,19 +30,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipcore import (  # noqa: E402
-    DegradationConfig,
-    FitConfig,
-    NetConfig,
-    build_net,
-    fit,
-    make_input,
-    resolve_device,
-    tune_cpu_allocator,
-)
+from lipcore import DegradationConfig, FitConfig, NetConfig, build_net, fit, make_input, resolve_device  # noqa: E402
 from lipcore.io import center_crop_to, load_image  # noqa: E402
 from lipcore.metrics import psnr  # noqa: E402
 from lipcore.physics import sample_operator  # noqa: E402
+from lipcore.runtime import tune_cpu_allocator  # noqa: E402
 
 
 def problem(size: int, device: torch.device):

@@ -16,19 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipcore import (
-    DegradationConfig,
-    FitConfig,
-    NetConfig,
-    build_net,
-    fit,
-    make_input,
-    resolve_device,
-    tune_cpu_allocator,
-)
+from lipcore import DegradationConfig, FitConfig, NetConfig, build_net, fit, make_input, resolve_device
 from lipcore.io import center_crop_to, load_image, write_json
 from lipcore.metrics import psnr
 from lipcore.physics import sample_operator
+from lipcore.runtime import tune_cpu_allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = ROOT / "data" / "f16.png"

@@ -24,19 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipcore import (  # noqa: E402
-    DegradationConfig,
-    FitConfig,
-    NetConfig,
-    build_net,
-    make_input,
-    prune,  # noqa: E402
-    resolve_device,
-    tune_cpu_allocator,
-)
+from lipcore import DegradationConfig, FitConfig, NetConfig, build_net, make_input, prune, resolve_device  # noqa: E402
 from lipcore.fit import FitJob, fit, fit_many  # noqa: E402
 from lipcore.io import center_crop_to, load_image  # noqa: E402
 from lipcore.physics import sample_operator  # noqa: E402
+from lipcore.runtime import tune_cpu_allocator  # noqa: E402
 
 
 def jobs(size: int, channels: int, n: int) -> list[FitJob]:
