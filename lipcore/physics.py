@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 import torch
@@ -238,7 +238,7 @@ class Problem:
     x_true: Tensor
     degradation: DegradationConfig
 
-    @property
+    @cached_property  # one object per problem: fit_many scores members that share it in one call
     def psnr(self) -> Callable[[Tensor, Tensor], Tensor]:
         """The PSNR this task reports, (x, ref) -> (B,): super-resolution on the Y channel with a border of
         `factor` pixels shaved (the SR convention), every other task over all channels and pixels."""

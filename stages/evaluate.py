@@ -21,6 +21,7 @@ from lipcore import io
 from lipcore.baselines import MASK_BASELINES, baseline_mask, matched_decoder
 from lipcore.imp import headline_round, nominal_sparsity
 from lipcore.nets import build_net, make_input
+from lipcore.physics import Problem
 from lipcore.prune import Mask, sparsity
 from lipcore.scoring import reported_images, shown_point, summarise
 from lipcore.seeding import derive_seed, generator
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
                 headline["dense"].append(m)
                 continue
             lip_mask = artifacts.load_round_mask(layout.round_dir(args.rounds, seed, k), params.net)
+            if k == head:
+                head_mask = lip_mask  # the deep decoder below is sized to it
             methods = set(curve_methods) | (set(MASK_BASELINES) if k == head else set())
             for method in sorted(methods):
                 gen = generator(params.seed, method, args.name, args.task, seed, k)
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                     images[method] = reported_images(res.result, fit_cfg)[shown]
         if head > 0:
             log.info("seed %s: fitting the deep decoder", seed)
-            scores, image = fit_decoder(params, args.task, layout.round_dir(args.rounds, seed, head), problem, seed)
+            scores, image = fit_decoder(params, args.task, head_mask, problem, seed)
             headline["decoder"].append(scores)
             if seed == params.seeds[0]:
                 images["decoder"] = image[shown]
@@ -135,10 +138,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def fit_decoder(
-    params: Params, task: str, lip_round: Path, problem: Any, seed: int
+    params: Params, task: str, lip_mask: Mask, problem: Problem, seed: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The deep decoder with about as many parameters as the LIP net of `lip_round` keeps: scores, images."""
-    lip_mask = artifacts.load_round_mask(lip_round, params.net)
+    """The deep decoder with about as many parameters as the LIP net of `lip_mask` keeps: scores, images."""
     dec_cfg = matched_decoder(params.net, lip_mask, params.evaluate.decoder_layers)
     dec = build_net(dec_cfg, generator(params.seed, "decoder", seed))
     z_dec = make_input(dec, *problem.x_true.shape[-2:], generator(params.seed, "decoder_z", seed))
