@@ -237,8 +237,8 @@ class DegradationConfig(Section):
     def __post_init__(self) -> None:
         if self.task not in ("denoise", "inpaint", "sr", "cs"):
             raise ValueError(f"task must be one of denoise, inpaint, sr, cs; got {self.task!r}")
-        if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+        if not 0.01 <= self.keep < 1.0:  # lipcore.physics.MIN_KNOWN; 1 keeps every pixel: nothing to inpaint
+            raise ValueError(f"keep must be in [0.01, 1) (the share of pixels known), got {self.keep}")
         if self.factor not in (2, 4, 8):
             raise ValueError(f"factor must be 2, 4 or 8, got {self.factor}")
         if not 0.0 < self.ratio <= 1.0:

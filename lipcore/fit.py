@@ -31,6 +31,7 @@ from .config import FitConfig
 from .fit_state import (
     HISTORY_COLUMNS,
     Backtracking,
+    Divergence,
     Ema,
     EsWmv,
     History,
@@ -38,7 +39,9 @@ from .fit_state import (
     Oracle,
     StopCheck,
     Stopping,
+    FitDiverged,
     collapsed,
+    reset_optimizer_state,
 )
 from .members import choose_engine, make_engine
 from .metrics import psnr
@@ -46,7 +49,7 @@ from .physics import Operator
 from .prune import Mask
 from .runtime import on_device, resolve_device, resolve_precision
 
-__all__ = ["HISTORY_COLUMNS", "FitJob", "FitResult", "OracleBest", "StopCheck", "fit", "fit_many"]
+__all__ = ["HISTORY_COLUMNS", "FitDiverged", "FitJob", "FitResult", "OracleBest", "StopCheck", "fit", "fit_many"]
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +268,7 @@ def _fit_members(
         Stopping(cfg.es_stop, cfg.rewind_iteration, stop, n),
     )
     ema, es, oracle, backtrack, history, stopping = books
+    divergence = Divergence(n, dev)
     finished: dict[int, FitResult] = {}
     final_states: dict[int, dict[str, Tensor]] = {}
 
@@ -285,8 +289,13 @@ def _fit_members(
         x, per_image = members.forward_backward(z_in, partial(data_loss, floor=floor), autocast)
         if members.masked:
             torch._foreach_mul_([w.grad for w in members.masked], members.mask_values)
-        if floor is not None:
-            backtrack.check(per_image, floor)  # collapsed members get the last check's weights back
+        if is_log:
+            broken = divergence.check(step, per_image)  # members whose loss is NaN/inf
+            if floor is not None:  # collapsed and broken members get the last check's weights back,
+                backtrack.check(per_image, floor, broken)  # broken ones also fresh gradients and moments
+                reset_optimizer_state(optimizer, members.params, members.flags_for(broken))
+            if dev.type == "cpu":  # a host read is free here: give up on a diverged fit at once
+                _raise_if_diverged(divergence, divergence.failed(), it, backtrack, cfg, n)
         optimizer.step()
 
         # bookkeeping, on the device: EMA, ES-WMV, oracle, history
@@ -320,9 +329,26 @@ def _fit_members(
     for i, state in final_states.items():
         jobs[i].net.load_state_dict(state)
     results = [finished[i] if i in finished else books.result(i, it, x, seconds) for i in range(n)]
+    broken = [i for i, (j, res) in enumerate(zip(jobs, results)) if not _finite(j.net, res)]
+    _raise_if_diverged(divergence, sorted(set(divergence.failed()) | set(broken)), it, backtrack, cfg, n)
     for i, res in enumerate(results):
         _log_result(res, i, n)
     return results
+
+
+def _finite(net: nn.Module, res: FitResult) -> bool:
+    """Whether a finished fit's outputs and weights are all finite (what later rounds and scores rely on)."""
+    outputs = (res.x_last, res.x_ema, res.x_es, res.x_es_ema)
+    return all(bool(torch.isfinite(t).all()) for t in (*outputs, *net.parameters()))
+
+
+def _raise_if_diverged(
+    divergence: Divergence, failed: list[int], it: int, backtrack: Backtracking, cfg: FitConfig, n: int
+) -> None:
+    """FitDiverged for the first failed member, if any. Reads the host."""
+    if failed:
+        i = failed[0]
+        raise FitDiverged(i, n, divergence.first_iteration(i), it, int(backtrack.count[i]), cfg.lr)
 
 
 def _log_result(res: FitResult, i: int, n: int) -> None:

@@ -215,13 +215,16 @@ class Backtracking:
         """The observation PSNR (N,) below which a member counts as collapsed at a check; None when off."""
         return None if self.drop_db is None else self.last_psnr - self.drop_db
 
-    def check(self, per_image: Tensor, floor: Tensor) -> Tensor:
+    def check(self, per_image: Tensor, floor: Tensor, broken: Tensor | None = None) -> Tensor:
         """At a check, after backward: restore collapsed members' weights and snapshot everyone's.
 
-        per_image: (N, B) data loss of this step. Returns the collapsed flags (N,).
+        per_image: (N, B) data loss of this step; broken: (N,) members whose loss is not finite (they are
+        restored too: a NaN compares False with the floor). Returns the restored flags (N,).
         """
         psnr_obs = psnr_from_mse(per_image).amin(1)
         hit = psnr_obs < floor
+        if broken is not None:
+            hit = hit | broken
         with torch.no_grad():  # after backward: autograd still needed the pre-restore weights
             for p, s, c in zip(self.params, self.snapshot, self.flags_for(hit)):
                 p.copy_(torch.where(c, s, p))
@@ -229,6 +232,64 @@ class Backtracking:
         self.last_psnr = torch.where(hit, self.last_psnr, psnr_obs)
         self.count += hit
         return hit
+
+
+class FitDiverged(RuntimeError):
+    """A fit whose loss or weights stopped being finite and did not recover (see Divergence)."""
+
+    def __init__(self, member: int, members: int, iteration: int | None, end: int, backtracks: int, lr: float):
+        self.member, self.iteration = member, iteration
+        who = f"member {member + 1} of {members}: " if members > 1 else ""
+        when = (
+            f"the loss became NaN/inf at iteration {iteration}"
+            if iteration is not None
+            else f"the outputs or weights are NaN/inf after iteration {end}"
+        )
+        super().__init__(
+            f"fit diverged ({who}{when}; {backtracks} backtracks did not recover it). "
+            f"Nothing was written: lower fit.lr (now {lr:g}) or check the observation for NaN/inf values"
+        )
+
+
+class Divergence:
+    """Which members' loss is not finite at each check, the first iteration it was not, and for how many
+    checks in a row. On the device; `failed` reads the host (the loop asks only where that is free: CPU)."""
+
+    def __init__(self, n: int, device: torch.device, patience: int = 3) -> None:
+        self.patience = patience
+        self.first = torch.zeros(n, dtype=torch.long, device=device)  # 0: never
+        self.streak = torch.zeros(n, dtype=torch.long, device=device)
+        self.gave_up = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def check(self, step: Tensor, per_image: Tensor) -> Tensor:
+        """per_image: (N, B) data loss at a check -> (N,) flags of the members whose loss is not finite."""
+        broken = ~torch.isfinite(per_image).all(1)
+        self.first = torch.where(broken & (self.first == 0), step, self.first)
+        self.streak = torch.where(broken, self.streak + 1, torch.zeros_like(self.streak))
+        self.gave_up |= self.streak >= self.patience
+        return broken
+
+    def failed(self) -> list[int]:
+        """Members non-finite at `patience` checks in a row (backtracking did not help). Reads the host."""
+        return torch.nonzero(self.gave_up.cpu()).flatten().tolist()
+
+    def first_iteration(self, i: int) -> int | None:
+        """The first check at which member i's loss was not finite (None: never). Reads the host."""
+        first = int(self.first[i])
+        return first if first > 0 else None
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], flags: list[Tensor]) -> None:
+    """Zero the gradients and Adam moments of flagged members (flags: one broadcastable flag per param), so
+    that NaN moments from a non-finite step do not survive the restore of their weights. No-op where False."""
+    with torch.no_grad():
+        for p, c in zip(params, flags):
+            if p.grad is not None:
+                p.grad.masked_fill_(c, 0.0)
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                moment = optimizer.state.get(p, {}).get(key)
+                if moment is not None:
+                    moment.masked_fill_(c, 0.0)
 
 
 class History:

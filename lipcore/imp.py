@@ -107,6 +107,10 @@ class EarlyBird:
         self.distances: dict[int, list[float]] = {}  # per member, every check: the record of the drawing
 
     def __call__(self, member: int, state: dict[str, Tensor]) -> bool:
+        if not all(bool(torch.isfinite(v).all()) for v in state.values()):  # the fit is backtracking a NaN:
+            self.previous.pop(member, None)  # no mask to draw from these weights; start the drawing over
+            self.calm[member] = 0
+            return False
         mask = next_mask(self.net_cfg, state, self.parents[member], self.imp)
         before = self.previous.get(member)
         self.previous[member] = mask

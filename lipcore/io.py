@@ -6,11 +6,12 @@ Tensor artifacts are safetensors only: loading never unpickles anything.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ def load_image(path: PathLike, channels: int | None = None) -> Tensor:
     try:
         img = Image.open(path)
         img.load()
+    except Image.DecompressionBombError as err:  # PIL's guard against huge images (not an OSError)
+        raise ValueError(f"{path} is too large to read safely ({err}); use a smaller image") from err
     except (OSError, Image.UnidentifiedImageError) as err:
         raise ValueError(f"cannot read {path} as an image: {err}") from err
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -136,15 +139,47 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory; it replaces `path` only if the block succeeds."""
+def check_replaceable(path: PathLike, signature: str, patterns: tuple[str, ...], what: str) -> None:
+    """Refuse to let `what` replace `path` unless it is absent, an empty directory, or a directory that looks
+    like what `what` writes: it holds `signature` and nothing whose name matches none of `patterns`.
+
+    A stage replaces its output directory as a whole: given an existing folder by mistake (`--out data`),
+    it would otherwise delete everything in it.
+    """
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise ValueError(f"refusing to replace {path} with the output of {what}: it is not a directory")
+    names = sorted(entry.name for entry in path.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if signature not in names or foreign:
+        shown = foreign[:5] or names[:5]
+        raise ValueError(
+            f"refusing to replace {path} with the output of {what}: it is not an output of {what} "
+            f"(it holds {shown}{' ...' if len(foreign or names) > 5 else ''}, no {signature}). An output "
+            "directory must be new, empty, or one this stage wrote; check the path, or move that directory away"
+        )
+
+
+@contextlib.contextmanager
+def atomic_dir(path: PathLike, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a fresh temporary directory; it replaces `path` only if the block succeeds.
+
+    check(path): called before an existing `path` is replaced; raises to keep it (see check_replaceable).
+    """
+    path = Path(path)
+    if check is not None:  # early too: refuse before the caller does the work
+        check(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 directories
+        if check is not None:
+            check(path)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

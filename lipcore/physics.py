@@ -201,8 +201,9 @@ def sample_operator(
     if cfg.task == "inpaint":
         if mask is None:
             mask = (torch.rand((1, c if cfg.per_channel else 1, h, w), generator=generator) < cfg.keep).float()
-        elif mask.dim() == 2:
-            mask = mask[None, None]
+        else:
+            mask = mask[None, None] if mask.dim() == 2 else mask
+            check_known_share(float(mask.float().mean()))
         return Inpaint(image_shape, std, mask)
     n = c * h * w
     m = max(1, round(cfg.ratio * n))
@@ -210,6 +211,21 @@ def sample_operator(
         raise ValueError(f"a dense {m}x{n} Gaussian CS matrix is too large; use a smaller image (e.g. 64x64) or ratio")
     matrix = torch.randn((m, n), generator=generator) / math.sqrt(m)
     return CompressiveSensing(image_shape, std, matrix)
+
+
+MIN_KNOWN = 0.01  # an inpainting mask must keep at least this share of the pixels
+
+
+def check_known_share(known: float) -> None:
+    """Refuse inpainting masks that keep almost nothing (the fit sees no image: its loss is ~0 at every step)
+    or everything (nothing to inpaint)."""
+    if known < MIN_KNOWN:
+        raise ValueError(
+            f"the inpainting mask keeps {known:.2%} of the pixels; it must keep at least {MIN_KNOWN:.0%} "
+            "(white = known pixel: is the mask inverted or empty?)"
+        )
+    if known >= 1.0:
+        raise ValueError("the inpainting mask keeps every pixel: there is nothing to inpaint (use task denoise)")
 
 
 def operator_from_state(

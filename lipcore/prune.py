@@ -93,6 +93,12 @@ def prune_by_score(
     so fewer weights than the fraction are removed (effective < nominal sparsity).
     """
     names = list(mask)
+    broken = [n for n in names if not bool(torch.isfinite(scores[n].detach()).all())]
+    if broken:  # NaN sorts last and inf ties with the padding of pruned weights: the mask would remove too few
+        raise ValueError(
+            f"cannot rank weights of {broken[:3]}{' ...' if len(broken) > 3 else ''}: their scores are NaN/inf "
+            "(weights of a diverged fit?), so the mask could not remove its share; refit the round they come from"
+        )
     if scope == "global":
         alive = _flat(mask, names)
         n_remove = round_count(fraction, int(alive.sum()))
@@ -106,9 +112,20 @@ def prune_by_score(
             new[n] = new[n].to(mask[n].device)
     else:
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    _check_removed(mask, new, fraction, scope)
     for n in dense_layers:
         new[n] = torch.ones_like(new[n])
     return new
+
+
+def _check_removed(old: Mask, new: Mask, fraction: float, scope: str) -> None:
+    """The new mask removed exactly round_count(fraction) of the weights `old` kept (globally or per layer)."""
+    groups = [list(old)] if scope == "global" else [[n] for n in old]
+    for names in groups:
+        alive = sum(int(old[n].sum()) for n in names)
+        kept = sum(int(new[n].sum()) for n in names)
+        if alive - kept != round_count(fraction, alive):
+            raise RuntimeError(f"pruning {names[:3]} removed {alive - kept} weights, not {round_count(fraction, alive)}")
 
 
 def magnitude_prune(

@@ -28,7 +28,10 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """'auto' (or None) picks CUDA when present, else CPU; any other name is used as given."""
     if name is None or str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:  # torch's message lists dozens of backends; say what this toolkit runs on
+        raise ValueError(f"device {name!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
     return device

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, required=True, help="initialisation index")
     ap.add_argument("--out", type=Path, required=True)
     args = entry.start(ap, argv)
+    layout.ROUND_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
     problem = artifacts.load_problem(args.obs)
     fit_cfg = params.fit_for(args.task)
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     outcome = imp_round(params.net, trial, fit_cfg, params.protocol, params.imp, 0, params.device)
 
     meta = {"seed": args.seed, "net": artifacts.cfg_dict(params.net)}
-    with io.atomic_dir(args.out) as tmp:
+    with layout.ROUND_OUT.write(args.out) as tmp:
         artifacts.save_init(tmp, theta0, z, meta)
         rewind_meta = {**meta, "iteration": params.imp.rewind_iteration}
         io.save_tensors(tmp / layout.REWIND, outcome.rewind_state, rewind_meta)
@@ -44,4 +45,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry.run(main)

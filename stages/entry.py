@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
+from lipcore.fit import FitDiverged
 from lipcore.runtime import tune_cpu_allocator
+
+# What a stage refuses (bad params, inputs or paths) and fits that diverge: reported as one line naming the
+# stage and its arguments (which name the image, task, seed and round), without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FitDiverged)
 
 
 def parser(description: str | None) -> argparse.ArgumentParser:
@@ -27,3 +35,17 @@ def start(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Names
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     tune_cpu_allocator()
     return args
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage's main as a command (`python -m stages.<name> ...`). A refused input or a diverged fit ends
+    the process with status 1 and one line on stderr naming the stage and its arguments; set LIP_TRACEBACK=1
+    for the traceback. Every stage writes its outputs last and atomically, so nothing was written."""
+    try:
+        main()
+    except USER_ERRORS as err:
+        if os.environ.get("LIP_TRACEBACK"):
+            raise
+        stage = Path(sys.argv[0]).stem
+        print(f"ERROR: stage {stage} ({' '.join(sys.argv[1:])}): {err}", file=sys.stderr)
+        sys.exit(1)

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sparsity-plot", type=Path, required=True, help="CSV: PSNR vs sparsity per method")
     ap.add_argument("--iteration-plot", type=Path, required=True, help="CSV: PSNR vs iteration")
     args = entry.start(ap, argv)
+    layout.EVALUATE_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
     imp = params.imp
     head = headline_round(params.sparsity, imp)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         },
     }
     first = params.seeds[0]
-    with io.atomic_dir(args.out) as tmp:
+    with layout.EVALUATE_OUT.write(args.out) as tmp:
         io.write_json(tmp / layout.RESULTS, {"summary": summary, "per_seed": headline})
         shutil.copy(args.obs / layout.CLEAN_PNG, tmp / layout.method_png("clean"))
         shutil.copy(args.obs / layout.DEGRADED_PNG, tmp / layout.method_png("degraded"))
@@ -179,4 +180,4 @@ def write_iteration_plot(path: Path, rounds: Path, seed: int, head: int) -> None
 
 
 if __name__ == "__main__":
-    main()
+    entry.run(main)

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parent", type=Path, required=True, help="round k-1 directory")
     ap.add_argument("--out", type=Path, required=True)
     args = entry.start(ap, argv)
+    layout.ROUND_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
     net_cfg, imp = params.net, params.imp
     fit_cfg = params.fit_for(args.task)
@@ -53,11 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         "prune": imp.prune_dict(),
         "net": artifacts.cfg_dict(net_cfg),
     }
-    with io.atomic_dir(args.out) as tmp:
+    with layout.ROUND_OUT.write(args.out) as tmp:
         prune.save_mask(tmp / layout.MASK, mask, {**meta, "nominal_sparsity": sparsity.nominal})
         io.save_tensors(tmp / layout.TRAINED, outcome.state, meta)
         artifacts.write_round(tmp, args.round, outcome, fit_cfg, sparsity.as_dict())
 
 
 if __name__ == "__main__":
-    main()
+    entry.run(main)

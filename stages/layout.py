@@ -7,7 +7,10 @@ line (from dvc.yaml) and ask this module for every name inside them; no other mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+from lipcore import io
 
 DATA = Path("data")
 MASK_IMAGES = DATA / "masks"  # every inpainting mask image lives here: one degrade dependency covers them
@@ -102,3 +105,31 @@ CURVES_PNG = "psnr_vs_sparsity.png"
 
 def grid_png(pair: str) -> str:
     return f"grid_{pair}.png"
+
+
+# ---------------------------------------------------------------- what each stage's output directory holds
+
+
+@dataclass(frozen=True)
+class OutputDir:
+    """The files a stage writes into its output directory. A stage replaces that directory as a whole, so it
+    may replace only one like it (holding `signature` and nothing else but `patterns`), an empty one or none."""
+
+    stage: str
+    signature: str
+    patterns: tuple[str, ...]
+
+    def check(self, path: Path) -> None:
+        """Refuse (ValueError) an existing `path` that is not this kind of output directory."""
+        io.check_replaceable(path, self.signature, self.patterns, f"stage {self.stage}")
+
+    def write(self, path: Path):
+        """io.atomic_dir onto `path` that checks it first and again before replacing it."""
+        return io.atomic_dir(path, check=self.check)
+
+
+DEGRADE_OUT = OutputDir("degrade", OBSERVATION, (OBSERVATION, CLEAN, CLEAN_PNG, DEGRADED_PNG))
+ROUND_OUT = OutputDir("dense_fit / imp_round", FIT_METRICS, (INIT, REWIND, TRAINED, MASK, HISTORY, FIT_METRICS, output_png("*")))
+EVALUATE_OUT = OutputDir("evaluate", RESULTS, (RESULTS, method_png("*")))
+TRANSFER_OUT = OutputDir("transfer", MATRIX, (MATRIX,))
+REPORT_OUT = OutputDir("report", REPORT_MD, (REPORT_MD, CURVES_PNG, grid_png("*")))

@@ -9,6 +9,7 @@ checks that each DVC stage lists exactly the keys its code reads.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from lipcore.config import (
     unrecorded,
     with_keys,
 )
+from lipcore.runtime import resolve_device
 from lipcore.trials import PROTOCOLS
 
 
@@ -77,6 +79,33 @@ class Params(Section):
         missing = [t for t in self.tasks if t not in self.task_defs]
         if missing:
             raise ValueError(f"tasks {missing} are not defined under task_defs (have {sorted(self.task_defs)})")
+        for key in ("images", "tasks", "seeds"):
+            values = getattr(self, key)
+            if not values:
+                raise ValueError(f"{key}: the list is empty; give at least one")
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{key}: {repeated} listed more than once (each names outputs of its own)")
+        for name in self.images:
+            if not name or "/" in name or "\\" in name or name.startswith("."):
+                raise ValueError(f"images: {name!r} is not an image name (data/<name>.png, no directories)")
+        self._check_image_size()
+        try:
+            resolve_device(self.device)
+        except ValueError as err:
+            raise ValueError(f"device: {err}") from None
+
+    def _check_image_size(self) -> None:
+        """image_size must be a positive multiple of what the skip net and the deep-decoder baseline halve to."""
+        with unrecorded():
+            decoder = 2 ** (self.evaluate.decoder_layers - 1)
+            multiple = math.lcm(self.net.downscale, decoder)
+        if self.image_size < 1 or self.image_size % multiple:
+            raise ValueError(
+                f"image_size: {self.image_size} is not a positive multiple of {multiple} (the skip net halves it "
+                f"net.scales={self.net.scales} times, the deep decoder of evaluate.decoder_layers="
+                f"{self.evaluate.decoder_layers} {self.evaluate.decoder_layers - 1} times); e.g. {max(multiple, 64 // multiple * multiple)}"
+            )
 
     def task(self, name: str) -> TaskDef:
         """task_defs[name]; an error naming the defined tasks if there is none."""

@@ -99,12 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--transfer", type=Path, required=True, help="transfer metrics JSON")
     ap.add_argument("--out", type=Path, required=True)
     args = entry.start(ap, argv)
+    layout.REPORT_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
     ids = [layout.pair_id(i, t) for i in params.images for t in params.tasks]
     summaries = [io.read_json(args.evaluate / i / layout.RESULTS)["summary"] for i in ids]
     transfer = io.read_json(args.transfer)
 
-    with io.atomic_dir(args.out) as tmp:
+    with layout.REPORT_OUT.write(args.out) as tmp:
         curves_figure(summaries, tmp / layout.CURVES_PNG)
         lines = [
             "# Lottery image priors: report",
@@ -135,8 +136,11 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for src in ids:
             lines.append(f"| {src} | " + " | ".join(f"{transfer['psnr'][src][t]:.2f}" for t in ids) + " |")
+        if len(ids) == 1:
+            lines += ["", "One image x task problem only: no other problem to transfer its masks to (the one cell is "
+                      "its own LIP round). List more images or tasks in params.yaml to measure transfer."]
         (tmp / layout.REPORT_MD).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    entry.run(main)

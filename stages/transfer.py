@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--metrics", type=Path, required=True)
     args = entry.start(ap, argv)
+    layout.TRANSFER_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
     head = headline_round(params.sparsity, params.imp)
     if head == 0:
@@ -61,10 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     matrix = {s: {t: summarise(v) for t, v in row.items()} for s, row in cells.items()}
     psnr = {s: {t: round(m[f"{shown}_psnr"]["mean"], 3) for t, m in row.items()} for s, row in matrix.items()}
     result = {"round": head, "point": shown, "psnr": psnr}
-    with io.atomic_dir(args.out) as tmp:
+    with layout.TRANSFER_OUT.write(args.out) as tmp:
         io.write_json(tmp / layout.MATRIX, {**result, "full": matrix, "per_seed": cells})
     io.write_json(args.metrics, result)
 
 
 if __name__ == "__main__":
-    main()
+    entry.run(main)
