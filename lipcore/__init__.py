@@ -8,6 +8,7 @@ from .runtime import resolve_device, tune_cpu_allocator
 __all__ = [
     "DegradationConfig",
     "FitConfig",
+    "FitDiverged",
     "FitResult",
     "NetConfig",
     "OracleBest",

@@ -34,12 +34,12 @@ from .fit_state import (
     Divergence,
     Ema,
     EsWmv,
+    FitDiverged,
     History,
     Metric,
     Oracle,
     StopCheck,
     Stopping,
-    FitDiverged,
     collapsed,
     reset_optimizer_state,
 )

@@ -217,7 +217,10 @@ def save_tensors(path: PathLike, tensors: dict[str, Tensor], metadata: dict[str,
     meta = {_META_KEY: json.dumps(metadata or {}, sort_keys=True)}
     plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(plain, str(tmp), metadata=meta)
+        try:
+            save_file(plain, str(tmp), metadata=meta)
+        except SafetensorError as err:  # e.g. a full disk: an OSError like every other failed write
+            raise OSError(f"cannot write {path}: {err}") from err
 
 
 def load_tensors(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -125,7 +125,9 @@ def _check_removed(old: Mask, new: Mask, fraction: float, scope: str) -> None:
         alive = sum(int(old[n].sum()) for n in names)
         kept = sum(int(new[n].sum()) for n in names)
         if alive - kept != round_count(fraction, alive):
-            raise RuntimeError(f"pruning {names[:3]} removed {alive - kept} weights, not {round_count(fraction, alive)}")
+            raise RuntimeError(
+                f"pruning {names[:3]} removed {alive - kept} weights, not {round_count(fraction, alive)}"
+            )
 
 
 def magnitude_prune(

@@ -129,7 +129,9 @@ class OutputDir:
 
 
 DEGRADE_OUT = OutputDir("degrade", OBSERVATION, (OBSERVATION, CLEAN, CLEAN_PNG, DEGRADED_PNG))
-ROUND_OUT = OutputDir("dense_fit / imp_round", FIT_METRICS, (INIT, REWIND, TRAINED, MASK, HISTORY, FIT_METRICS, output_png("*")))
+ROUND_OUT = OutputDir(
+    "dense_fit / imp_round", FIT_METRICS, (INIT, REWIND, TRAINED, MASK, HISTORY, FIT_METRICS, output_png("*"))
+)
 EVALUATE_OUT = OutputDir("evaluate", RESULTS, (RESULTS, method_png("*")))
 TRANSFER_OUT = OutputDir("transfer", MATRIX, (MATRIX,))
 REPORT_OUT = OutputDir("report", REPORT_MD, (REPORT_MD, CURVES_PNG, grid_png("*")))

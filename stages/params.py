@@ -26,6 +26,7 @@ from lipcore.config import (
     unrecorded,
     with_keys,
 )
+from lipcore.imp import headline_round
 from lipcore.runtime import resolve_device
 from lipcore.trials import PROTOCOLS
 
@@ -90,6 +91,8 @@ class Params(Section):
             if not name or "/" in name or "\\" in name or name.startswith("."):
                 raise ValueError(f"images: {name!r} is not an image name (data/<name>.png, no directories)")
         self._check_image_size()
+        with unrecorded():
+            headline_round(self.sparsity, self.imp)  # enough rounds in imp.chain: refused before any round runs
         try:
             resolve_device(self.device)
         except ValueError as err:
@@ -104,7 +107,8 @@ class Params(Section):
             raise ValueError(
                 f"image_size: {self.image_size} is not a positive multiple of {multiple} (the skip net halves it "
                 f"net.scales={self.net.scales} times, the deep decoder of evaluate.decoder_layers="
-                f"{self.evaluate.decoder_layers} {self.evaluate.decoder_layers - 1} times); e.g. {max(multiple, 64 // multiple * multiple)}"
+                f"{self.evaluate.decoder_layers} {self.evaluate.decoder_layers - 1} times); "
+                f"e.g. {multiple * max(1, self.image_size // multiple)}"
             )
 
     def task(self, name: str) -> TaskDef:
@@ -130,7 +134,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the stage from the project root")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())  # safe: tags such as !!python/object are refused, not run
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid plain YAML: {err}") from err
     try:
         params = from_dict(Params, data, key="")
         with unrecorded():

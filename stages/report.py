@@ -93,6 +93,17 @@ def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def transfer_table(transfer: dict, ids: list[str]) -> list[str]:
+    """The transfer section: the PSNR matrix, or why there is none."""
+    title = f"## Transfer (round {transfer['round']}, PSNR at {transfer['point']}; rows: mask source, columns: target)"
+    if "note" in transfer:
+        return ["## Transfer", "", f"No transfer measured: {transfer['note']}."]
+    lines = [title, "", "| source \\ target | " + " | ".join(ids) + " |", "|---|" + "---|" * len(ids)]
+    for src in ids:
+        lines.append(f"| {src} | " + " | ".join(f"{transfer['psnr'][src][t]:.2f}" for t in ids) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = entry.parser(__doc__)
     ap.add_argument("--evaluate", type=Path, required=True, help="directory of evaluate outputs")
@@ -128,17 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"![grid]({layout.grid_png(i)})",
                 "",
             ]
-        lines += [
-            f"## Transfer (round {transfer['round']}, PSNR at {transfer['point']}; rows: mask source, columns: target)",
-            "",
-            "| source \\ target | " + " | ".join(ids) + " |",
-            "|---|" + "---|" * len(ids),
-        ]
-        for src in ids:
-            lines.append(f"| {src} | " + " | ".join(f"{transfer['psnr'][src][t]:.2f}" for t in ids) + " |")
-        if len(ids) == 1:
-            lines += ["", "One image x task problem only: no other problem to transfer its masks to (the one cell is "
-                      "its own LIP round). List more images or tasks in params.yaml to measure transfer."]
+        lines += transfer_table(transfer, ids)
         (tmp / layout.REPORT_MD).write_text("\n".join(lines) + "\n")
 
 

@@ -35,11 +35,17 @@ def main(argv: list[str] | None = None) -> None:
     layout.TRANSFER_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
     head = headline_round(params.sparsity, params.imp)
-    if head == 0:
-        raise ValueError("transfer needs a sparse headline round: set sparsity > 0")
     shown = shown_point(params.protocol)
     pairs = [(image, task) for image in params.images for task in params.tasks]
     ids = [layout.pair_id(*p) for p in pairs]
+    nothing = nothing_to_transfer(head, ids)
+    if nothing:  # a valid setup with no transfer to measure: an empty matrix that says why
+        log.info("transfer: %s", nothing)
+        result = {"round": head, "point": shown, "psnr": {}, "note": nothing}
+        with layout.TRANSFER_OUT.write(args.out) as tmp:
+            io.write_json(tmp / layout.MATRIX, {**result, "full": {}, "per_seed": {}})
+        io.write_json(args.metrics, result)
+        return
 
     cells: dict[str, dict[str, list[dict]]] = {s: {t: [] for t in ids} for s in ids}
     for seed in params.seeds:
@@ -51,8 +57,6 @@ def main(argv: list[str] | None = None) -> None:
             cells[tgt][tgt].append(artifacts.read_fit_metrics(layout.round_dir(args.rounds / tgt, seed, head)))
             sources = [src for src in ids if src != tgt]
             log.info("seed %s: %d masks onto %s", seed, len(sources), tgt)
-            if not sources:
-                continue
             rounds = [layout.round_dir(args.rounds / src, seed, head) for src in sources]
             trials = [Trial(start, z, problem, artifacts.load_round_mask(r, params.net), fit_seed) for r in rounds]
             outcomes = train_and_score(params.net, trials, params.fit_for(task), "blind", None, params.device)
@@ -65,6 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     with layout.TRANSFER_OUT.write(args.out) as tmp:
         io.write_json(tmp / layout.MATRIX, {**result, "full": matrix, "per_seed": cells})
     io.write_json(args.metrics, result)
+
+
+def nothing_to_transfer(head: int, ids: list[str]) -> str | None:
+    """Why there is no transfer to measure (None: there is)."""
+    if head == 0:
+        return "sparsity 0: the headline round is the dense fit, there is no mask to transfer"
+    if len(ids) == 1:
+        return f"one image x task problem only ({ids[0]}): no other problem to transfer its masks to"
+    return None
 
 
 if __name__ == "__main__":

@@ -32,6 +32,18 @@ def f16_small() -> torch.Tensor:
     return center_crop_to(load_image(DATA / "f16.png"), 32, 32)[None]
 
 
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A scratch project directory holding data/f16.png and data/baby.png, made the working directory."""
+    import shutil
+
+    (tmp_path / "data").mkdir()
+    for name in ("f16", "baby"):
+        shutil.copy(DATA / f"{name}.png", tmp_path / "data" / f"{name}.png")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 def tiny_params(**overrides) -> dict:
     """A pipeline small enough for seconds per stage: 32x32 images, 8 channels, a few iterations, 2 rounds."""
     params = {

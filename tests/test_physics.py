@@ -206,5 +206,7 @@ def test_make_problem_draws_operator_and_observation_from_the_generator(f16_smal
 
 def test_inpainting_mask_shape_is_checked():
     with pytest.raises(ValueError, match="mask has shape"):
-        sample_operator(DegradationConfig(task="inpaint"), (3, 16, 16), mask=(torch.arange(240).view(15, 16) % 2).float())
+        sample_operator(
+            DegradationConfig(task="inpaint"), (3, 16, 16), mask=(torch.arange(240).view(15, 16) % 2).float()
+        )
     assert math.isclose(DegradationConfig(task="inpaint").keep, 0.5)

@@ -1,7 +1,6 @@
 """Each stage's main, called in-process on tiny params in a scratch project directory."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -17,16 +16,7 @@ from lipcore.physics import Denoise
 from lipcore.trials import search_problem
 from stages import artifacts, degrade, dense_fit, evaluate, imp_round, layout, report, transfer
 from stages.params import load_params
-from tests.conftest import DATA, tiny_params
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    (tmp_path / "data").mkdir()
-    for name in ("f16", "baby"):
-        shutil.copy(DATA / f"{name}.png", tmp_path / "data" / f"{name}.png")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+from tests.conftest import tiny_params
 
 
 def write_params(path, params):
@@ -142,17 +132,6 @@ def test_evaluate_transfer_report(project):
     assert (project / "report" / layout.grid_png("f16-denoise")).exists()
 
 
-def test_transfer_with_one_problem_writes_the_diagonal_only(project):
-    params = tiny_params(images=["f16"])
-    write_params(project / "params.yaml", params)
-    run_chain(params)
-    run_transfer()
-    t = json.loads(layout.TRANSFER_METRICS.read_text())
-    assert list(t["psnr"]) == ["f16-denoise"]
-    lip = fit_metrics("f16", "denoise", 0, 2)
-    assert t["psnr"]["f16-denoise"]["f16-denoise"] == pytest.approx(lip["es"]["psnr"], abs=1e-3)
-
-
 def test_iteration_plot_matches_rows_by_iteration_when_fits_stop_early(tmp_path):
     """fit.es_stop: the dense and LIP histories end at different iterations; rows must not shift."""
     dense = {"iteration": [4, 8, 12], "psnr_out": [10.0, 11.0, 12.0], "psnr_ema": [1.0, 2.0, 3.0]}
@@ -265,10 +244,9 @@ def test_find_ticket_draws_the_pipelines_masks(project):
 
 
 def test_unreached_sparsity_says_how_many_rounds_to_add(project):
-    write_params(project / "params.yaml", tiny_params(sparsity=0.6))
-    params = load_params()
+    write_params(project / "params.yaml", tiny_params(sparsity=0.6))  # refused as the params load
     with pytest.raises(ValueError, match=r"Add 3 round\(s\) to imp.chain.*\[3, 2\], \[4, 3\], \[5, 4\]"):
-        headline_round(params.sparsity, params.imp)
+        load_params()
 
 
 @pytest.mark.parametrize("name", ["params.yaml", "params.paper.yaml"])

@@ -1,0 +1,445 @@
+"""What lip refuses, and what it must survive: one parametrised case per row of the hostile-user matrix.
+
+Every refusal must come before the stage writes anything, name the file or params key and say what is
+allowed; every valid setup must run; no failure may delete or corrupt earlier results. The README's
+"What lip refuses and why" table lists the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lipcore import io
+from lipcore.config import FitConfig
+from lipcore.fit import FitDiverged, fit
+from lipcore.nets import build_net, make_input
+from lipcore.physics import Denoise
+from stages import degrade, dense_fit, imp_round, layout, report
+from stages.params import load_params
+from tests.conftest import DATA, ROOT, tiny_params
+from tests.test_stages import run_chain, run_evaluate, run_transfer, write_params
+
+
+def _set(path: str, value):
+    """A change of tiny_params: `value` at the dotted `path` (None-valued paths are deleted keys)."""
+
+    def change(params: dict) -> dict:
+        *parents, last = path.split(".")
+        node = params
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+        return params
+
+    return change
+
+
+# ---------------------------------------------------------------- params: refused up front, naming the key
+
+PARAMS_ROWS = {
+    "unknown top-level key": (_set("sparsty", 0.3), r"unknown key\(s\) \['sparsty'\]"),
+    "unknown imp key": (_set("imp.fractoin", 0.3), r"imp\.fractoin"),
+    "unknown evaluate key (curve dropped)": (_set("evaluate.curve_method", ["snip"]), r"evaluate\.curve_method"),
+    "unknown curve method": (_set("evaluate.curve_methods", ["magnitude"]), r"unknown method.*magnitude"),
+    "iterations as a string": (_set("fit.iterations", "20"), r"fit\.iterations: expected an integer, got '20'"),
+    "iterations as a float": (_set("fit.iterations", 20.5), r"fit\.iterations: expected an integer, got 20\.5"),
+    "lr as a string": (_set("fit.lr", "0.01"), r"fit\.lr: expected a number, got '0\.01'"),
+    "lr zero": (_set("fit.lr", 0), r"fit: lr must be > 0, got 0"),
+    "lr negative in a task": (_set("task_defs.denoise.fit.lr", -1.0), r"task_defs\.denoise\.fit: lr must be > 0"),
+    "no seeds": (_set("seeds", []), r"seeds: the list is empty"),
+    "a seed twice": (_set("seeds", [0, 0]), r"seeds: \[0\] listed more than once"),
+    "no images": (_set("images", []), r"images: the list is empty"),
+    "an image path instead of a name": (_set("images", ["../f16"]), r"images: '\.\./f16' is not an image name"),
+    "no tasks": (_set("tasks", []), r"tasks: the list is empty"),
+    "undefined task": (_set("tasks", ["deblur"]), r"tasks \['deblur'\] are not defined under task_defs"),
+    "unknown degradation": (_set("task_defs.denoise.degradation.task", "deblur"), r"task must be one of"),
+    "image_size zero": (_set("image_size", 0), r"image_size: 0 is not a positive multiple of 8"),
+    "image_size not a multiple": (_set("image_size", 30), r"image_size: 30 is not a positive multiple of 8"),
+    "device gpu": (_set("device", "gpu"), r"device: device 'gpu' is not a device name: use 'auto', 'cpu'"),
+    "sparsity 1": (_set("sparsity", 1.0), r"sparsity must be in \[0, 1\)"),
+    "sparsity beyond the chain": (
+        _set("sparsity", 0.9),
+        r"sparsity=0\.9 is not reached.*Add 9 round\(s\) to imp\.chain",
+    ),
+    "broken chain": (_set("imp.chain", [[2, 1]]), r"imp: chain entry 1 is \[2, 1\]; expected \[1, 0\]"),
+    "prune fraction 1": (_set("imp.fraction", 1.0), r"imp: prune fraction must be in \(0, 1\)"),
+    "unknown protocol": (_set("protocol", "oracle"), r"protocol must be one of"),
+    "inpaint keeps nothing": (_set("task_defs.inpaint.degradation.keep", 0.0), r"keep must be in \[0\.01, 1\)"),
+    "inpaint keeps everything": (_set("task_defs.inpaint.degradation.keep", 1.0), r"keep must be in \[0\.01, 1\)"),
+    "net scales zero": (_set("net.scales", 0), r"net: NetConfig\.scales must be >= 1"),
+}
+
+
+@pytest.mark.parametrize("change, message", PARAMS_ROWS.values(), ids=PARAMS_ROWS.keys())
+def test_params_are_refused_naming_key_value_and_what_is_allowed(tmp_path, change, message):
+    path = tmp_path / "params.yaml"
+    write_params(path, change(tiny_params()))
+    with pytest.raises(ValueError, match=message) as err:
+        load_params(path)
+    assert str(path) in str(err.value)  # and the file
+
+
+def test_device_cuda_without_cuda_is_refused(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    write_params(tmp_path / "params.yaml", tiny_params(device="cuda"))
+    with pytest.raises(ValueError, match="device: device 'cuda' was asked for but CUDA is not available"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("!!python/object/apply:os.system ['echo pwned']\n", "not valid plain YAML"),  # never executed
+        ("sparsity: [0.3\n", "not valid plain YAML"),
+        ("- 1\n- 2\n", "expected a mapping"),
+    ],
+    ids=["python tag", "broken yaml", "not a mapping"],
+)
+def test_params_files_that_are_not_plain_yaml_mappings_are_refused(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_missing_params_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------- images and masks: degrade refuses, names the file
+
+
+def run_degrade(image: str = "data/f16.png", task: str = "denoise", out: str = "outs/degrade/f16-denoise"):
+    degrade.main(["--image", image, "--name", "f16", "--task", task, "--out", out])
+
+
+def _mask_task(mask: str) -> dict:
+    return {"degradation": {"task": "inpaint", "mask": mask}, "fit": {"ema_weight": 0.0}}
+
+
+def _write_mask(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def test_a_missing_image_is_named(project):
+    write_params(project / "params.yaml", tiny_params())
+    with pytest.raises(FileNotFoundError, match="image not found: data/nope.png"):
+        run_degrade("data/nope.png")
+    assert not Path("outs").exists()
+
+
+@pytest.mark.parametrize("content", [b"not a png at all", "truncated"], ids=["text file", "truncated png"])
+def test_unreadable_images_are_named(project, content):
+    write_params(project / "params.yaml", tiny_params())
+    bad = project / "data" / "bad.png"
+    bad.write_bytes(content if isinstance(content, bytes) else (DATA / "f16.png").read_bytes()[:2000])
+    with pytest.raises(ValueError, match="cannot read data/bad.png as an image"):
+        run_degrade("data/bad.png")
+    assert not Path("outs").exists()
+
+
+def test_an_image_smaller_than_image_size_names_file_and_key(project):
+    write_params(project / "params.yaml", tiny_params())
+    Image.new("RGB", (20, 40)).save(project / "data" / "small.png")
+    with pytest.raises(ValueError, match=r"data/small.png is 40x20, smaller than image_size 32 \(params.yaml\)"):
+        run_degrade("data/small.png")
+
+
+def test_a_decompression_bomb_is_refused_naming_the_file(project, monkeypatch):
+    write_params(project / "params.yaml", tiny_params())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses images over twice this: f16 is now a bomb
+    with pytest.raises(ValueError, match="data/f16.png is too large to read safely"):
+        run_degrade()
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "I;16", "1"])
+def test_images_of_every_mode_are_accepted(project, mode):
+    write_params(project / "params.yaml", tiny_params())
+    rgb = Image.open(DATA / "f16.png").convert("RGB")
+    img = rgb.convert("L").convert("I;16") if mode == "I;16" else rgb.convert(mode)
+    img.save(project / "data" / "odd.png")
+    run_degrade("data/odd.png")
+    problem = io.load_tensors(project / "outs/degrade/f16-denoise" / layout.OBSERVATION)[0]
+    assert problem["y"].shape == (1, 3, 32, 32)
+
+
+MASK_ROWS = {
+    "mask of another size": (np.full((200, 300), 255), r"is \(200, 300\) \(H, W\) but data/f16.png is \(512, 512\)"),
+    "all-zero mask": (np.zeros((512, 512)), r"keeps 0\.00% of the pixels; it must keep at least 1%"),
+    "all-white mask": (np.full((512, 512), 255), r"keeps every pixel: there is nothing to inpaint"),
+}
+
+
+@pytest.mark.parametrize("array, message", MASK_ROWS.values(), ids=MASK_ROWS.keys())
+def test_inpainting_masks_are_checked_before_any_fit(project, array, message):
+    assert Image.open(DATA / "f16.png").size == (512, 512)
+    _write_mask(project / "data" / "masks" / "m.png", array)
+    params = tiny_params(tasks=["holes"])
+    params["task_defs"]["holes"] = _mask_task("data/masks/m.png")
+    write_params(project / "params.yaml", params)
+    with pytest.raises(ValueError, match=message) as err:
+        run_degrade(task="holes", out="outs/degrade/f16-holes")
+    assert "data/masks/m.png" in str(err.value) or "pixel" in str(err.value)
+    assert not Path("outs").exists()
+
+
+def test_a_mask_outside_the_mask_folder_is_refused(project):
+    _write_mask(project / "data" / "m.png", np.full((512, 512), 255))
+    params = tiny_params(tasks=["holes"])
+    params["task_defs"]["holes"] = _mask_task("data/m.png")
+    write_params(project / "params.yaml", params)
+    with pytest.raises(ValueError, match=r"task_defs\.holes\.degradation\.mask: data/m.png must live in data/masks"):
+        run_degrade(task="holes", out="outs/degrade/f16-holes")
+
+
+def test_a_mask_of_the_images_size_is_aligned_with_it(project):
+    """The accepted case: mask and image have one size and one centre crop, so the mask's holes stay in place."""
+    array = np.full((512, 512), 255)
+    array[250:262, 240:270] = 0  # a hole at the centre: inside the 32x32 centre crop
+    _write_mask(project / "data" / "masks" / "m.png", array)
+    params = tiny_params(tasks=["holes"])
+    params["task_defs"]["holes"] = _mask_task("data/masks/m.png")
+    write_params(project / "params.yaml", params)
+    run_degrade(task="holes", out="outs/degrade/f16-holes")
+    mask = io.load_tensors(project / "outs/degrade/f16-holes" / layout.OBSERVATION)[0]["op.mask"][0, 0]
+    expected = torch.ones(32, 32)
+    expected[250 - 240 : 262 - 240, 240 - 240 : 270 - 240] = 0
+    assert torch.equal(mask, expected)
+
+
+# ---------------------------------------------------------------- outputs: a stage replaces only what it wrote
+
+
+def test_out_data_is_refused_and_data_survives(project):
+    write_params(project / "params.yaml", tiny_params())
+    before = sorted(p.name for p in (project / "data").iterdir())
+    with pytest.raises(ValueError, match="refusing to replace data with the output of stage degrade"):
+        run_degrade(out="data")
+    assert sorted(p.name for p in (project / "data").iterdir()) == before
+    assert (project / "data" / "f16.png").read_bytes() == (DATA / "f16.png").read_bytes()
+
+
+def test_out_onto_another_stages_output_or_a_file_is_refused(project):
+    write_params(project / "params.yaml", tiny_params())
+    run_degrade()
+    with pytest.raises(ValueError, match="not an output of stage dense_fit / imp_round"):
+        dense_fit.main(
+            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "0"]
+            + ["--out", "outs/degrade/f16-denoise"]
+        )
+    with pytest.raises(ValueError, match="it is not a directory"):
+        run_degrade(out="params.yaml")
+    assert load_params().images == ("f16", "baby")
+
+
+def test_a_stage_replaces_its_own_output_and_an_empty_folder(project):
+    write_params(project / "params.yaml", tiny_params())
+    Path("outs/degrade/f16-denoise").mkdir(parents=True)
+    run_degrade()
+    first = (project / "outs/degrade/f16-denoise" / layout.OBSERVATION).read_bytes()
+    run_degrade()
+    assert (project / "outs/degrade/f16-denoise" / layout.OBSERVATION).read_bytes() == first
+    assert not [p for p in Path("outs/degrade").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_an_interrupted_stage_leaves_the_previous_output_whole(project, monkeypatch):
+    write_params(project / "params.yaml", tiny_params())
+    run_degrade()
+    before = {p.name: p.read_bytes() for p in Path("outs/degrade/f16-denoise").iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "save_png", interrupted)  # dies half-way through writing its files
+    with pytest.raises(KeyboardInterrupt):
+        run_degrade()
+    assert {p.name: p.read_bytes() for p in Path("outs/degrade/f16-denoise").iterdir()} == before
+    assert not [p for p in Path("outs/degrade").iterdir() if p.name.startswith(".")]
+
+
+def test_a_full_disk_during_a_write_keeps_the_previous_file(tmp_path):
+    """RLIMIT_FSIZE makes writes past 64 KiB fail as a full disk would (EFBIG, like ENOSPC): cheap, no tmpfs."""
+    weights, metrics = tmp_path / "weights.safetensors", tmp_path / "metrics.json"
+    io.save_tensors(weights, {"w": torch.zeros(4)}, {"round": 1})
+    io.write_json(metrics, {"psnr": 30.0})
+    before = {p: p.read_bytes() for p in (weights, metrics)}
+    script = f"""
+import resource, signal, torch
+from lipcore import io
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+for write in (lambda: io.save_tensors({str(weights)!r}, {{"w": torch.zeros(1 << 20)}}, {{"round": 2}}),
+              lambda: io.write_json({str(metrics)!r}, {{"psnr": [0.5] * 100000}})):
+    try:
+        write()
+    except OSError as err:
+        print("refused:", err)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("refused:") and "File too large" in line for line in lines), out
+    assert {p: p.read_bytes() for p in (weights, metrics)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "weights.safetensors"]  # no temporaries
+
+
+# ---------------------------------------------------------------- artifacts: safetensors only, shapes checked
+
+
+@pytest.mark.parametrize("kind", ["pickle", "garbage"])
+def test_weights_that_are_not_safetensors_are_refused_unread(project, kind):
+    write_params(project / "params.yaml", tiny_params())
+    run_chain(tiny_params(imp={**tiny_params()["imp"], "chain": []}, sparsity=0.0))
+    trained = layout.round_dir(layout.pair_rounds("f16", "denoise"), 0, 0) / layout.TRAINED
+    if kind == "pickle":
+        torch.save({"x": torch.zeros(2)}, trained)
+    else:
+        trained.write_bytes(b"\x00" * 100)
+    write_params(project / "params.yaml", tiny_params())
+    with pytest.raises(ValueError, match="is not a valid safetensors file"):
+        run_round(1, 0)
+
+
+def run_round(k: int, parent: int, seed: int = 0):
+    base = layout.pair_rounds("f16", "denoise")
+    imp_round.main(
+        ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", str(seed), "--round", str(k)]
+        + ["--dense", str(layout.round_dir(base, seed, 0)), "--parent", str(layout.round_dir(base, seed, parent))]
+        + ["--out", str(layout.round_dir(base, seed, k))]
+    )
+
+
+def test_weights_of_another_net_are_refused(project):
+    params = tiny_params(sparsity=0.0)
+    params["imp"]["chain"] = []
+    write_params(project / "params.yaml", params)
+    run_chain(params)
+    bigger = tiny_params()
+    bigger["net"]["channels_down"] = 16
+    write_params(project / "params.yaml", bigger)
+    with pytest.raises(ValueError, match="has shape"):
+        run_round(1, 0)
+
+
+# ---------------------------------------------------------------- fits that diverge; masks that cannot be drawn
+
+
+def test_a_diverging_fit_fails_naming_the_iteration_and_writes_nothing(project):
+    write_params(project / "params.yaml", tiny_params(fit={**tiny_params()["fit"], "lr": 1e10}))
+    run_degrade()
+    with pytest.raises(FitDiverged, match=r"loss became NaN/inf at iteration 4; 2 backtracks") as err:
+        dense_fit.main(
+            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "0"]
+            + ["--out", "outs/rounds/f16-denoise/s0/r0"]
+        )
+    assert "lower fit.lr (now 1e+10)" in str(err.value)
+    assert not Path("outs/rounds").exists() or not any(Path("outs/rounds").rglob("*.json"))
+
+
+def test_a_diverging_stage_exits_non_zero_naming_stage_and_image(project):
+    """The stage as DVC runs it: exit status 1, one line naming stage, image, seed and iteration; no output."""
+    write_params(project / "params.yaml", tiny_params(fit={**tiny_params()["fit"], "lr": 1e10}))
+    run_degrade()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "stages.dense_fit", "--obs", "outs/degrade/f16-denoise", "--task", "denoise"]
+    cmd += ["--seed", "0", "--out", "outs/rounds/f16-denoise/s0/r0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 1, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ERROR: stage dense_fit (--obs outs/degrade/f16-denoise --task denoise --seed 0")
+    assert "fit diverged" in last and "iteration 4" in last and "Traceback" not in out.stderr
+    assert not Path("outs/rounds").exists()
+
+
+class _NanOnce(Denoise):
+    """Denoising whose forward returns NaN once, at call `at` (a transient blow-up that backtracking undoes)."""
+
+    def __init__(self, *args, at: int) -> None:
+        super().__init__(*args)
+        self.calls, self.at = 0, at
+
+    def forward(self, x):
+        self.calls += 1
+        return x * float("nan") if self.calls == self.at else super().forward(x)
+
+
+def test_a_transient_nan_is_backtracked_and_the_fit_goes_on(f16_small, tiny_cfg):
+    gen = torch.Generator().manual_seed(0)
+    net = build_net(tiny_cfg, gen)
+    z = make_input(net, 32, 32, gen)
+    op = _NanOnce(tuple(f16_small.shape[1:]), 0.1, at=8)  # iteration 8: a check (log_every 4)
+    y = Denoise(tuple(f16_small.shape[1:]), 0.1).observe(f16_small, gen)
+    res = fit(net, z, op, y, FitConfig(iterations=20, log_every=4, es_window=4, es_patience=4), device="cpu")
+    assert res.backtracks == 1
+    assert torch.isfinite(res.x_last).all() and all(torch.isfinite(p).all() for p in net.parameters())
+    assert np.isfinite(res.history["loss"][2:]).all() and np.isnan(res.history["loss"][1])  # row 2: iteration 8
+
+
+def test_a_parent_round_with_nan_weights_cannot_draw_a_short_mask(project):
+    params = tiny_params()
+    write_params(project / "params.yaml", params)
+    run_chain({**params, "imp": {**params["imp"], "chain": []}})
+    trained = layout.round_dir(layout.pair_rounds("f16", "denoise"), 0, 0) / layout.TRAINED
+    tensors, meta = io.load_tensors(trained)
+    name = next(k for k in tensors if k.endswith(".weight") and tensors[k].dim() == 4)
+    tensors[name].view(-1)[: tensors[name].numel() // 2] = float("nan")
+    io.save_tensors(trained, tensors, meta)
+    with pytest.raises(ValueError, match=r"scores are NaN/inf .*could not remove its share"):
+        run_round(1, 0)
+    assert not layout.round_dir(layout.pair_rounds("f16", "denoise"), 0, 1).exists()
+
+
+# ---------------------------------------------------------------- valid setups that must run
+
+
+def test_one_image_one_task_runs_through_transfer_and_report(project):
+    params = tiny_params(images=["f16"], tasks=["denoise"])
+    write_params(project / "params.yaml", params)
+    run_chain(params)
+    run_evaluate("f16", "denoise")
+    run_transfer()
+    t = json.loads(layout.TRANSFER_METRICS.read_text())
+    assert t["psnr"] == {} and "no other problem" in t["note"]
+    report.main(["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER_METRICS), "--out", "report"])
+    md = (project / "report" / layout.REPORT_MD).read_text()
+    assert "No transfer measured: one image x task problem only (f16-denoise)" in md
+
+
+def test_sparsity_zero_runs_evaluate_and_transfer(project):
+    params = tiny_params(sparsity=0.0)
+    params["imp"]["chain"] = [[1, 0]]
+    write_params(project / "params.yaml", params)
+    run_chain(params)
+    run_evaluate("f16", "denoise")
+    head = json.loads(layout.headline_metrics("f16", "denoise").read_text())
+    assert head["round"] == 0
+    run_transfer()
+    assert "no mask to transfer" in json.loads(layout.TRANSFER_METRICS.read_text())["note"]
+
+
+def test_two_dvc_repro_at_once_are_refused(tmp_path):
+    """DVC's repo lock: a second `dvc repro` while one holds it fails at once instead of racing the first."""
+    from dvc.lock import make_lock
+
+    from tests.conftest import make_project
+
+    make_project(tmp_path, tiny_params())
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    lock = make_lock(str(tmp_path / ".dvc" / "tmp" / "lock"), tmp_dir=str(tmp_path / ".dvc" / "tmp"))
+    with lock:
+        out = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+    assert out.returncode != 0 and "lock" in (out.stdout + out.stderr).lower()
+    assert not (tmp_path / "outs").exists()
