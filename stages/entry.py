@@ -28,6 +28,21 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     return ap
 
 
+def output_file(suffix: str) -> Callable[[str], Path]:
+    """An argparse type for a file a stage writes (metrics JSON, plot CSV): its name must end in `suffix`, and
+    an existing one must be a file, so that a wrong argument (`--metrics params.yaml`) is refused, not replaced."""
+
+    def check(value: str) -> Path:
+        path = Path(value)
+        if path.suffix != suffix:
+            raise argparse.ArgumentTypeError(f"{value}: this output is a {suffix} file; refusing to write it elsewhere")
+        if path.exists() and not path.is_file():
+            raise argparse.ArgumentTypeError(f"{value} exists and is not a file; refusing to replace it")
+        return path
+
+    return check
+
+
 def start(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse the stage's arguments; log progress (one line per fit) to stderr; tune the CPU allocator."""
     args = ap.parse_args(argv)

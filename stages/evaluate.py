@@ -40,9 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--obs", type=Path, required=True)
     ap.add_argument("--rounds", type=Path, required=True, help="the problem's rounds directory (s<seed>/r<round>)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True, help="headline JSON (a DVC metrics file)")
-    ap.add_argument("--sparsity-plot", type=Path, required=True, help="CSV: PSNR vs sparsity per method")
-    ap.add_argument("--iteration-plot", type=Path, required=True, help="CSV: PSNR vs iteration")
+    ap.add_argument(
+        "--metrics", type=entry.output_file(".json"), required=True, help="headline JSON (a DVC metrics file)"
+    )
+    ap.add_argument(
+        "--sparsity-plot", type=entry.output_file(".csv"), required=True, help="CSV: PSNR vs sparsity per method"
+    )
+    ap.add_argument("--iteration-plot", type=entry.output_file(".csv"), required=True, help="CSV: PSNR vs iteration")
     args = entry.start(ap, argv)
     layout.EVALUATE_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)

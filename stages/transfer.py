@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--degrade", type=Path, required=True, help="directory of degrade outputs")
     ap.add_argument("--rounds", type=Path, required=True, help="directory of round outputs")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--metrics", type=entry.output_file(".json"), required=True)
     args = entry.start(ap, argv)
     layout.TRANSFER_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)

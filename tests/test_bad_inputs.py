@@ -23,7 +23,7 @@ from lipcore.config import FitConfig
 from lipcore.fit import FitDiverged, fit
 from lipcore.nets import build_net, make_input
 from lipcore.physics import Denoise
-from stages import degrade, dense_fit, imp_round, layout, report
+from stages import degrade, dense_fit, imp_round, layout, report, transfer
 from stages.params import load_params
 from tests.conftest import DATA, ROOT, tiny_params
 from tests.test_stages import run_chain, run_evaluate, run_transfer, write_params
@@ -437,9 +437,43 @@ def test_two_dvc_repro_at_once_are_refused(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
     lock = make_lock(str(tmp_path / ".dvc" / "tmp" / "lock"), tmp_dir=str(tmp_path / ".dvc" / "tmp"))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     with lock:
         out = subprocess.run(
-            [sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
         )
     assert out.returncode != 0 and "lock" in (out.stdout + out.stderr).lower()
     assert not (tmp_path / "outs").exists()
+
+
+def test_dvc_repro_with_bad_params_stops_at_the_first_stage_naming_the_key(tmp_path):
+    """Real DVC: a wrong type in params.yaml fails the first stage as it loads its params; nothing else runs."""
+    from tests.conftest import make_project
+
+    make_project(tmp_path, tiny_params(fit={**tiny_params()["fit"], "lr": "0.01"}), code=True)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.update(PYTHONPATH=str(tmp_path), DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "ERROR: stage degrade (" in text and "fit.lr: expected a number, got '0.01'" in text, text
+    assert text.count("Running stage") == 1  # the first stage refused; DVC ran nothing after it
+    assert not (tmp_path / "outs").exists() and not (tmp_path / "metrics").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--metrics", "params.yaml"), ("--metrics", "outs"), ("--metrics", "data/f16.png")]
+)
+def test_an_output_file_of_another_kind_is_refused(project, capsys, flag, value):
+    write_params(project / "params.yaml", tiny_params())
+    Path("outs").mkdir()
+    before = {p: p.read_bytes() for p in (project / "params.yaml", project / "data" / "f16.png")}
+    args = ["--degrade", "outs/degrade", "--rounds", "outs/rounds", "--out", "outs/transfer", flag, value]
+    with pytest.raises(SystemExit) as err:
+        transfer.main(args)
+    assert err.value.code == 2 and "refusing" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
