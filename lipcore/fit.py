@@ -36,6 +36,7 @@ from .fit_state import (
     EsWmv,
     FitDiverged,
     History,
+    LastFinite,
     Metric,
     Oracle,
     StopCheck,
@@ -268,7 +269,7 @@ def _fit_members(
         Stopping(cfg.es_stop, cfg.rewind_iteration, stop, n),
     )
     ema, es, oracle, backtrack, history, stopping = books
-    divergence = Divergence(n, dev)
+    divergence, last_finite = Divergence(n, dev), LastFinite()
     finished: dict[int, FitResult] = {}
     final_states: dict[int, dict[str, Tensor]] = {}
 
@@ -300,9 +301,10 @@ def _fit_members(
 
         # bookkeeping, on the device: EMA, ES-WMV, oracle, history
         with torch.no_grad():
-            x_ema = ema.update(x)
-            variance = es.update(step, x, x_ema)
-            scores = oracle.update(step, x, x_ema) if oracle is not None else None
+            seen = last_finite.update(x)  # x, except a NaN/inf output: the member's last finite one instead
+            x_ema = ema.update(seen)
+            variance = es.update(step, seen, x_ema)
+            scores = oracle.update(step, seen, x_ema) if oracle is not None else None
             if is_log:
                 history.log(step, per_image, variance, backtrack.count, scores)
 

@@ -53,6 +53,22 @@ class Ema:
         return self.x
 
 
+class LastFinite:
+    """Each member's output, or where it is NaN/inf its last finite one: what EMA, ES-WMV and the oracle see.
+
+    One non-finite step would otherwise poison the EMA and the ES-WMV window sums for the rest of the fit,
+    even after backtracking has restored the weights (see Divergence).
+    """
+
+    def __init__(self) -> None:
+        self.x: Tensor | None = None
+
+    def update(self, x: Tensor) -> Tensor:
+        finite = expand(torch.isfinite(x).flatten(1).all(1), x)
+        self.x = torch.where(finite, x, self.x if self.x is not None else torch.zeros_like(x))
+        return self.x
+
+
 class WindowVariance:
     """ES-WMV (Wang et al.): variance of the last W outputs of each member, on the device, O(n) per step.
 

@@ -11,13 +11,16 @@ from lipcore.fit_state import (
     HISTORY_COLUMNS,
     Backtracking,
     Best,
+    Divergence,
     Ema,
     EsWmv,
     History,
+    LastFinite,
     Oracle,
     StopCheck,
     Stopping,
     WindowVariance,
+    reset_optimizer_state,
 )
 from lipcore.metrics import psnr, psnr_from_mse, psnr_y
 
@@ -253,3 +256,42 @@ def test_stopping_without_rewind_asks_the_rule_every_few_iterations(every):
     for it in range(1, 7):
         stopping.due(it, True, torch.tensor([True]), FakeMembers())
     assert len(asked) == 6 // every
+
+
+def test_last_finite_replaces_only_the_members_whose_output_is_not_finite():
+    seen = LastFinite()
+    first = torch.rand(SHAPE)
+    assert torch.equal(seen.update(first), first)
+    second = torch.rand(SHAPE)
+    second[1, 0, 2, 3, 4] = math.nan
+    second[2, 0, 0, 0, 0] = math.inf
+    out = seen.update(second)
+    assert torch.equal(out[0], second[0]) and torch.equal(out[1], first[1]) and torch.equal(out[2], first[2])
+    nan_start = LastFinite().update(torch.full(SHAPE, math.nan))
+    assert torch.equal(nan_start, torch.zeros(SHAPE))  # nothing finite seen yet
+
+
+def test_divergence_counts_checks_in_a_row_and_remembers_the_first():
+    div = Divergence(N, torch.device("cpu"), patience=2)
+    fine, member1 = torch.ones(N, 2), torch.ones(N, 2)
+    member1[1, 0] = math.nan
+    for step, loss, failed in [(4, member1, []), (8, fine, []), (12, member1, []), (16, member1, [1]), (20, fine, [1])]:
+        broken = div.check(torch.tensor(step), loss)
+        assert broken.tolist() == [False, not torch.isfinite(loss[1]).all().item(), False]
+        assert div.failed() == failed
+    assert div.first_iteration(1) == 4 and div.first_iteration(0) is None
+
+
+def test_reset_optimizer_state_clears_only_flagged_members():
+    stacked = torch.nn.Parameter(torch.randn(N, 4))  # as the vmap engine stacks members
+    opt = torch.optim.Adam([stacked], lr=0.1)
+    stacked.grad = torch.randn(N, 4)
+    opt.step()
+    stacked.grad = torch.randn(N, 4)
+    before = {k: v.clone() for k, v in opt.state[stacked].items()}
+    grad = stacked.grad.clone()
+    reset_optimizer_state(opt, [stacked], [torch.tensor([False, True, False]).view(N, 1)])
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(opt.state[stacked][key][1], torch.zeros(4))
+        assert torch.equal(opt.state[stacked][key][[0, 2]], before[key][[0, 2]])
+    assert torch.equal(stacked.grad[1], torch.zeros(4)) and torch.equal(stacked.grad[[0, 2]], grad[[0, 2]])
