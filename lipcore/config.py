@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterator
@@ -148,6 +149,8 @@ def _convert(value: Any, hint: Any, key: str, recorded: bool) -> Any:
             raise ValueError(f"{key}: expected null, got {value!r}")
         return None
     if isinstance(hint, type) and issubclass(hint, Section):
+        if value is None:  # `fit:` with nothing under it would silently mean every default
+            raise ValueError(f"{key}: expected a mapping of keys to values, got null (delete the key for defaults)")
         return from_dict(hint, value, key if recorded else None)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -167,6 +170,8 @@ def _convert(value: Any, hint: Any, key: str, recorded: bool) -> Any:
             return float(value)
         if not ok:
             raise ValueError(f"{key}: expected {_SCALARS[hint]}, got {value!r}")
+        if hint is float and not math.isfinite(value):  # YAML's .nan / .inf
+            raise ValueError(f"{key}: expected a finite number, got {value!r}")
         return value
     return value
 
@@ -213,8 +218,16 @@ class NetConfig(Section):
             raise ValueError(f"NetConfig.act must be 'leaky_relu', 'relu' or 'elu', got {self.act!r}")
         if self.scales < 1:
             raise ValueError(f"NetConfig.scales must be >= 1, got {self.scales}")
+        for name in ("in_channels", "out_channels", "decoder_channels", "decoder_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"NetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.input_scale > 0:
+            raise ValueError(f"NetConfig.input_scale must be > 0 (z ~ U[0, input_scale)), got {self.input_scale}")
         for name in ("channels_down", "channels_up", "channels_skip"):
             object.__setattr__(self, name, _per_scale(getattr(self, name), self.scales, name))
+            least = 0 if name == "channels_skip" else 1  # a scale may have no skip branch, not no channels
+            if min(getattr(self, name)) < least:
+                raise ValueError(f"NetConfig.{name} must be >= {least} at every scale, got {list(getattr(self, name))}")
 
     @property
     def downscale(self) -> int:
@@ -286,6 +299,10 @@ class FitConfig(Section):
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         if not 0.0 <= self.ema_weight < 1.0:
             raise ValueError(f"ema_weight must be in [0, 1), got {self.ema_weight}")
+        if self.reg_noise_std < 0:
+            raise ValueError(f"reg_noise_std must be >= 0, got {self.reg_noise_std}")
+        if self.backtrack_db is not None and not self.backtrack_db > 0:
+            raise ValueError(f"backtrack_db must be > 0 (null turns backtracking off), got {self.backtrack_db}")
         if self.es_window < 2 or self.es_patience < 1:
             raise ValueError("es_window must be >= 2 and es_patience >= 1")
         if self.rewind_iteration is not None and not 0 <= self.rewind_iteration <= self.iterations:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor, nn
@@ -38,7 +38,8 @@ def load_image(path: PathLike, channels: int | None = None) -> Tensor:
     """Read a PNG/JPEG of any mode as a float image (C, H, W) in [0, 1].
 
     channels=None keeps the file's own colour (1 for grayscale modes, 3 otherwise; alpha is dropped);
-    channels=1 converts to luma, channels=3 repeats a grayscale image. 16-bit files keep their precision.
+    channels=1 converts to luma, channels=3 repeats a grayscale image. 16-bit grayscale files keep their
+    precision (Pillow reads 16-bit RGB PNGs as 8-bit RGB). The EXIF orientation, if any, is applied.
     """
     path = Path(path)
     if not path.is_file():
@@ -50,12 +51,23 @@ def load_image(path: PathLike, channels: int | None = None) -> Tensor:
         raise ValueError(f"{path} is too large to read safely ({err}); use a smaller image") from err
     except (OSError, Image.UnidentifiedImageError) as err:
         raise ValueError(f"cannot read {path} as an image: {err}") from err
+    img = ImageOps.exif_transpose(img)  # a camera's EXIF orientation: the pixels as the image is meant to be seen
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"{path}: integer pixel values span [{arr.min():g}, {arr.max():g}]; expected 8 or 16 bits")
         arr = arr / (65535.0 if arr.max() > 255 or img.mode.startswith("I;16") else 255.0)
         x = torch.from_numpy(arr.astype(np.float32))[None]
     elif img.mode == "F":
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy())[None]
+        arr = np.asarray(img, dtype=np.float32)
+        # Float images are on the [0, 1] scale; a little overshoot (from processing) is clipped below, but values
+        # far beyond it mean another scale (e.g. 0..255), which clipping would turn into a white image.
+        if arr.size and not (np.isfinite(arr).all() and arr.min() >= -1.0 and arr.max() <= 2.0):
+            raise ValueError(
+                f"{path}: a floating-point image must hold values on the [0, 1] scale, "
+                f"got [{arr.min():g}, {arr.max():g}]"
+            )
+        x = torch.from_numpy(arr.copy())[None]
     else:
         gray = img.mode in ("1", "L", "LA") or (img.mode == "P" and _palette_is_gray(img))
         img = img.convert("L" if gray else "RGB")
@@ -199,7 +211,21 @@ def write_json(path: PathLike, data: Any) -> None:
 
 
 def read_json(path: PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file; an error that names it if it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); rerun the stage that writes it") from err
+
+
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The JSON metadata of a safetensors artifact, without loading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        return json.loads(raw.get(_META_KEY, "{}"))
+    except (SafetensorError, OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a valid safetensors file as lipcore writes it: {err}") from err
 
 
 # ---------------------------------------------------------------- safetensors artifacts

@@ -11,7 +11,7 @@ import numpy as np
 from torch import Tensor
 
 from lipcore import io, prune
-from lipcore.config import DegradationConfig, FitConfig, NetConfig, from_dict
+from lipcore.config import DegradationConfig, FitConfig, NetConfig, from_dict, unrecorded
 from lipcore.fit import FitResult
 from lipcore.nets import skeleton
 from lipcore.physics import Problem, operator_from_state
@@ -39,13 +39,43 @@ def save_problem(out: Path, problem: Problem, metadata: dict[str, Any]) -> None:
     io.save_tensors(out / layout.CLEAN, {"x_true": problem.x_true}, {"image_shape": meta["image_shape"]})
 
 
-def load_problem(degrade_dir: Path) -> Problem:
-    tensors, meta = io.load_tensors(Path(degrade_dir) / layout.OBSERVATION)
+def load_problem(degrade_dir: Path, degradation: DegradationConfig | None = None, name: str | None = None) -> Problem:
+    """The problem a degrade directory holds; with `degradation` / `name`, refuse one made for another task or
+    image (a stage handed the wrong --obs, or a stale observation after the task's params changed)."""
+    path = Path(degrade_dir) / layout.OBSERVATION
+    tensors, meta = io.load_tensors(path)
     clean, _ = io.load_tensors(Path(degrade_dir) / layout.CLEAN)
+    require(meta, ("degradation", "image_shape", "name"), path)
+    require(tensors, ("y",), path)
+    require(clean, ("x_true",), Path(degrade_dir) / layout.CLEAN)
     cfg = from_dict(DegradationConfig, meta["degradation"])
+    with unrecorded():  # a consistency check: the observation (a dependency) already carries the degradation
+        if degradation is not None and cfg != degradation:
+            asked = cfg_dict(degradation)
+            raise ValueError(f"{path} holds the degradation {cfg_dict(cfg)}, but the task asks for {asked}")
+    if name is not None and meta["name"] != name:
+        raise ValueError(f"{path} is an observation of image {meta['name']!r}, not {name!r}")
     shape = tuple(meta["image_shape"])
-    op = operator_from_state(cfg, shape, {k[3:]: v for k, v in tensors.items() if k.startswith("op.")})
-    return Problem(op, tensors["y"], clean["x_true"], cfg)
+    try:
+        op = operator_from_state(cfg, shape, {k[3:]: v for k, v in tensors.items() if k.startswith("op.")})
+    except (RuntimeError, KeyError, ValueError) as err:  # parts missing, unexpected or of other shapes
+        raise ValueError(f"{path}: the operator's saved parts do not fit its degradation: {err}") from err
+    y, x_true = tensors["y"], clean["x_true"]
+    if x_true.shape != (1, *shape) or op(x_true).shape != y.shape:
+        raise ValueError(
+            f"{degrade_dir}: clean image {tuple(x_true.shape)} and observation {tuple(y.shape)} do not fit the "
+            f"recorded image shape {shape}; rerun degrade"
+        )
+    return Problem(op, y, x_true, cfg)
+
+
+def require(record: Any, keys: tuple[str, ...], path: Path) -> None:
+    """Refuse an artifact (a JSON record, a dict of tensors) without the keys a stage reads from it."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a mapping, got {type(record).__name__}; rerun the stage that writes it")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise ValueError(f"{path}: missing {missing} (an incomplete or foreign file?); rerun the stage that writes it")
 
 
 # ---------------------------------------------------------------- rounds
@@ -74,17 +104,67 @@ def load_rewind(round0: Path, cfg: NetConfig) -> tuple[dict[str, Tensor], Tensor
     return load_weights(Path(round0) / layout.REWIND, cfg), z
 
 
-def load_round_mask(round_dir: Path, cfg: NetConfig) -> prune.Mask | None:
-    """The round's mask, or None for round 0 (the dense fit)."""
+def load_round_mask(round_dir: Path, cfg: NetConfig, k: int | None = None) -> prune.Mask | None:
+    """The round's mask, or None for round 0 (the dense fit). k: the round it must be (a stale mask is refused)."""
     path = Path(round_dir) / layout.MASK
     if not path.exists():
+        if k:
+            raise FileNotFoundError(f"{path} not found: round {k} has no mask; rerun that round")
         return None
-    mask, _ = prune.load_mask(path, skeleton(cfg))
+    mask, meta = prune.load_mask(path, skeleton(cfg))
+    if k is not None and meta.get("round") != k:
+        raise ValueError(f"{path} is the mask of round {meta.get('round')}, not of round {k}: rerun round {k}")
+    if prune.count_kept(mask) == 0:
+        raise ValueError(f"{path} keeps no weight at all; rerun the round that wrote it")
     return mask
 
 
-def read_fit_metrics(round_dir: Path) -> dict[str, Any]:
-    return io.read_json(Path(round_dir) / layout.FIT_METRICS)
+# what the stages read of a round's metrics.json, and of its history.json
+FIT_METRICS_KEYS = ("round", "sparsity", "output", "last", "es", "oracle_best")
+HISTORY_KEYS = ("iteration", "psnr_out", "psnr_ema")
+
+
+def read_fit_metrics(round_dir: Path, k: int | None = None) -> dict[str, Any]:
+    """A round's metrics.json, checked; k: the round it must hold."""
+    path = Path(round_dir) / layout.FIT_METRICS
+    metrics = io.read_json(path)
+    require(metrics, FIT_METRICS_KEYS, path)
+    if k is not None and metrics["round"] != k:
+        raise ValueError(f"{path} holds round {metrics['round']!r}, expected round {k}")
+    return metrics
+
+
+def read_history(round_dir: Path) -> dict[str, list]:
+    path = Path(round_dir) / layout.HISTORY
+    history = io.read_json(path)
+    require(history, HISTORY_KEYS, path)
+    return history
+
+
+def check_round_out(out: Path, seed: int, k: int, inputs: tuple[Path, ...] = ()) -> None:
+    """Before a round runs: refuse an --out that is one of its inputs, or that holds another round or seed (it
+    would be replaced, and the rounds that build on it go stale)."""
+    out = Path(out)
+    for given in inputs:
+        if out.resolve() == Path(given).resolve():
+            raise ValueError(f"--out {out} is also an input of this round; each round writes its own directory")
+    layout.ROUND_OUT.check(out)
+    trained = out / layout.TRAINED
+    if trained.exists():
+        meta = io.read_metadata(trained)
+        if (meta.get("seed"), meta.get("round")) != (seed, k):
+            raise ValueError(
+                f"refusing to replace {out}: it holds round {meta.get('round')} of seed {meta.get('seed')}, "
+                f"not round {k} of seed {seed}; check --out"
+            )
+
+
+def check_round_seed(round_dir: Path, seed: int) -> None:
+    """Refuse a round directory (an input) of another initialisation than `seed`."""
+    path = Path(round_dir) / layout.TRAINED
+    recorded = io.read_metadata(path).get("seed")
+    if recorded != seed:
+        raise ValueError(f"{path} belongs to seed {recorded}, not seed {seed}; check --dense / --parent / --seed")
 
 
 def history_dict(res: FitResult) -> dict[str, list[float]]:

@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, required=True, help="initialisation index")
     ap.add_argument("--out", type=Path, required=True)
     args = entry.start(ap, argv)
-    layout.ROUND_OUT.check(args.out)  # before any work: never replace a folder given by mistake
+    artifacts.check_round_out(args.out, args.seed, 0, (args.obs,))  # before any work
     params = load_params(args.params)
-    problem = artifacts.load_problem(args.obs)
+    problem = artifacts.load_problem(args.obs, params.task(args.task).degradation)
     fit_cfg = params.fit_for(args.task)
 
     theta0, z = initialisation(params.net, params.seed, args.seed, *problem.x_true.shape[-2:])

@@ -8,6 +8,7 @@ any MALLOC_* variable yourself).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -28,19 +29,36 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     return ap
 
 
-def output_file(suffix: str) -> Callable[[str], Path]:
-    """An argparse type for a file a stage writes (metrics JSON, plot CSV): its name must end in `suffix`, and
-    an existing one must be a file, so that a wrong argument (`--metrics params.yaml`) is refused, not replaced."""
+def output_file(suffix: str, signature: tuple[str, ...]) -> Callable[[str], Path]:
+    """An argparse type for a file a stage writes (metrics JSON, plot CSV): its name must end in `suffix`, and an
+    existing one must look like this stage's (a JSON object with the keys, or a CSV header with the columns, of
+    `signature`), so that a wrong argument (`--metrics params.yaml`, another stage's metrics) is refused."""
 
     def check(value: str) -> Path:
         path = Path(value)
         if path.suffix != suffix:
             raise argparse.ArgumentTypeError(f"{value}: this output is a {suffix} file; refusing to write it elsewhere")
-        if path.exists() and not path.is_file():
-            raise argparse.ArgumentTypeError(f"{value} exists and is not a file; refusing to replace it")
+        if path.exists() and not (path.is_file() and _holds(path, signature)):
+            raise argparse.ArgumentTypeError(
+                f"{value} exists and is not an output of this stage (expected {list(signature)} in it); "
+                "refusing to replace it"
+            )
         return path
 
     return check
+
+
+def _holds(path: Path, signature: tuple[str, ...]) -> bool:
+    """Whether a JSON object has the keys, or a CSV's header the columns, of `signature`."""
+    try:
+        if path.suffix == ".json":
+            record = json.loads(path.read_text())
+            return isinstance(record, dict) and all(k in record for k in signature)
+        with path.open() as f:
+            header = f.readline().strip().split(",")
+        return all(k in header for k in signature)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def start(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

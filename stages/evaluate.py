@@ -41,12 +41,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=Path, required=True, help="the problem's rounds directory (s<seed>/r<round>)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument(
-        "--metrics", type=entry.output_file(".json"), required=True, help="headline JSON (a DVC metrics file)"
+        "--metrics",
+        type=entry.output_file(".json", ("round", "methods")),
+        required=True,
+        help="headline JSON (a DVC metrics file)",
     )
     ap.add_argument(
-        "--sparsity-plot", type=entry.output_file(".csv"), required=True, help="CSV: PSNR vs sparsity per method"
+        "--sparsity-plot",
+        type=entry.output_file(".csv", ("sparsity", "lip")),
+        required=True,
+        help="CSV: PSNR vs sparsity per method",
     )
-    ap.add_argument("--iteration-plot", type=entry.output_file(".csv"), required=True, help="CSV: PSNR vs iteration")
+    ap.add_argument(
+        "--iteration-plot",
+        type=entry.output_file(".csv", ("iteration", "lip")),
+        required=True,
+        help="CSV: PSNR vs iteration",
+    )
     args = entry.start(ap, argv)
     layout.EVALUATE_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
@@ -54,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     head = headline_round(params.sparsity, imp)
     rounds = [0, *imp.rounds]
     fit_cfg = params.fit_for(args.task)
-    problem = artifacts.load_problem(args.obs)
+    problem = artifacts.load_problem(args.obs, params.task(args.task).degradation, args.name)
+    first = params.seeds[0]
+    iteration_rows = iteration_plot_rows(args.rounds, first, head)  # reads histories: fails before any fit
     curve_methods = list(params.evaluate.curve_methods)
     shown = shown_point(params.protocol)
 
@@ -68,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         # The baseline fits of this seed share theta_0, z and the problem: one batched fit (on GPU).
         planned: list[tuple[str, int, Mask]] = []
         for k in rounds:
-            m = artifacts.read_fit_metrics(layout.round_dir(args.rounds, seed, k))
+            m = artifacts.read_fit_metrics(layout.round_dir(args.rounds, seed, k), k)
             curves["lip"].setdefault(k, []).append(m)
             if k == head:
                 headline["lip"].append(m)
@@ -76,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             if k == 0:
                 headline["dense"].append(m)
                 continue
-            lip_mask = artifacts.load_round_mask(layout.round_dir(args.rounds, seed, k), params.net)
+            lip_mask = artifacts.load_round_mask(layout.round_dir(args.rounds, seed, k), params.net, k)
             if k == head:
                 head_mask = lip_mask  # the deep decoder below is sized to it
             methods = set(curve_methods) | (set(MASK_BASELINES) if k == head else set())
@@ -126,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             for m, by_round in curves.items()
         },
     }
-    first = params.seeds[0]
+    sparsity_rows = sparsity_plot_rows(summary["curves"], shown)
     with layout.EVALUATE_OUT.write(args.out) as tmp:
         io.write_json(tmp / layout.RESULTS, {"summary": summary, "per_seed": headline})
         shutil.copy(args.obs / layout.CLEAN_PNG, tmp / layout.method_png("clean"))
@@ -138,8 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         for method, img in images.items():
             io.save_png(img, tmp / layout.method_png(method))
     io.write_json(args.metrics, summary["headline"])
-    write_sparsity_plot(args.sparsity_plot, summary["curves"], shown)
-    write_iteration_plot(args.iteration_plot, args.rounds, first, head)
+    artifacts.write_csv(args.sparsity_plot, sparsity_rows, ["sparsity", *summary["curves"]])
+    artifacts.write_csv(args.iteration_plot, iteration_rows, ["iteration", "dense", "lip"])
 
 
 def fit_decoder(
@@ -157,7 +170,7 @@ def fit_decoder(
     return scores, reported_images(res.result, dec_fit)
 
 
-def write_sparsity_plot(path: Path, curves: dict[str, list[dict]], shown: str) -> None:
+def sparsity_plot_rows(curves: dict[str, list[dict]], shown: str) -> list[dict[str, Any]]:
     """PSNR (mean over seeds, at the shown point) vs nominal sparsity, one column per method."""
     rows: dict[float, dict[str, Any]] = {}
     for method, points in curves.items():
@@ -165,10 +178,10 @@ def write_sparsity_plot(path: Path, curves: dict[str, list[dict]], shown: str) -
             row = rows.setdefault(round(p["nominal_sparsity"], 6), {"sparsity": round(p["nominal_sparsity"], 6)})
             row[method] = p[f"{shown}_psnr"]["mean"]
     rows[0.0].update({m: rows[0.0]["lip"] for m in curves})  # at sparsity 0 every method is the dense net
-    artifacts.write_csv(path, [rows[k] for k in sorted(rows)], ["sparsity", *curves])
+    return [rows[k] for k in sorted(rows)]
 
 
-def write_iteration_plot(path: Path, rounds: Path, seed: int, head: int) -> None:
+def iteration_plot_rows(rounds: Path, seed: int, head: int) -> list[dict[str, Any]]:
     """PSNR of the reported output vs iteration, dense and LIP at the headline round (first seed).
 
     Rows are matched by iteration: a fit that stopped early (fit.es_stop) has no values after its stop.
@@ -176,11 +189,11 @@ def write_iteration_plot(path: Path, rounds: Path, seed: int, head: int) -> None
     rows: dict[int, dict[str, Any]] = {}
     for name, k in (("dense", 0), ("lip", head)):
         round_dir = layout.round_dir(rounds, seed, k)
-        hist = io.read_json(round_dir / layout.HISTORY)
-        column = hist["psnr_ema" if artifacts.read_fit_metrics(round_dir)["output"] == "ema" else "psnr_out"]
+        hist = artifacts.read_history(round_dir)
+        column = hist["psnr_ema" if artifacts.read_fit_metrics(round_dir, k)["output"] == "ema" else "psnr_out"]
         for it, value in zip(hist["iteration"], column):
             rows.setdefault(int(it), {"iteration": int(it)})[name] = value
-    artifacts.write_csv(path, [rows[it] for it in sorted(rows)], ["iteration", "dense", "lip"])
+    return [rows[it] for it in sorted(rows)]
 
 
 if __name__ == "__main__":

@@ -31,19 +31,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parent", type=Path, required=True, help="round k-1 directory")
     ap.add_argument("--out", type=Path, required=True)
     args = entry.start(ap, argv)
-    layout.ROUND_OUT.check(args.out)  # before any work: never replace a folder given by mistake
+    artifacts.check_round_out(args.out, args.seed, args.round, (args.obs, args.dense, args.parent))  # before work
     params = load_params(args.params)
     net_cfg, imp = params.net, params.imp
     fit_cfg = params.fit_for(args.task)
-    parent_round = artifacts.read_fit_metrics(args.parent)["round"]
-    if parent_round != args.round - 1:
-        raise ValueError(f"{args.parent} holds round {parent_round}, expected round {args.round - 1}")
+    artifacts.read_fit_metrics(args.parent, args.round - 1)  # the parent is round k-1 ...
+    for given in (args.dense, args.parent):  # ... of this seed
+        artifacts.check_round_seed(given, args.seed)
+    problem = artifacts.load_problem(args.obs, params.task(args.task).degradation)
 
-    parent_mask = artifacts.load_round_mask(args.parent, net_cfg)
+    parent_mask = artifacts.load_round_mask(args.parent, net_cfg, args.round - 1)
     trained = artifacts.load_weights(args.parent / layout.TRAINED, net_cfg)
     mask = next_mask(net_cfg, trained, parent_mask, imp)
     start, z = artifacts.load_rewind(args.dense, net_cfg)
-    trial = Trial(start, z, artifacts.load_problem(args.obs), mask, derive_seed(params.seed, "fit", args.seed))
+    trial = Trial(start, z, problem, mask, derive_seed(params.seed, "fit", args.seed))
     outcome = imp_round(net_cfg, trial, fit_cfg, params.protocol, imp, args.round, params.device)
 
     sparsity = sparsity_report(mask, imp.fraction, args.round)

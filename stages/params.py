@@ -27,8 +27,11 @@ from lipcore.config import (
     with_keys,
 )
 from lipcore.imp import headline_round
+from lipcore.physics import MAX_CS_ENTRIES
 from lipcore.runtime import resolve_device
 from lipcore.trials import PROTOCOLS
+
+from . import layout
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,27 @@ class Params(Section):
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
                 raise ValueError(f"{key}: {repeated} listed more than once (each names outputs of its own)")
-        for name in self.images:
-            if not name or "/" in name or "\\" in name or name.startswith("."):
-                raise ValueError(f"images: {name!r} is not an image name (data/<name>.png, no directories)")
+        for key in ("images", "tasks"):  # names become file and folder names (data/<image>.png, <image>-<task>)
+            for name in getattr(self, key):
+                if not name or "/" in name or "\\" in name or name.startswith("."):
+                    raise ValueError(
+                        f"{key}: {name!r} is not a name (it names files and folders: no '/', no leading '.')"
+                    )
+        ids: dict[str, tuple[str, str]] = {}
+        for pair in ((image, task) for image in self.images for task in self.tasks):
+            other = ids.setdefault(layout.pair_id(*pair), pair)
+            if other != pair:
+                raise ValueError(
+                    f"images/tasks: {other} and {pair} both name the outputs {layout.pair_id(*pair)!r}; rename one "
+                    "(avoid '-' in names)"
+                )
+        with unrecorded():
+            if self.net.out_channels != 3:
+                raise ValueError(f"net.out_channels: {self.net.out_channels}; the pipeline fits RGB images: use 3")
+            if self.fit.rewind_iteration is not None:
+                raise ValueError("fit.rewind_iteration: the pipeline sets it from imp.rewind_iteration; remove it")
         self._check_image_size()
+        self._check_degradations()
         with unrecorded():
             headline_round(self.sparsity, self.imp)  # enough rounds in imp.chain: refused before any round runs
         try:
@@ -103,13 +123,30 @@ class Params(Section):
         with unrecorded():
             decoder = 2 ** (self.evaluate.decoder_layers - 1)
             multiple = math.lcm(self.net.downscale, decoder)
-        if self.image_size < 1 or self.image_size % multiple:
+        if self.image_size < 2 * multiple or self.image_size % multiple:
             raise ValueError(
-                f"image_size: {self.image_size} is not a positive multiple of {multiple} (the skip net halves it "
-                f"net.scales={self.net.scales} times, the deep decoder of evaluate.decoder_layers="
-                f"{self.evaluate.decoder_layers} {self.evaluate.decoder_layers - 1} times); "
-                f"e.g. {multiple * max(1, self.image_size // multiple)}"
+                f"image_size: {self.image_size} is not a multiple of {multiple} of at least {2 * multiple} (the skip "
+                f"net halves it net.scales={self.net.scales} times, the deep decoder of evaluate.decoder_layers="
+                f"{self.evaluate.decoder_layers} {self.evaluate.decoder_layers - 1} times, and batch norm needs more "
+                f"than one pixel at the coarsest scale); e.g. {multiple * max(2, self.image_size // multiple)}"
             )
+
+    def _check_degradations(self) -> None:
+        """What the listed tasks' degradations need of image_size (refused here, before degrade runs)."""
+        for task in self.tasks:
+            cfg = self.task_defs[task].degradation
+            with unrecorded():
+                kind, factor, ratio = cfg.task, cfg.factor, cfg.ratio
+            where = f"task_defs.{task}.degradation"
+            if kind == "sr" and self.image_size % factor:
+                raise ValueError(f"{where}.factor: {factor} does not divide image_size {self.image_size}")
+            n = 3 * self.image_size**2
+            entries = max(1, round(ratio * n)) * n
+            if kind == "cs" and entries > MAX_CS_ENTRIES:
+                raise ValueError(
+                    f"{where}: a dense Gaussian CS matrix for {self.image_size} px at ratio {ratio} has "
+                    f"{entries:.3g} entries (at most {MAX_CS_ENTRIES:.3g}); lower image_size or ratio"
+                )
 
     def task(self, name: str) -> TaskDef:
         """task_defs[name]; an error naming the defined tasks if there is none."""
@@ -143,6 +180,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         with unrecorded():
             for task in params.task_defs:  # each task's fit overrides must make a valid fit
                 params.fit_for(task)
+                if "rewind_iteration" in params.task(task).fit:
+                    raise ValueError(
+                        f"task_defs.{task}.fit.rewind_iteration: the pipeline sets it from imp.rewind_iteration; "
+                        "remove it"
+                    )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
     return params

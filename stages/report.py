@@ -16,7 +16,7 @@ from PIL import Image  # noqa: E402
 
 from lipcore import io  # noqa: E402
 
-from . import entry, layout  # noqa: E402
+from . import artifacts, entry, layout  # noqa: E402
 from .params import load_params  # noqa: E402
 
 GRID = ["clean", "degraded", "dense", "lip", "random_global", "snip", "decoder"]
@@ -93,6 +93,12 @@ def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def read_record(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    record = io.read_json(path)
+    artifacts.require(record, keys, path)
+    return record
+
+
 def transfer_table(transfer: dict, ids: list[str]) -> list[str]:
     """The transfer section: the PSNR matrix, or why there is none."""
     title = f"## Transfer (round {transfer['round']}, PSNR at {transfer['point']}; rows: mask source, columns: target)"
@@ -113,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     layout.REPORT_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
     ids = [layout.pair_id(i, t) for i in params.images for t in params.tasks]
-    summaries = [io.read_json(args.evaluate / i / layout.RESULTS)["summary"] for i in ids]
-    transfer = io.read_json(args.transfer)
+    summaries = [read_record(args.evaluate / i / layout.RESULTS, ("summary",))["summary"] for i in ids]
+    transfer = read_record(args.transfer, ("round", "point", "psnr"))
 
     with layout.REPORT_OUT.write(args.out) as tmp:
         curves_figure(summaries, tmp / layout.CURVES_PNG)

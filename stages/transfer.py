@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--degrade", type=Path, required=True, help="directory of degrade outputs")
     ap.add_argument("--rounds", type=Path, required=True, help="directory of round outputs")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--metrics", type=entry.output_file(".json"), required=True)
+    ap.add_argument("--metrics", type=entry.output_file(".json", ("round", "point", "psnr")), required=True)
     args = entry.start(ap, argv)
     layout.TRANSFER_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
@@ -50,15 +50,17 @@ def main(argv: list[str] | None = None) -> None:
     cells: dict[str, dict[str, list[dict]]] = {s: {t: [] for t in ids} for s in ids}
     for seed in params.seeds:
         fit_seed = derive_seed(params.seed, "fit", seed)
-        for (_, task), tgt in zip(pairs, ids):
-            problem = artifacts.load_problem(args.degrade / tgt)
+        for (image, task), tgt in zip(pairs, ids):
+            problem = artifacts.load_problem(args.degrade / tgt, params.task(task).degradation, image)
             start, z = artifacts.load_rewind(layout.round_dir(args.rounds / tgt, seed, 0), params.net)
             # the target's own LIP round on the diagonal; the other sources' masks in one batched fit
-            cells[tgt][tgt].append(artifacts.read_fit_metrics(layout.round_dir(args.rounds / tgt, seed, head)))
+            cells[tgt][tgt].append(artifacts.read_fit_metrics(layout.round_dir(args.rounds / tgt, seed, head), head))
             sources = [src for src in ids if src != tgt]
             log.info("seed %s: %d masks onto %s", seed, len(sources), tgt)
             rounds = [layout.round_dir(args.rounds / src, seed, head) for src in sources]
-            trials = [Trial(start, z, problem, artifacts.load_round_mask(r, params.net), fit_seed) for r in rounds]
+            trials = [
+                Trial(start, z, problem, artifacts.load_round_mask(r, params.net, head), fit_seed) for r in rounds
+            ]
             outcomes = train_and_score(params.net, trials, params.fit_for(task), "blind", None, params.device)
             for src, outcome in zip(sources, outcomes):
                 cells[src][tgt].append(outcome.scores)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,15 @@ def _set(path: str, value):
     return change
 
 
+def _sets(*changes):
+    def change(params: dict) -> dict:
+        for c in changes:
+            params = c(params)
+        return params
+
+    return change
+
+
 # ---------------------------------------------------------------- params: refused up front, naming the key
 
 PARAMS_ROWS = {
@@ -58,12 +68,60 @@ PARAMS_ROWS = {
     "no seeds": (_set("seeds", []), r"seeds: the list is empty"),
     "a seed twice": (_set("seeds", [0, 0]), r"seeds: \[0\] listed more than once"),
     "no images": (_set("images", []), r"images: the list is empty"),
-    "an image path instead of a name": (_set("images", ["../f16"]), r"images: '\.\./f16' is not an image name"),
+    "an image path instead of a name": (_set("images", ["../f16"]), r"images: '\.\./f16' is not a name"),
+    "a task name with a slash": (
+        _sets(_set("tasks", ["de/noise"]), _set("task_defs.de/noise", {"degradation": {"task": "denoise"}})),
+        r"tasks: 'de/noise' is not a name",
+    ),
+    "two pairs naming one output": (
+        _sets(
+            _set("images", ["f16", "f16-b"]),
+            _set("tasks", ["b-c", "c"]),
+            _set("task_defs.b-c", {"degradation": {"task": "denoise"}}),
+            _set("task_defs.c", {"degradation": {"task": "denoise"}}),
+        ),
+        r"\('f16', 'b-c'\) and \('f16-b', 'c'\) both name the outputs 'f16-b-c'",
+    ),
     "no tasks": (_set("tasks", []), r"tasks: the list is empty"),
     "undefined task": (_set("tasks", ["deblur"]), r"tasks \['deblur'\] are not defined under task_defs"),
     "unknown degradation": (_set("task_defs.denoise.degradation.task", "deblur"), r"task must be one of"),
-    "image_size zero": (_set("image_size", 0), r"image_size: 0 is not a positive multiple of 8"),
-    "image_size not a multiple": (_set("image_size", 30), r"image_size: 30 is not a positive multiple of 8"),
+    "image_size zero": (_set("image_size", 0), r"image_size: 0 is not a multiple of 8 of at least 16"),
+    "image_size not a multiple": (_set("image_size", 30), r"image_size: 30 is not a multiple of 8 of at least 16"),
+    "image_size one pixel at the bottleneck": (_set("image_size", 8), r"image_size: 8 .* batch norm needs more"),
+    "sr factor not dividing image_size": (
+        _sets(
+            _set("net.scales", 2),
+            _set("image_size", 12),
+            _set("tasks", ["sr"]),
+            _set("task_defs.sr", {"degradation": {"task": "sr", "factor": 8}}),
+        ),
+        r"task_defs\.sr\.degradation\.factor: 8 does not divide image_size 12",
+    ),
+    "cs matrix too large": (
+        _sets(
+            _set("image_size", 128),
+            _set("tasks", ["cs"]),
+            _set("task_defs.cs", {"degradation": {"task": "cs", "ratio": 1.0}}),
+        ),
+        r"task_defs\.cs\.degradation: a dense Gaussian CS matrix for 128 px",
+    ),
+    "net without channels": (_set("net.channels_down", 0), r"NetConfig\.channels_down must be >= 1 at every scale"),
+    "net with negative channels": (_set("net.channels_up", [8, -4, 8]), r"channels_up must be >= 1 at every scale"),
+    "net with one output channel": (_set("net.out_channels", 1), r"net\.out_channels: 1; the pipeline fits RGB"),
+    "deep decoder of no layers": (_set("net.decoder_layers", 0), r"NetConfig\.decoder_layers must be >= 1"),
+    "input_scale zero": (_set("net.input_scale", 0), r"input_scale must be > 0"),
+    "sigma NaN": (_set("task_defs.denoise.degradation.sigma", float("nan")), r"sigma: expected a finite number"),
+    "lr infinite": (_set("fit.lr", float("inf")), r"fit\.lr: expected a finite number, got inf"),
+    "reg noise negative": (_set("fit.reg_noise_std", -0.1), r"reg_noise_std must be >= 0"),
+    "backtrack_db negative": (
+        _set("fit.backtrack_db", -5.0),
+        r"backtrack_db must be > 0 \(null turns backtracking off\)",
+    ),
+    "fit.rewind_iteration (set by imp)": (
+        _set("fit.rewind_iteration", 5),
+        r"fit\.rewind_iteration: the pipeline sets it",
+    ),
+    "a section given as null": (_set("fit", None), r"fit: expected a mapping of keys to values, got null"),
     "device gpu": (_set("device", "gpu"), r"device: device 'gpu' is not a device name: use 'auto', 'cpu'"),
     "sparsity 1": (_set("sparsity", 1.0), r"sparsity must be in \[0, 1\)"),
     "sparsity beyond the chain": (
@@ -233,10 +291,10 @@ def test_out_data_is_refused_and_data_survives(project):
 def test_out_onto_another_stages_output_or_a_file_is_refused(project):
     write_params(project / "params.yaml", tiny_params())
     run_degrade()
+    shutil.copytree("outs/degrade/f16-denoise", "outs/another")
     with pytest.raises(ValueError, match="not an output of stage dense_fit / imp_round"):
         dense_fit.main(
-            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "0"]
-            + ["--out", "outs/degrade/f16-denoise"]
+            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "0", "--out", "outs/another"]
         )
     with pytest.raises(ValueError, match="it is not a directory"):
         run_degrade(out="params.yaml")

@@ -87,9 +87,12 @@ def test_es_wmv_stop_halts_and_returns_the_min_variance_output(tiny_cfg, f16_sma
 
 
 def test_backtracking_restores_weights_when_the_fit_collapses(tiny_cfg, f16_small):
-    # A threshold below zero declares every check after the first a collapse.
+    # A threshold below zero declares every check after the first a collapse. FitConfig refuses one (it would
+    # backtrack a healthy fit), so it is set past the check here, on purpose.
     net, z, op, y = setup(tiny_cfg, f16_small)
-    res = fit(net, z, op, y, FitConfig(iterations=20, log_every=5, backtrack_db=-1e3), device="cpu")
+    cfg = FitConfig(iterations=20, log_every=5)
+    object.__setattr__(cfg, "backtrack_db", -1e3)
+    res = fit(net, z, op, y, cfg, device="cpu")
     assert res.backtracks == 3
     net, z, op, y = setup(tiny_cfg, f16_small)
     assert fit(net, z, op, y, FitConfig(iterations=20, log_every=5), device="cpu").backtracks == 0
@@ -440,7 +443,8 @@ def test_fit_many_scores_each_member_with_its_own_metric(tiny_cfg, f16_small):
 
 def test_each_finished_fit_logs_one_info_line(tiny_cfg, f16_small, caplog):
     caplog.set_level(logging.INFO, logger="lipcore.fit")
-    cfg = FitConfig(iterations=30, log_every=5, es_window=5, es_patience=5, backtrack_db=-1e3)
+    cfg = FitConfig(iterations=30, log_every=5, es_window=5, es_patience=5)
+    object.__setattr__(cfg, "backtrack_db", -1e3)  # every check backtracks (see the backtracking test)
     net, z, op, y = setup(tiny_cfg, f16_small)
     res = fit(net, z, op, y, cfg, x_true=f16_small, device="cpu")
     (record,) = [r for r in caplog.records if r.name == "lipcore.fit"]
@@ -451,7 +455,7 @@ def test_each_finished_fit_logs_one_info_line(tiny_cfg, f16_small, caplog):
     assert f"{res.backtracks} backtracks" in msg and f"{res.oracle['ema'].psnr:.2f} dB" in msg
     caplog.clear()
     jobs = [replace(j, x_true=None) for j in _jobs(tiny_cfg, f16_small, 2)]
-    fit_many(jobs, replace(cfg, es_patience=100), device="cpu", engine="vmap")
+    fit_many(jobs, replace(cfg, es_patience=100, backtrack_db=5.0), device="cpu", engine="vmap")
     msgs = [r.getMessage() for r in caplog.records if r.name == "lipcore.fit"]
     assert len(msgs) == 2 and all("not detected" in m and "oracle" not in m for m in msgs)
 

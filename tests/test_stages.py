@@ -139,9 +139,16 @@ def test_iteration_plot_matches_rows_by_iteration_when_fits_stop_early(tmp_path)
     for k, hist, output in ((0, dense, "raw"), (2, lip, "ema")):
         d = layout.round_dir(tmp_path, 0, k)
         io.write_json(d / layout.HISTORY, hist)
-        io.write_json(d / layout.FIT_METRICS, {"output": output})
-    evaluate.write_iteration_plot(tmp_path / "plot.csv", tmp_path, 0, 2)
-    assert (tmp_path / "plot.csv").read_text().splitlines() == [
+        io.write_json(
+            d / layout.FIT_METRICS, {**dict.fromkeys(artifacts.FIT_METRICS_KEYS), "output": output, "round": k}
+        )
+
+    def plot_lines():
+        rows = evaluate.iteration_plot_rows(tmp_path, 0, 2)
+        artifacts.write_csv(tmp_path / "plot.csv", rows, ["iteration", "dense", "lip"])
+        return (tmp_path / "plot.csv").read_text().splitlines()
+
+    assert plot_lines() == [
         "iteration,dense,lip",
         "4,10,5",
         "8,11,6",
@@ -149,8 +156,7 @@ def test_iteration_plot_matches_rows_by_iteration_when_fits_stop_early(tmp_path)
     ]
     lip["iteration"], lip["psnr_ema"] = [4, 8, 12, 16], [5.0, 6.0, 7.0, 8.0]  # LIP runs longer than dense
     io.write_json(layout.round_dir(tmp_path, 0, 2) / layout.HISTORY, lip)
-    evaluate.write_iteration_plot(tmp_path / "plot.csv", tmp_path, 0, 2)
-    assert (tmp_path / "plot.csv").read_text().splitlines()[-1] == "16,,8"
+    assert plot_lines()[-1] == "16,,8"
 
 
 def test_es_stop_runs_through_evaluate(project):
