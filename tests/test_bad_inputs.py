@@ -24,7 +24,7 @@ from lipcore.config import FitConfig
 from lipcore.fit import FitDiverged, fit
 from lipcore.nets import build_net, make_input
 from lipcore.physics import Denoise
-from stages import degrade, dense_fit, imp_round, layout, report, transfer
+from stages import degrade, dense_fit, evaluate, imp_round, layout, report, transfer
 from stages.params import load_params
 from tests.conftest import DATA, ROOT, tiny_params
 from tests.test_stages import run_chain, run_evaluate, run_transfer, write_params
@@ -525,14 +525,151 @@ def test_dvc_repro_with_bad_params_stops_at_the_first_stage_naming_the_key(tmp_p
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--metrics", "params.yaml"), ("--metrics", "outs"), ("--metrics", "data/f16.png")]
+    "flag, value",
+    [("--metrics", "params.yaml"), ("--metrics", "outs"), ("--metrics", "data/f16.png"), ("--metrics", "m.json")],
 )
 def test_an_output_file_of_another_kind_is_refused(project, capsys, flag, value):
     write_params(project / "params.yaml", tiny_params())
     Path("outs").mkdir()
-    before = {p: p.read_bytes() for p in (project / "params.yaml", project / "data" / "f16.png")}
+    io.write_json(project / "m.json", {"round": 2, "methods": {}})  # evaluate's headline, not transfer's
+    before = {p: p.read_bytes() for p in (project / "params.yaml", project / "data" / "f16.png", project / "m.json")}
     args = ["--degrade", "outs/degrade", "--rounds", "outs/rounds", "--out", "outs/transfer", flag, value]
     with pytest.raises(SystemExit) as err:
         transfer.main(args)
     assert err.value.code == 2 and "refusing" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in before} == before
+
+
+# ---------------------------------------------------------------- stages handed the wrong inputs or outputs
+
+
+def run_dense(obs: str, task: str, seed: int, out: str):
+    dense_fit.main(["--obs", obs, "--task", task, "--seed", str(seed), "--out", out])
+
+
+@pytest.fixture
+def chained(project):
+    """A project with f16-denoise degraded and rounds 0-2 of seed 0 fitted (tiny params)."""
+    params = tiny_params()
+    write_params(project / "params.yaml", params)
+    run_chain(params)
+    return layout.pair_rounds("f16", "denoise")
+
+
+def test_a_round_refuses_an_out_that_is_one_of_its_inputs(chained):
+    r0 = layout.round_dir(chained, 0, 0)
+    before = (r0 / layout.INIT).read_bytes()
+    with pytest.raises(ValueError, match=r"--out .*r0 is also an input of this round"):
+        imp_round.main(
+            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "0", "--round", "1"]
+            + ["--dense", str(r0), "--parent", str(r0), "--out", str(r0)]
+        )
+    assert (r0 / layout.INIT).read_bytes() == before
+
+
+def test_a_round_refuses_to_replace_another_seeds_or_rounds_output(chained):
+    with pytest.raises(ValueError, match=r"holds round 0 of seed 0, not round 0 of seed 1"):
+        run_dense("outs/degrade/f16-denoise", "denoise", 1, str(layout.round_dir(chained, 0, 0)))
+    with pytest.raises(ValueError, match=r"holds round 2 of seed 0, not round 1 of seed 0"):
+        imp_round.main(
+            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "0", "--round", "1"]
+            + ["--dense", str(layout.round_dir(chained, 0, 0)), "--parent", str(layout.round_dir(chained, 0, 0))]
+            + ["--out", str(layout.round_dir(chained, 0, 2))]
+        )
+
+
+def test_a_round_refuses_inputs_of_another_seed(chained):
+    with pytest.raises(ValueError, match=r"belongs to seed 0, not seed 1"):
+        imp_round.main(
+            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "1", "--round", "1"]
+            + ["--dense", str(layout.round_dir(chained, 0, 0)), "--parent", str(layout.round_dir(chained, 0, 0))]
+            + ["--out", str(layout.round_dir(chained, 1, 1))]
+        )
+
+
+def test_an_observation_of_another_task_or_image_is_refused(chained):
+    with pytest.raises(
+        ValueError, match=r"observation\.safetensors holds the degradation .*'denoise'.* asks for .*'inpaint'"
+    ):
+        run_dense("outs/degrade/f16-denoise", "inpaint", 0, "outs/rounds/x/s0/r0")
+    with pytest.raises(ValueError, match=r"is an observation of image 'f16', not 'baby'"):
+        run_evaluate_on("baby", "denoise", obs="outs/degrade/f16-denoise", rounds=str(chained))
+    assert not Path("outs/rounds/x").exists() and not Path("outs/evaluate").exists()
+
+
+def run_evaluate_on(image: str, task: str, obs: str, rounds: str):
+    evaluate.main(
+        ["--name", image, "--task", task, "--obs", obs, "--rounds", rounds, "--out", "outs/evaluate/e"]
+        + ["--metrics", "metrics/e.json", "--sparsity-plot", "plots/s.csv", "--iteration-plot", "plots/i.csv"]
+    )
+
+
+def test_a_stale_mask_is_refused(chained):
+    r1, r2 = layout.round_dir(chained, 0, 1), layout.round_dir(chained, 0, 2)
+    shutil.copy(r1 / layout.MASK, r2 / layout.MASK)  # round 2's mask replaced by round 1's
+    with pytest.raises(ValueError, match=r"r2/mask\.safetensors is the mask of round 1, not of round 2"):
+        run_evaluate_on("f16", "denoise", "outs/degrade/f16-denoise", str(chained))
+    assert not Path("outs/evaluate").exists() and not Path("metrics").exists()
+
+
+CORRUPTIONS = {
+    "metrics without round": (layout.FIT_METRICS, lambda p: io.write_json(p, {"psnr": 1}), r"missing \['round'"),
+    "metrics not json": (layout.FIT_METRICS, lambda p: p.write_text("{oops"), r"metrics\.json is not valid JSON"),
+    "metrics a list": (layout.FIT_METRICS, lambda p: io.write_json(p, [1, 2]), r"metrics\.json: expected a mapping"),
+    "history without psnr_ema": (
+        layout.HISTORY,
+        lambda p: io.write_json(p, {"iteration": [1], "psnr_out": [1.0]}),
+        r"history\.json: missing \['psnr_ema'\]",
+    ),
+}
+
+
+@pytest.mark.parametrize("name, change, message", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_corrupted_round_records_are_refused_before_evaluate_writes_anything(chained, name, change, message):
+    change(layout.round_dir(chained, 0, 0) / name)
+    with pytest.raises(ValueError, match=message):
+        run_evaluate_on("f16", "denoise", "outs/degrade/f16-denoise", str(chained))
+    assert not Path("outs/evaluate").exists() and not Path("metrics").exists() and not Path("plots").exists()
+
+
+def test_an_observation_that_does_not_fit_its_image_shape_is_refused(project):
+    write_params(project / "params.yaml", tiny_params())
+    run_degrade()
+    obs = project / "outs/degrade/f16-denoise" / layout.OBSERVATION
+    tensors, meta = io.load_tensors(obs)
+    io.save_tensors(obs, {**tensors, "y": torch.zeros(1, 3, 64, 64)}, meta)
+    with pytest.raises(ValueError, match=r"observation \(1, 3, 64, 64\) do not fit the recorded image shape"):
+        run_dense("outs/degrade/f16-denoise", "denoise", 0, "outs/rounds/f16-denoise/s0/r0")
+
+
+# ---------------------------------------------------------------- image files: orientation and scale
+
+
+def test_the_exif_orientation_is_applied(tmp_path):
+    arr = np.zeros((10, 20, 3), np.uint8)  # 10 high, 20 wide
+    arr[0, :, 0] = 255  # a red top row
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    Image.fromarray(arr).save(tmp_path / "rotated.png", exif=exif)
+    x = io.load_image(tmp_path / "rotated.png")
+    assert x.shape == (3, 20, 10)  # shown upright: 20 high, 10 wide
+    assert torch.equal(x[0, :, -1], torch.ones(20))  # the top row is now the right column
+
+
+@pytest.mark.parametrize(
+    "array, mode, message",
+    [
+        (np.full((40, 40), 200.0, np.float32), "F", r"values on the \[0, 1\] scale, got \[200, 200\]"),
+        (np.full((40, 40), np.nan, np.float32), "F", r"values on the \[0, 1\] scale"),
+        (
+            np.full((40, 40), 100000, np.int32),
+            "I",
+            r"integer pixel values span \[100000, 100000\]; expected 8 or 16 bits",
+        ),
+    ],
+    ids=["float 0..255", "float NaN", "int32 beyond 16 bits"],
+)
+def test_images_on_another_scale_are_refused_not_clipped_white(tmp_path, array, mode, message):
+    Image.fromarray(array, mode).save(tmp_path / "odd.tiff")
+    with pytest.raises(ValueError, match=message):
+        io.load_image(tmp_path / "odd.tiff")
