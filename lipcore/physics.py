@@ -234,6 +234,7 @@ def operator_from_state(
     """Rebuild exactly the operator whose `state_dict()` was saved (its random parts included)."""
     std = cfg.noise_std
     if cfg.task == "inpaint":
+        check_known_share(float(state["mask"].float().mean()))  # a saved mask too: no fit on an empty one
         op: Operator = Inpaint(image_shape, std, state["mask"])
     elif cfg.task == "cs":
         op = CompressiveSensing(image_shape, std, state["matrix"])
