@@ -368,12 +368,16 @@ def test_weights_that_are_not_safetensors_are_refused_unread(project, kind):
         run_round(1, 0)
 
 
-def run_round(k: int, parent: int, seed: int = 0):
+def run_round(k: int, parent: int, seed: int = 0, out: Path | None = None, inputs_seed: int | None = None):
+    """imp_round k of f16-denoise from `parent`; out (default: round k of `seed`) and the seed whose round
+    directories are the inputs (default: `seed`) can be set apart, to hand the stage wrong ones."""
     base = layout.pair_rounds("f16", "denoise")
+    given = seed if inputs_seed is None else inputs_seed
+    out = layout.round_dir(base, seed, k) if out is None else out
     imp_round.main(
         ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", str(seed), "--round", str(k)]
-        + ["--dense", str(layout.round_dir(base, seed, 0)), "--parent", str(layout.round_dir(base, seed, parent))]
-        + ["--out", str(layout.round_dir(base, seed, k))]
+        + ["--dense", str(layout.round_dir(base, given, 0)), "--parent", str(layout.round_dir(base, given, parent))]
+        + ["--out", str(out)]
     )
 
 
@@ -560,10 +564,7 @@ def test_a_round_refuses_an_out_that_is_one_of_its_inputs(chained):
     r0 = layout.round_dir(chained, 0, 0)
     before = (r0 / layout.INIT).read_bytes()
     with pytest.raises(ValueError, match=r"--out .*r0 is also an input of this round"):
-        imp_round.main(
-            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "0", "--round", "1"]
-            + ["--dense", str(r0), "--parent", str(r0), "--out", str(r0)]
-        )
+        run_round(1, 0, out=r0)
     assert (r0 / layout.INIT).read_bytes() == before
 
 
@@ -571,20 +572,12 @@ def test_a_round_refuses_to_replace_another_seeds_or_rounds_output(chained):
     with pytest.raises(ValueError, match=r"holds round 0 of seed 0, not round 0 of seed 1"):
         run_dense("outs/degrade/f16-denoise", "denoise", 1, str(layout.round_dir(chained, 0, 0)))
     with pytest.raises(ValueError, match=r"holds round 2 of seed 0, not round 1 of seed 0"):
-        imp_round.main(
-            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "0", "--round", "1"]
-            + ["--dense", str(layout.round_dir(chained, 0, 0)), "--parent", str(layout.round_dir(chained, 0, 0))]
-            + ["--out", str(layout.round_dir(chained, 0, 2))]
-        )
+        run_round(1, 0, out=layout.round_dir(chained, 0, 2))
 
 
 def test_a_round_refuses_inputs_of_another_seed(chained):
     with pytest.raises(ValueError, match=r"belongs to seed 0, not seed 1"):
-        imp_round.main(
-            ["--obs", "outs/degrade/f16-denoise", "--task", "denoise", "--seed", "1", "--round", "1"]
-            + ["--dense", str(layout.round_dir(chained, 0, 0)), "--parent", str(layout.round_dir(chained, 0, 0))]
-            + ["--out", str(layout.round_dir(chained, 1, 1))]
-        )
+        run_round(1, 0, seed=1, inputs_seed=0)
 
 
 def test_an_observation_of_another_task_or_image_is_refused(chained):
