@@ -256,15 +256,9 @@ def load_tensors(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise FileNotFoundError(f"artifact not found: {path}")
     try:
         tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path} is not a valid safetensors file: {err}") from err
-    try:
-        meta = json.loads(raw[_META_KEY]) if _META_KEY in raw else {}
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: metadata is not JSON-encoded as lipcore writes it: {err}") from err
-    return tensors, meta
+    return tensors, read_metadata(path)
 
 
 def check_against(tensors: dict[str, Tensor], expected: dict[str, Tensor], what: str, path: PathLike) -> None:

@@ -206,11 +206,17 @@ def sample_operator(
             check_known_share(float(mask.float().mean()))
         return Inpaint(image_shape, std, mask)
     n = c * h * w
-    m = max(1, round(cfg.ratio * n))
-    if m * n > MAX_CS_ENTRIES:
-        raise ValueError(f"a dense {m}x{n} Gaussian CS matrix is too large; use a smaller image (e.g. 64x64) or ratio")
+    m = cs_measurements(cfg.ratio, n)
     matrix = torch.randn((m, n), generator=generator) / math.sqrt(m)
     return CompressiveSensing(image_shape, std, matrix)
+
+
+def cs_measurements(ratio: float, n: int) -> int:
+    """The number m of CS measurements of n unknowns at `ratio`; refuses a dense m x n matrix over MAX_CS_ENTRIES."""
+    m = max(1, round(ratio * n))
+    if m * n > MAX_CS_ENTRIES:
+        raise ValueError(f"a dense {m}x{n} Gaussian CS matrix is too large; use a smaller image (e.g. 64x64) or ratio")
+    return m
 
 
 MIN_KNOWN = 0.01  # an inpainting mask must keep at least this share of the pixels

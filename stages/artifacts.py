@@ -124,21 +124,24 @@ FIT_METRICS_KEYS = ("round", "sparsity", "output", "last", "es", "oracle_best")
 HISTORY_KEYS = ("iteration", "psnr_out", "psnr_ema")
 
 
+def read_record(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON record a stage wrote, refused (naming the file) without the keys the reader needs."""
+    record = io.read_json(path)
+    require(record, keys, path)
+    return record
+
+
 def read_fit_metrics(round_dir: Path, k: int | None = None) -> dict[str, Any]:
     """A round's metrics.json, checked; k: the round it must hold."""
     path = Path(round_dir) / layout.FIT_METRICS
-    metrics = io.read_json(path)
-    require(metrics, FIT_METRICS_KEYS, path)
+    metrics = read_record(path, FIT_METRICS_KEYS)
     if k is not None and metrics["round"] != k:
         raise ValueError(f"{path} holds round {metrics['round']!r}, expected round {k}")
     return metrics
 
 
 def read_history(round_dir: Path) -> dict[str, list]:
-    path = Path(round_dir) / layout.HISTORY
-    history = io.read_json(path)
-    require(history, HISTORY_KEYS, path)
-    return history
+    return read_record(Path(round_dir) / layout.HISTORY, HISTORY_KEYS)
 
 
 def check_round_out(out: Path, seed: int, k: int, inputs: tuple[Path, ...] = ()) -> None:

@@ -27,7 +27,7 @@ from lipcore.config import (
     with_keys,
 )
 from lipcore.imp import headline_round
-from lipcore.physics import MAX_CS_ENTRIES
+from lipcore.physics import cs_measurements
 from lipcore.runtime import resolve_device
 from lipcore.trials import PROTOCOLS
 
@@ -140,13 +140,13 @@ class Params(Section):
             where = f"task_defs.{task}.degradation"
             if kind == "sr" and self.image_size % factor:
                 raise ValueError(f"{where}.factor: {factor} does not divide image_size {self.image_size}")
-            n = 3 * self.image_size**2
-            entries = max(1, round(ratio * n)) * n
-            if kind == "cs" and entries > MAX_CS_ENTRIES:
-                raise ValueError(
-                    f"{where}: a dense Gaussian CS matrix for {self.image_size} px at ratio {ratio} has "
-                    f"{entries:.3g} entries (at most {MAX_CS_ENTRIES:.3g}); lower image_size or ratio"
-                )
+            if kind == "cs":
+                try:
+                    cs_measurements(ratio, 3 * self.image_size**2)
+                except ValueError as err:
+                    raise ValueError(
+                        f"{where}: a dense Gaussian CS matrix for {self.image_size} px at ratio {ratio}: {err}"
+                    ) from None
 
     def task(self, name: str) -> TaskDef:
         """task_defs[name]; an error naming the defined tasks if there is none."""

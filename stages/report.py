@@ -93,17 +93,11 @@ def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def read_record(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    record = io.read_json(path)
-    artifacts.require(record, keys, path)
-    return record
-
-
 def transfer_table(transfer: dict, ids: list[str]) -> list[str]:
     """The transfer section: the PSNR matrix, or why there is none."""
-    title = f"## Transfer (round {transfer['round']}, PSNR at {transfer['point']}; rows: mask source, columns: target)"
     if "note" in transfer:
         return ["## Transfer", "", f"No transfer measured: {transfer['note']}."]
+    title = f"## Transfer (round {transfer['round']}, PSNR at {transfer['point']}; rows: mask source, columns: target)"
     lines = [title, "", "| source \\ target | " + " | ".join(ids) + " |", "|---|" + "---|" * len(ids)]
     for src in ids:
         lines.append(f"| {src} | " + " | ".join(f"{transfer['psnr'][src][t]:.2f}" for t in ids) + " |")
@@ -119,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     layout.REPORT_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
     ids = [layout.pair_id(i, t) for i in params.images for t in params.tasks]
-    summaries = [read_record(args.evaluate / i / layout.RESULTS, ("summary",))["summary"] for i in ids]
-    transfer = read_record(args.transfer, ("round", "point", "psnr"))
+    summaries = [artifacts.read_record(args.evaluate / i / layout.RESULTS, ("summary",))["summary"] for i in ids]
+    transfer = artifacts.read_record(args.transfer, ("round", "point", "psnr"))
 
     with layout.REPORT_OUT.write(args.out) as tmp:
         curves_figure(summaries, tmp / layout.CURVES_PNG)

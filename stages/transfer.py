@@ -20,7 +20,7 @@ from lipcore.seeding import derive_seed
 from lipcore.trials import Trial, train_and_score
 
 from . import artifacts, entry, layout
-from .params import load_params
+from .params import Params, load_params
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +41,41 @@ def main(argv: list[str] | None = None) -> None:
     nothing = nothing_to_transfer(head, ids)
     if nothing:  # a valid setup with no transfer to measure: an empty matrix that says why
         log.info("transfer: %s", nothing)
-        result = {"round": head, "point": shown, "psnr": {}, "note": nothing}
-        with layout.TRANSFER_OUT.write(args.out) as tmp:
-            io.write_json(tmp / layout.MATRIX, {**result, "full": {}, "per_seed": {}})
-        io.write_json(args.metrics, result)
-        return
+        cells = {}
+    else:
+        cells = measure(params, args.degrade, args.rounds, pairs, head)
 
+    matrix = {s: {t: summarise(v) for t, v in row.items()} for s, row in cells.items()}
+    psnr = {s: {t: round(m[f"{shown}_psnr"]["mean"], 3) for t, m in row.items()} for s, row in matrix.items()}
+    result = {"round": head, "point": shown, "psnr": psnr, **({"note": nothing} if nothing else {})}
+    with layout.TRANSFER_OUT.write(args.out) as tmp:
+        io.write_json(tmp / layout.MATRIX, {**result, "full": matrix, "per_seed": cells})
+    io.write_json(args.metrics, result)
+
+
+def measure(
+    params: Params, degrade: Path, rounds_dir: Path, pairs: list[tuple[str, str]], head: int
+) -> dict[str, dict[str, list[dict]]]:
+    """Scores (per source, per target, one per seed) of every headline mask retrained on every problem."""
+    ids = [layout.pair_id(*p) for p in pairs]
     cells: dict[str, dict[str, list[dict]]] = {s: {t: [] for t in ids} for s in ids}
     for seed in params.seeds:
         fit_seed = derive_seed(params.seed, "fit", seed)
         for (image, task), tgt in zip(pairs, ids):
-            problem = artifacts.load_problem(args.degrade / tgt, params.task(task).degradation, image)
-            start, z = artifacts.load_rewind(layout.round_dir(args.rounds / tgt, seed, 0), params.net)
+            problem = artifacts.load_problem(degrade / tgt, params.task(task).degradation, image)
+            start, z = artifacts.load_rewind(layout.round_dir(rounds_dir / tgt, seed, 0), params.net)
             # the target's own LIP round on the diagonal; the other sources' masks in one batched fit
-            cells[tgt][tgt].append(artifacts.read_fit_metrics(layout.round_dir(args.rounds / tgt, seed, head), head))
+            cells[tgt][tgt].append(artifacts.read_fit_metrics(layout.round_dir(rounds_dir / tgt, seed, head), head))
             sources = [src for src in ids if src != tgt]
             log.info("seed %s: %d masks onto %s", seed, len(sources), tgt)
-            rounds = [layout.round_dir(args.rounds / src, seed, head) for src in sources]
+            rounds = [layout.round_dir(rounds_dir / src, seed, head) for src in sources]
             trials = [
                 Trial(start, z, problem, artifacts.load_round_mask(r, params.net, head), fit_seed) for r in rounds
             ]
             outcomes = train_and_score(params.net, trials, params.fit_for(task), "blind", None, params.device)
             for src, outcome in zip(sources, outcomes):
                 cells[src][tgt].append(outcome.scores)
-
-    matrix = {s: {t: summarise(v) for t, v in row.items()} for s, row in cells.items()}
-    psnr = {s: {t: round(m[f"{shown}_psnr"]["mean"], 3) for t, m in row.items()} for s, row in matrix.items()}
-    result = {"round": head, "point": shown, "psnr": psnr}
-    with layout.TRANSFER_OUT.write(args.out) as tmp:
-        io.write_json(tmp / layout.MATRIX, {**result, "full": matrix, "per_seed": cells})
-    io.write_json(args.metrics, result)
+    return cells
 
 
 def nothing_to_transfer(head: int, ids: list[str]) -> str | None:
