@@ -9,6 +9,7 @@ the first in that order is removed first, so a mask is a deterministic function 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,40 @@ def snip_mask(net: nn.Module, loss_fn: Callable[[nn.Module], Tensor], sparsity_:
     net.zero_grad(set_to_none=True)
     dense = dense_mask(net)
     return prune_by_score(scores, dense, sparsity_, "global")
+
+
+def snip_iterative_mask(net: nn.Module, loss_fn: Callable[[nn.Module], Tensor], sparsity_: float, steps: int) -> Mask:
+    """Iterative SNIP (de Jorge et al. 2021, "FORCE"-style): reach `sparsity_` in `steps` steps of geometric
+    density 1 -> (1 - s)^(j/steps), re-scoring |w * dL/dw| of the net pruned so far at each step.
+
+    One-shot SNIP at high sparsity can remove a whole layer (the net's output then no longer depends on z);
+    pruning gradually lets the scores of the remaining weights of a thinned layer grow. The net is unchanged;
+    the last step removes exactly round_count(sparsity_) weights, as `snip_mask` does.
+    """
+    if steps < 1:
+        raise ValueError(f"iterative SNIP needs at least 1 step, got {steps}")
+    work = copy.deepcopy(net)
+    mask = dense_mask(work)
+    total = count_total(mask)
+    goal = round_count(sparsity_, total)
+    for j in range(1, steps + 1):
+        removed = goal if j == steps else min(goal, round_count(1.0 - (1.0 - sparsity_) ** (j / steps), total))
+        alive = count_kept(mask)
+        n_remove = removed - (total - alive)
+        if n_remove <= 0:
+            continue
+        apply_mask(work, mask)
+        weights = prunable(work)
+        work.zero_grad(set_to_none=True)
+        loss_fn(work).backward()
+        scores = {n: (w.detach() * w.grad).abs() for n, w in weights.items()}
+        mask = prune_by_score(scores, mask, n_remove / alive, "global")
+    return mask
+
+
+def collapsed_layers(mask: Mask) -> list[str]:
+    """Layers that keep no weight at all: the signal through them is cut (layer collapse)."""
+    return [name for name, m in mask.items() if not bool(m.any())]
 
 
 def apply_mask(net: nn.Module, mask: Mask) -> None:

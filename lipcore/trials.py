@@ -16,7 +16,7 @@ from . import prune
 from .config import FitConfig, ImpConfig, NetConfig
 from .fit import FitJob, FitResult, fit_many
 from .imp import early_bird_stop, round_fit_cfg
-from .nets import build_net, make_input, net_from_state
+from .nets import build_net, make_input, net_from_state, skeleton
 from .physics import Denoise, Problem
 from .scoring import fit_scores
 from .seeding import generator
@@ -46,6 +46,27 @@ def initialisation(net_cfg: NetConfig, root_seed: int, index: int, height: int, 
     net = build_net(net_cfg, generator(root_seed, "init", index))
     z = make_input(net, height, width, generator(root_seed, "z", index))
     return {k: v.clone() for k, v in net.state_dict().items()}, z
+
+
+def group_initialisation(
+    net_cfg: NetConfig, root_seed: int, index: int, inputs: int, height: int, width: int
+) -> tuple[dict, Tensor]:
+    """theta_0 and z of initialisation `index` for a multi-image fit with `inputs` inputs (lipcore.multi).
+
+    theta_0 is the single-image fits' own (so the group's masks and theirs start alike and retrain from the
+    same weights); one input is their z too, several are drawn from a stream of their own.
+    """
+    theta0, z = initialisation(net_cfg, root_seed, index, height, width)
+    if inputs > 1:
+        z = make_input(skeleton(net_cfg), height, width, generator(root_seed, "z_group", index), batch=inputs)
+    return theta0, z
+
+
+def fresh_initialisation(net_cfg: NetConfig, root_seed: int, index: int) -> dict[str, Tensor]:
+    """A theta_0 that no LIP run starts from (the lottery-ticket 'reinit' control of initialisation `index`):
+    drawn like `initialisation`'s, from a stream of its own."""
+    net = build_net(net_cfg, generator(root_seed, "reinit", index))
+    return {k: v.clone() for k, v in net.state_dict().items()}
 
 
 @dataclass

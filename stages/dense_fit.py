@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lipcore import io
-from lipcore.seeding import derive_seed
-from lipcore.trials import Trial, imp_round, initialisation
+from lipcore.trials import initialisation
 
-from . import artifacts, entry, layout
+from . import artifacts, entry
 from .params import load_params
+from .rounds import dense_round
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,19 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     artifacts.check_round_out(args.out, args.seed, 0, (args.obs,))  # before any work
     params = load_params(args.params)
     problem = artifacts.load_problem(args.obs, params.task(args.task).degradation)
-    fit_cfg = params.fit_for(args.task)
-
-    theta0, z = initialisation(params.net, params.seed, args.seed, *problem.x_true.shape[-2:])
-    trial = Trial(theta0, z, problem, None, derive_seed(params.seed, "fit", args.seed))
-    outcome = imp_round(params.net, trial, fit_cfg, params.protocol, params.imp, 0, params.device)
-
-    meta = {"seed": args.seed, "net": artifacts.cfg_dict(params.net)}
-    with layout.ROUND_OUT.write(args.out) as tmp:
-        artifacts.save_init(tmp, theta0, z, meta)
-        rewind_meta = {**meta, "iteration": params.imp.rewind_iteration}
-        io.save_tensors(tmp / layout.REWIND, outcome.rewind_state, rewind_meta)
-        io.save_tensors(tmp / layout.TRAINED, outcome.state, {**meta, "round": 0})
-        artifacts.write_round(tmp, 0, outcome, fit_cfg, {"nominal": 0.0, "effective": 0.0})
+    start = initialisation(params.net, params.seed, args.seed, *problem.x_true.shape[-2:])
+    dense_round(params, args.task, problem, args.seed, start, args.out)
 
 
 if __name__ == "__main__":

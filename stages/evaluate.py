@@ -17,7 +17,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lipcore import io
+from torch import Tensor
+
+from lipcore import io, prune
 from lipcore.baselines import MASK_BASELINES, baseline_mask, matched_decoder
 from lipcore.imp import headline_round, nominal_sparsity
 from lipcore.nets import build_net, make_input
@@ -25,7 +27,7 @@ from lipcore.physics import Problem
 from lipcore.prune import Mask, sparsity
 from lipcore.scoring import reported_images, shown_point, summarise
 from lipcore.seeding import derive_seed, generator
-from lipcore.trials import Trial, train_and_score
+from lipcore.trials import Trial, fresh_initialisation, train_and_score
 
 from . import artifacts, entry, layout
 from .params import Params, load_params
@@ -71,15 +73,16 @@ def main(argv: list[str] | None = None) -> None:
     curve_methods = list(params.evaluate.curve_methods)
     shown = shown_point(params.protocol)
 
+    controls = lottery_controls(imp.rewind_iteration) if head > 0 else ()
     curves: dict[str, dict[int, list[dict]]] = {m: {} for m in ["lip", *curve_methods]}
-    headline: dict[str, list[dict]] = {m: [] for m in ["dense", "lip", *MASK_BASELINES, "decoder"]}
+    headline: dict[str, list[dict]] = {m: [] for m in ["dense", "lip", *MASK_BASELINES, *controls, "decoder"]}
     effective: list[float] = []
     images: dict[str, Any] = {}
     for seed in params.seeds:
         start, z = artifacts.load_rewind(layout.round_dir(args.rounds, seed, 0), params.net)
         fit_seed = derive_seed(params.seed, "fit", seed)
-        # The baseline fits of this seed share theta_0, z and the problem: one batched fit (on GPU).
-        planned: list[tuple[str, int, Mask]] = []
+        # The baseline fits of this seed share the architecture and the problem: one batched fit (on GPU).
+        planned: list[tuple[str, int, dict[str, Tensor], Mask]] = []
         for k in rounds:
             m = artifacts.read_fit_metrics(layout.round_dir(args.rounds, seed, k), k)
             curves["lip"].setdefault(k, []).append(m)
@@ -95,12 +98,16 @@ def main(argv: list[str] | None = None) -> None:
             methods = set(curve_methods) | (set(MASK_BASELINES) if k == head else set())
             for method in sorted(methods):
                 gen = generator(params.seed, method, args.name, args.task, seed, k)
-                planned.append((method, k, baseline_mask(method, params.net, start, z, problem, lip_mask, gen)))
+                mask = baseline_mask(method, params.net, start, z, problem, lip_mask, gen)
+                planned.append((method, k, start, mask))
+        for method in controls:  # the LIP mask itself, from another start
+            planned.append((method, head, control_start(method, params, args.rounds, seed), head_mask))
         log.info("seed %s: fitting %d baseline masks", seed, len(planned))
-        trials = [Trial(start, z, problem, mask, fit_seed) for _, _, mask in planned]
+        trials = [Trial(begin, z, problem, mask, fit_seed) for _, _, begin, mask in planned]
         outcomes = train_and_score(params.net, trials, fit_cfg, "blind", None, params.device) if trials else []
-        for (method, k, mask), res in zip(planned, outcomes):
+        for (method, k, _, mask), res in zip(planned, outcomes):
             scores = {**res.scores, "sparsity": {"effective": sparsity(mask)}}
+            scores["collapsed_layers"] = prune.collapsed_layers(mask)
             if method in curves:
                 curves[method].setdefault(k, []).append(scores)
             if k == head:
@@ -141,7 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     sparsity_rows = sparsity_plot_rows(summary["curves"], shown)
     with layout.EVALUATE_OUT.write(args.out) as tmp:
-        io.write_json(tmp / layout.RESULTS, {"summary": summary, "per_seed": headline})
+        per_seed_curves = {m: {str(k): v for k, v in sorted(by_round.items())} for m, by_round in curves.items()}
+        record = {"summary": summary, "per_seed": headline, "per_seed_curves": per_seed_curves}
+        io.write_json(tmp / layout.RESULTS, record)
         shutil.copy(args.obs / layout.CLEAN_PNG, tmp / layout.method_png("clean"))
         shutil.copy(args.obs / layout.DEGRADED_PNG, tmp / layout.method_png("degraded"))
         for method, k in (("dense", 0), ("lip", head)):
@@ -153,6 +162,26 @@ def main(argv: list[str] | None = None) -> None:
     io.write_json(args.metrics, summary["headline"])
     artifacts.write_csv(args.sparsity_plot, sparsity_rows, ["sparsity", *summary["curves"]])
     artifacts.write_csv(args.iteration_plot, iteration_rows, ["iteration", "dense", "lip"])
+
+
+def lottery_controls(rewind_iteration: int) -> tuple[str, ...]:
+    """The lottery-ticket controls of the headline LIP mask (Frankle & Carbin 2019; Frankle et al. 2020).
+
+    reinit: the mask trained from a fresh theta_0 (a draw no LIP run uses): if it matches LIP, the ticket's
+    value is in the mask, not in its initialisation. lip_theta0 (late rewinding only): the mask trained from
+    theta_0 instead of the rewind weights. The "shuffled" control (the mask permuted within each layer) is
+    the random_layer baseline.
+    """
+    return ("reinit", "lip_theta0") if rewind_iteration > 0 else ("reinit",)
+
+
+def control_start(method: str, params: Params, rounds: Path, seed: int) -> dict[str, Tensor]:
+    """The weights a control trains the LIP mask from."""
+    if method == "reinit":
+        return fresh_initialisation(params.net, params.seed, seed)
+    if method == "lip_theta0":
+        return artifacts.load_init(layout.round_dir(rounds, seed, 0))[0]
+    raise ValueError(f"unknown control {method!r}")
 
 
 def fit_decoder(

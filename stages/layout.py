@@ -18,6 +18,7 @@ DEGRADE = Path("outs/degrade")
 ROUNDS = Path("outs/rounds")
 EVALUATE = Path("outs/evaluate")
 TRANSFER = Path("outs/transfer")
+MULTI = Path("outs/multi")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORT = Path("report")
@@ -46,6 +47,24 @@ def pair_rounds(image: str, task: str) -> Path:
 def round_dir(rounds: Path, seed: int, k: int) -> Path:
     """Round k (0: the dense fit) of initialisation `seed`, inside a problem's rounds directory."""
     return Path(rounds) / f"s{seed}" / f"r{k}"
+
+
+def multi_id(group: str) -> str:
+    """The name of a multi-image group's outputs beside the problems' (dvc.yaml: multi-${item.group})."""
+    return f"multi-{group}"
+
+
+def multi_rounds(group: str, mode: str) -> Path:
+    """The IMP rounds of one multi-image group searched in one mode, all seeds (s<seed>/r<round> inside)."""
+    return MULTI / group / mode
+
+
+def multi_evaluate_dir(group: str) -> Path:
+    return EVALUATE / multi_id(group)
+
+
+def multi_metrics(group: str) -> Path:
+    return METRICS / f"{multi_id(group)}.json"
 
 
 def evaluate_dir(image: str, task: str) -> Path:
@@ -134,4 +153,5 @@ ROUND_OUT = OutputDir(
 )
 EVALUATE_OUT = OutputDir("evaluate", RESULTS, (RESULTS, method_png("*")))
 TRANSFER_OUT = OutputDir("transfer", MATRIX, (MATRIX,))
+MULTI_EVALUATE_OUT = OutputDir("multi_evaluate", RESULTS, (RESULTS,))
 REPORT_OUT = OutputDir("report", REPORT_MD, (REPORT_MD, CURVES_PNG, grid_png("*")))

@@ -58,6 +58,52 @@ class EvaluateConfig(Section):
 
 
 @dataclass(frozen=True)
+class GroupDef(Section):
+    """A multi-image group: the images its masks are searched on, and the unseen images they are scored on."""
+
+    train: tuple[str, ...]
+    heldout: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.train) < 2:
+            raise ValueError(f"train: {list(self.train)}; a multi-image group needs at least 2 training images")
+        if not self.heldout:
+            raise ValueError("heldout: the list is empty; give at least one image the group's masks are scored on")
+        both = sorted(set(self.train) & set(self.heldout))
+        if both:
+            raise ValueError(f"{both} are both training and held-out images; held-out images must be unseen")
+        for key in ("train", "heldout"):
+            values = getattr(self, key)
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"{key}: {repeated} listed more than once")
+
+
+@dataclass(frozen=True)
+class MultiConfig(Section):
+    """Multi-image LIP (lipcore.multi): IMP on groups of images at once, scored on held-out images."""
+
+    task: str = "denoise"  # a key of task_defs: the task the groups' masks are searched and scored on
+    modes: tuple[str, ...] = ("shared",)  # shared | average (lipcore.multi)
+    rounds: tuple[int, ...] | None = None  # rounds scored on the held-out images; null: every round
+    groups: dict[str, GroupDef] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from lipcore.multi import MODES
+
+        if not self.modes:
+            raise ValueError("modes: the list is empty; give shared, average or both")
+        unknown = sorted(set(self.modes) - set(MODES))
+        if unknown:
+            raise ValueError(f"modes: unknown mode(s) {unknown}; choose from {list(MODES)}")
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"modes: {list(self.modes)} lists a mode more than once")
+        for name in self.groups:
+            if not name or "/" in name or "\\" in name or name.startswith("."):
+                raise ValueError(f"groups: {name!r} is not a name (it names folders: no '/', no leading '.')")
+
+
+@dataclass(frozen=True)
 class Params(Section):
     """params.yaml."""
 
@@ -74,6 +120,7 @@ class Params(Section):
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
     imp: ImpConfig = dataclasses.field(default_factory=ImpConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    multi: MultiConfig = dataclasses.field(default_factory=MultiConfig)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -111,6 +158,7 @@ class Params(Section):
                 raise ValueError("fit.rewind_iteration: the pipeline sets it from imp.rewind_iteration; remove it")
         self._check_image_size()
         self._check_degradations()
+        self._check_multi()
         with unrecorded():
             headline_round(self.sparsity, self.imp)  # enough rounds in imp.chain: refused before any round runs
         try:
@@ -147,6 +195,34 @@ class Params(Section):
                     raise ValueError(
                         f"{where}: a dense Gaussian CS matrix for {self.image_size} px at ratio {ratio}: {err}"
                     ) from None
+
+    def _check_multi(self) -> None:
+        """Each group's images are listed images (their single-image rounds are what the group is compared
+        with) of a listed task, and its rounds exist."""
+        with unrecorded():
+            multi = self.multi
+            if not multi.groups:
+                return
+            if multi.task not in self.tasks:
+                raise ValueError(f"multi.task: {multi.task!r} is not one of tasks {list(self.tasks)}")
+            for name, group in multi.groups.items():
+                missing = [i for i in (*group.train, *group.heldout) if i not in self.images]
+                if missing:
+                    raise ValueError(
+                        f"multi.groups.{name}: {missing} not in images {list(self.images)}; a group's images are "
+                        "also fitted one by one (its masks are compared with theirs): add them to images"
+                    )
+                if layout.multi_id(name) in {layout.pair_id(i, t) for i in self.images for t in self.tasks}:
+                    clash = layout.multi_id(name)
+                    raise ValueError(f"multi.groups.{name}: its outputs {clash!r} collide with a problem's; rename it")
+            if multi.rounds is not None:
+                bad = sorted(set(multi.rounds) - set(self.imp.rounds))
+                if bad or not multi.rounds:
+                    raise ValueError(f"multi.rounds: {bad or '[]'} not rounds of imp.chain {list(self.imp.rounds)}")
+
+    def multi_rounds(self) -> tuple[int, ...]:
+        """The IMP rounds whose multi-image masks are scored on held-out images."""
+        return self.multi.rounds if self.multi.rounds is not None else tuple(self.imp.rounds)
 
     def task(self, name: str) -> TaskDef:
         """task_defs[name]; an error naming the defined tasks if there is none."""

@@ -1,6 +1,7 @@
-"""Stage report: figures and a Markdown report (tables, image grids, transfer matrix) from evaluate/transfer.
+"""Stage report: figures and a Markdown report from evaluate, transfer and multi_evaluate: the paper's claims
+checked with paired statistics (stages.claims), LIP against each method, tables, image grids, transfer matrix.
 
-python -m stages.report --evaluate outs/evaluate --transfer metrics/transfer.json --out report
+python -m stages.report --evaluate outs/evaluate --transfer outs/transfer --out report
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from PIL import Image  # noqa: E402
 
 from lipcore import io  # noqa: E402
 
-from . import artifacts, entry, layout  # noqa: E402
+from . import artifacts, claims, entry, layout  # noqa: E402
 from .params import load_params  # noqa: E402
 
 GRID = ["clean", "degraded", "dense", "lip", "random_global", "snip", "decoder"]
-METHOD_ORDER = ["dense", "lip", "random_global", "random_layer", "snip", "decoder"]
+METHOD_ORDER = ["dense", "lip", *claims.OPPONENTS]
 
 
 def fmt(stat: dict[str, float] | None, digits: int = 2) -> str:
@@ -104,17 +105,49 @@ def transfer_table(transfer: dict, ids: list[str]) -> list[str]:
     return lines
 
 
+def statistics_section(records: dict[str, dict], point: str, tasks: list[str]) -> list[str]:
+    """LIP against every method at the headline round, pooled and per task; LIP against dense along the rounds;
+    layer collapse."""
+    if records[next(iter(records))]["summary"]["headline"]["round"] == 0:
+        return []
+    lines = ["## LIP against each method (headline round, paired)", ""]
+    points = [point] + (["oracle_best"] if point != "oracle_best" else [])
+    for p in points:
+        lines += [f"All problems, PSNR at **{p}**:", "", *claims.comparison_table(claims.comparisons(records, p)), ""]
+    if len(tasks) > 1:
+        for task in tasks:
+            compared = claims.comparisons(records, point, task)
+            lines += [f"Task **{task}**, PSNR at {point}:", "", *claims.comparison_table(compared), ""]
+    lines += [
+        f"LIP round k against the dense fit, all problems, PSNR at {point}:",
+        "",
+        "| round | nominal sparsity | pairs | LIP − dense, mean [95% CI] | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for k, s, p in claims.rounds_against_dense(records, point):
+        lines.append(f"| {k} | {s:.3f} | {p.n} | {claims.fmt_paired(p)} | LIP {claims.verdict_words(p)} |")
+    return [*lines, "", *claims.collapse_lines(records), ""]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = entry.parser(__doc__)
     ap.add_argument("--evaluate", type=Path, required=True, help="directory of evaluate outputs")
-    ap.add_argument("--transfer", type=Path, required=True, help="transfer metrics JSON")
+    ap.add_argument("--transfer", type=Path, required=True, help="transfer output directory")
     ap.add_argument("--out", type=Path, required=True)
     args = entry.start(ap, argv)
     layout.REPORT_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
     ids = [layout.pair_id(i, t) for i in params.images for t in params.tasks]
-    summaries = [artifacts.read_record(args.evaluate / i / layout.RESULTS, ("summary",))["summary"] for i in ids]
-    transfer = artifacts.read_record(args.transfer, ("round", "point", "psnr"))
+    keys = ("summary", "per_seed", "per_seed_curves")
+    records = {i: artifacts.read_record(args.evaluate / i / layout.RESULTS, keys) for i in ids}
+    summaries = [records[i]["summary"] for i in ids]
+    transfer = artifacts.read_record(args.transfer / layout.MATRIX, ("round", "point", "psnr", "per_seed"))
+    multi = {
+        g: artifacts.read_record(args.evaluate / layout.multi_id(g) / layout.RESULTS, ("summary", "rows"))
+        for g, group in params.multi.groups.items()
+        if group.heldout  # always true; reading it records the group as a params key this stage depends on
+    }
+    point = summaries[0]["shown_point"]
 
     with layout.REPORT_OUT.write(args.out) as tmp:
         curves_figure(summaries, tmp / layout.CURVES_PNG)
@@ -126,8 +159,12 @@ def main(argv: list[str] | None = None) -> None:
             "per fit. Values are mean ± std over seeds. *Oracle best* picks the iteration with the ground "
             "truth (as the LIP paper reports); *ES-WMV* stops without it.",
             "",
+            *claims.claims_section(records, transfer, multi, point),
+            "",
+            *statistics_section(records, point, list(params.tasks)),
             f"![PSNR vs sparsity]({layout.CURVES_PNG})",
             "",
+            *claims.multi_section(multi, point),
         ]
         for s, i in zip(summaries, ids):
             grid_figure(args.evaluate / i, f"{i} ({s['shown_point']})", tmp / layout.grid_png(i))

@@ -76,7 +76,7 @@ def tiny_params(**overrides) -> dict:
     return params
 
 
-PROJECT_FILES = ["dvc.yaml", ".dvcignore", "data/f16.png", "data/baby.png", "data/masks"]
+PROJECT_FILES = ["dvc.yaml", ".dvcignore", "data/f16.png", "data/baby.png", "data/kate.png", "data/masks"]
 
 
 def make_project(path: Path, params: dict, code: bool = False) -> Path:

@@ -1,0 +1,298 @@
+"""The report's statistics: LIP against each other method pair by pair, and the paper's claims checked.
+
+A pair is one (image, task, seed): both methods fitted from the same theta_0, z and reg-noise stream on the
+same observation. Differences are in dB of PSNR at one reported point (lipcore.stats: mean and 95% Student-t
+interval over the pairs, and a verdict). Inputs are the records the stages wrote: evaluate's results.json per
+problem, transfer's matrix.json, multi_evaluate's results.json per group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from lipcore.stats import Paired, paired
+
+# what LIP is compared with at the headline round, in the report's order, and what each one is
+OPPONENTS = {
+    "dense": "the dense DIP (round 0)",
+    "random_global": "random mask, same number of weights",
+    "random_layer": "random mask, same count per layer (= LIP mask shuffled within layers)",
+    "snip": "SNIP, one shot",
+    "snip_iterative": "SNIP in 5 steps",
+    "reinit": "LIP mask from a fresh theta_0 (lottery-ticket control)",
+    "lip_theta0": "LIP mask from theta_0, not the rewind weights",
+    "decoder": "deep decoder with as many parameters",
+}
+
+
+def psnr(scores: dict[str, Any], point: str) -> float:
+    return float(scores[point]["psnr"])
+
+
+def headline_pairs(
+    records: dict[str, dict], method: str, point: str, task: str | None = None
+) -> tuple[list[float], list[float]]:
+    """LIP's and `method`'s PSNRs at `point`, one pair per (image, task, seed) of the problems that fitted it."""
+    lip, other = [], []
+    for rec in records.values():
+        per_seed = rec["per_seed"]
+        if (task is not None and rec["summary"]["task"] != task) or not per_seed.get(method):
+            continue
+        if len(per_seed[method]) != len(per_seed["lip"]):
+            raise ValueError(f"{method}: {len(per_seed[method])} seeds against LIP's {len(per_seed['lip'])}")
+        lip += [psnr(s, point) for s in per_seed["lip"]]
+        other += [psnr(s, point) for s in per_seed[method]]
+    return lip, other
+
+
+def comparisons(records: dict[str, dict], point: str, task: str | None = None) -> dict[str, Paired]:
+    """LIP - X at the headline round for every opponent X that was fitted (over all problems, or one task's)."""
+    out = {}
+    for method in OPPONENTS:
+        lip, other = headline_pairs(records, method, point, task)
+        if lip:
+            out[method] = paired(lip, other)
+    return out
+
+
+def rounds_against_dense(records: dict[str, dict], point: str) -> list[tuple[int, float, Paired]]:
+    """LIP round k - the dense fit, per round k >= 1 of the IMP chain: (k, nominal sparsity, comparison)."""
+    by_round: dict[int, tuple[float, list[float], list[float]]] = {}
+    for rec in records.values():
+        curve = rec["per_seed_curves"]["lip"]
+        dense = [psnr(s, point) for s in curve["0"]]
+        nominal = {p["round"]: p["nominal_sparsity"] for p in rec["summary"]["curves"]["lip"]}
+        for k, per_seed in curve.items():
+            if k == "0":
+                continue
+            entry = by_round.setdefault(int(k), (nominal[int(k)], [], []))
+            entry[1].extend(psnr(s, point) for s in per_seed)
+            entry[2].extend(dense)
+    return [(k, s, paired(a, b)) for k, (s, a, b) in sorted(by_round.items())]
+
+
+def transfer_pairs(
+    records: dict[str, dict], transfer: dict[str, Any], point: str, across: str
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Transferred masks against the target's own LIP mask and its random_global baseline, same seeds.
+
+    across='task': masks of the same image found on another task; 'image': of another image, same task.
+    Returns {'own': (transferred, own LIP), 'random_global': (transferred, random)}.
+    """
+    out: dict[str, tuple[list[float], list[float]]] = {"own": ([], []), "random_global": ([], [])}
+    cells = transfer.get("per_seed") or {}
+    for src, row in cells.items():
+        for tgt, per_seed in row.items():
+            s, t = records[src]["summary"], records[tgt]["summary"]
+            same_image, same_task = s["image"] == t["image"], s["task"] == t["task"]
+            if src == tgt or (across == "task" and not same_image) or (across == "image" and not same_task):
+                continue
+            moved = [psnr(x, point) for x in per_seed]
+            for name, key in (("own", "lip"), ("random_global", "random_global")):
+                ref = records[tgt]["per_seed"].get(key) or []
+                if len(ref) == len(moved):
+                    out[name][0].extend(moved)
+                    out[name][1].extend(psnr(x, point) for x in ref)
+    return out
+
+
+def multi_comparisons(result: dict[str, Any], point: str) -> list[dict[str, Any]]:
+    """Per scored round and search mode: the group's mask on held-out images against the single-image masks
+    (their mean per held-out image and seed), a random mask of the same sparsity, and the image's own LIP."""
+    rows = result["rows"]
+    out = []
+    for k in sorted({r["round"] for r in rows if r["round"] > 0}):
+        at_k = [r for r in rows if r["round"] == k]
+        keys = sorted({(r["heldout"], r["seed"]) for r in at_k})
+
+        def value(heldout: str, seed: int, match, at_k=at_k) -> float:
+            return mean(psnr(r, point) for r in at_k if (r["heldout"], r["seed"]) == (heldout, seed) and match(r))
+
+        for mode in result["summary"]["modes"]:
+            name = f"multi_{mode}"
+            multi = [value(h, s, lambda r, n=name: r["method"] == n) for h, s in keys]
+            row: dict[str, Any] = {"round": k, "mode": mode, "n": len(keys), "multi": mean(multi)}
+            for other, match in (
+                ("single", lambda r: r["method"].startswith("single_")),
+                ("random_global", lambda r: r["method"] == "random_global"),
+                ("own", lambda r: r["method"] == "own"),
+            ):
+                ref = [value(h, s, match) for h, s in keys]
+                row[other] = mean(ref)
+                row[f"vs_{other}"] = paired(multi, ref)
+            out.append(row)
+    return out
+
+
+def mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def fmt_paired(p: Paired) -> str:
+    """'+0.42 dB [+0.10, +0.74]' (or without interval when there are too few pairs)."""
+    if p.n < 2:
+        return f"{p.mean:+.2f} dB (n={p.n})"
+    return f"{p.mean:+.2f} dB [{p.low:+.2f}, {p.high:+.2f}]"
+
+
+def comparison_table(compared: dict[str, Paired]) -> list[str]:
+    lines = [
+        "| LIP vs | what it is | pairs | LIP − X, mean [95% CI] | LIP wins | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, p in compared.items():
+        lines.append(
+            f"| {method} | {OPPONENTS[method]} | {p.n} | {fmt_paired(p)} | {p.wins}/{p.n} | LIP {verdict_words(p)} |"
+        )
+    return lines
+
+
+def verdict_words(p: Paired) -> str:
+    return {"better": "better", "worse": "worse", "no difference": "no different"}.get(p.verdict, "not decided")
+
+
+def claim_row(claim: str, found: str, status: str) -> str:
+    return f"| {claim} | {found} | **{status}** |"
+
+
+def superiority(p: Paired | None) -> str:
+    """A claim 'LIP > X': holds when LIP is better at 95%."""
+    if p is None or p.verdict == "too few pairs":
+        return "not measured"
+    return {"better": "holds", "no difference": "not shown (no difference at 95%)", "worse": "reversed"}[p.verdict]
+
+
+def parity(p: Paired | None) -> str:
+    """A claim 'A ≈ B' (no loss): holds unless A is worse at 95%."""
+    if p is None or p.verdict == "too few pairs":
+        return "not measured"
+    return "does not hold" if p.verdict == "worse" else "holds"
+
+
+def claims_section(records: dict[str, dict], transfer: dict[str, Any], multi: dict[str, dict], point: str) -> list[str]:
+    """The paper's claims, each with what this run measured (paired, at `point`) and whether it holds."""
+    head = next(iter(records.values()))["summary"]["headline"]
+    lines = [
+        "## Claims",
+        "",
+        f"Each claim of the LIP paper, checked on this run at the headline round {head['round']} (nominal sparsity "
+        f"{head['nominal_sparsity']:.1%}), PSNR at **{point}**. Differences are paired per (image, task, seed), "
+        "mean and 95% Student-t interval over the pairs; *holds* needs the interval on the claimed side of 0 "
+        "(for 'LIP ≈ X': not below 0).",
+        "",
+        "| claim | this run | verdict |",
+        "|---|---|---|",
+    ]
+    if head["round"] == 0:
+        why = "sparsity 0: the headline is the dense net, nothing to compare"
+        return [*lines, claim_row("all", why, "not measured")]
+    compared = comparisons(records, point)
+    dense = compared.get("dense")
+    curve = rounds_against_dense(records, point)
+    reach = 0.0
+    for _, s, p in curve:
+        if p.verdict == "worse":
+            break
+        reach = s
+    found = f"LIP − dense {fmt_paired(dense)}" if dense else "–"
+    found += f"; not worse than dense at any round up to {reach:.1%} sparsity (of {curve[-1][1]:.1%} measured)"
+    lines.append(claim_row("LIP ≈ dense DIP up to high sparsity", found, parity(dense)))
+    for method, claim in (
+        ("random_global", "LIP > random pruning (global) at the same sparsity"),
+        ("random_layer", "LIP > random pruning (layer-matched, = shuffled LIP mask)"),
+        ("snip", "LIP > SNIP at the same sparsity"),
+        ("snip_iterative", "LIP > iterative SNIP at the same sparsity"),
+        ("decoder", "LIP > a deep decoder of the same size"),
+        ("reinit", "(control) LIP > its mask from a fresh theta_0: the init matters too"),
+        ("lip_theta0", "(control) late rewinding > the same mask from theta_0"),
+    ):
+        p = compared.get(method)
+        if p is not None:
+            lines.append(claim_row(claim, f"LIP − {method} {fmt_paired(p)}, LIP wins {p.wins}/{p.n}", superiority(p)))
+    lines += multi_claims(multi, point, head["round"])
+    for across in ("task", "image"):
+        lines.append(transfer_claim(records, transfer, point, across))
+    return lines
+
+
+def multi_claims(multi: dict[str, dict], point: str, head: int) -> list[str]:
+    claim = "Multi-image masks transfer to unseen images better than single-image masks"
+    if not multi:
+        return [claim_row(claim, "no multi-image group in this run (params: multi.groups)", "not measured")]
+    lines = []
+    for group, result in multi.items():
+        rows = multi_comparisons(result, point)
+        scored = sorted({r["round"] for r in rows})
+        k = max([r for r in scored if r <= head], default=scored[0])  # the headline round, or the nearest scored
+        for r in (r for r in rows if r["round"] == k):
+            p = r["vs_single"]
+            found = (
+                f"group {group}, {r['mode']} mode, round {k}: multi − single {fmt_paired(p)} on "
+                f"{r['n']} held-out (image, seed) pairs"
+            )
+            lines.append(claim_row(claim, found, superiority(p)))
+    return lines
+
+
+def transfer_claim(records: dict[str, dict], transfer: dict[str, Any], point: str, across: str) -> str:
+    claim = f"LIP masks transfer across {across}s (≈ the target's own LIP mask)"
+    pairs = transfer_pairs(records, transfer, point, across)
+    moved, own = pairs["own"]
+    if len(moved) < 2:
+        why = transfer.get("note") or f"no two problems that differ only in their {across}"
+        return claim_row(claim, why, "not measured")
+    p = paired(moved, own)
+    found = f"transferred − own {fmt_paired(p)} over {p.n} (source, target, seed)"
+    rand_moved, rand = pairs["random_global"]
+    if len(rand_moved) >= 2:
+        found += f"; transferred − random_global {fmt_paired(paired(rand_moved, rand))}"
+    return claim_row(claim, found, parity(p))
+
+
+def collapse_lines(records: dict[str, dict]) -> list[str]:
+    """Fits whose mask pruned a whole layer away (its output no longer depends on the input z)."""
+    counts: dict[str, list[int]] = {}
+    layers: dict[str, set[str]] = {}
+    for rec in records.values():
+        for method, per_seed in rec["per_seed"].items():
+            for s in per_seed:
+                if "collapsed_layers" not in s:
+                    continue
+                c = counts.setdefault(method, [0, 0])
+                c[1] += 1
+                if s["collapsed_layers"]:
+                    c[0] += 1
+                    layers.setdefault(method, set()).update(s["collapsed_layers"])
+    lines = ["## Layer collapse", "", "Fits at the headline round whose mask keeps no weight of some layer:", ""]
+    for method, (bad, total) in counts.items():
+        where = f" (layers: {', '.join(sorted(layers[method]))})" if bad else ""
+        lines.append(f"- {method}: {bad} of {total}{where}")
+    return lines
+
+
+def multi_section(multi: dict[str, dict], point: str) -> list[str]:
+    lines = []
+    for group, result in multi.items():
+        s = result["summary"]
+        lines += [
+            f"## Multi-image LIP: group {group}",
+            "",
+            f"Masks searched on {s['train']} ({s['task']}), retrained from theta_0 on the held-out {s['heldout']}; "
+            f"PSNR at {point}, mean over held-out images and seeds. *single*: the mean of the members' own masks.",
+            "",
+            "| round | mode | multi | single | random | own LIP | multi − single [95% CI] | multi − random [95% CI] |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in multi_comparisons(result, point):
+            lines.append(
+                f"| {r['round']} | {r['mode']} | {r['multi']:.2f} | {r['single']:.2f} | {r['random_global']:.2f} | "
+                f"{r['own']:.2f} | {fmt_paired(r['vs_single'])} {r['vs_single'].verdict} | "
+                f"{fmt_paired(r['vs_random_global'])} {r['vs_random_global'].verdict} |"
+            )
+        lines.append("")
+    return lines
