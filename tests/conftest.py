@@ -34,11 +34,11 @@ def f16_small() -> torch.Tensor:
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """A scratch project directory holding data/f16.png and data/baby.png, made the working directory."""
+    """A scratch project directory holding data/f16.png, baby.png and kate.png, made the working directory."""
     import shutil
 
     (tmp_path / "data").mkdir()
-    for name in ("f16", "baby"):
+    for name in ("f16", "baby", "kate"):
         shutil.copy(DATA / f"{name}.png", tmp_path / "data" / f"{name}.png")
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -71,6 +71,8 @@ def tiny_params(**overrides) -> dict:
             "chain": [[1, 0], [2, 1]],
         },
         "evaluate": {"decoder_layers": 3, "curve_methods": ["random_global"]},
+        # dvc.yaml interpolates multi.*: every key present (no group: no multi-image stage)
+        "multi": {"task": "denoise", "modes": ["shared"], "rounds": None, "groups": {}},
     }
     params.update(overrides)
     return params

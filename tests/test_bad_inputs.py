@@ -134,6 +134,35 @@ PARAMS_ROWS = {
     "inpaint keeps nothing": (_set("task_defs.inpaint.degradation.keep", 0.0), r"keep must be in \[0\.01, 1\)"),
     "inpaint keeps everything": (_set("task_defs.inpaint.degradation.keep", 1.0), r"keep must be in \[0\.01, 1\)"),
     "net scales zero": (_set("net.scales", 0), r"net: NetConfig\.scales must be >= 1"),
+    "multi-image group of one image": (
+        _set("multi.groups", {"g": {"train": ["f16"], "heldout": ["baby"]}}),
+        r"multi\.groups\.g: train: \['f16'\]; a multi-image group needs at least 2",
+    ),
+    "multi-image group scored on a training image": (
+        _set("multi.groups", {"g": {"train": ["f16", "baby"], "heldout": ["baby"]}}),
+        r"\['baby'\] are both training and held-out images",
+    ),
+    "multi-image group of unlisted images": (
+        _set("multi.groups", {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}}),
+        r"multi\.groups\.g: \['kate'\] not in images \['f16', 'baby'\]",
+    ),
+    "multi-image task not listed": (
+        _sets(
+            _set("images", ["f16", "baby", "kate"]),
+            _set("multi.task", "inpaint"),
+            _set("multi.groups", {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}}),
+        ),
+        r"multi\.task: 'inpaint' is not one of tasks \['denoise'\]",
+    ),
+    "multi-image mode unknown": (_set("multi.modes", ["mean"]), r"multi: modes: unknown mode\(s\) \['mean'\]"),
+    "multi-image rounds off the chain": (
+        _sets(
+            _set("images", ["f16", "baby", "kate"]),
+            _set("multi.rounds", [5]),
+            _set("multi.groups", {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}}),
+        ),
+        r"multi\.rounds: \[5\] not rounds of imp\.chain \[1, 2\]",
+    ),
 }
 
 
@@ -473,7 +502,7 @@ def test_one_image_one_task_runs_through_transfer_and_report(project):
     run_transfer()
     t = json.loads(layout.TRANSFER_METRICS.read_text())
     assert t["psnr"] == {} and "no other problem" in t["note"]
-    report.main(["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER_METRICS), "--out", "report"])
+    report.main(["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER), "--out", "report"])
     md = (project / "report" / layout.REPORT_MD).read_text()
     assert "No transfer measured: one image x task problem only (f16-denoise)" in md
 

@@ -55,3 +55,18 @@ def test_baseline_masks_remove_exactly_as_many_weights_as_lip(method, tiny_cfg, 
 def test_unknown_baselines_are_named():
     with pytest.raises(ValueError, match="choose from"):
         baseline_mask("magnitude", NetConfig(), {}, torch.zeros(1), None, {}, torch.Generator())
+
+
+def test_reinit_starts_from_a_theta0_no_lip_run_uses(tiny_cfg):
+    """The lottery-ticket 'reinit' control: every tensor of its theta_0 differs from each seed's theta_0 (the
+    start of that seed's LIP rounds), and it is reproducible."""
+    from lipcore.trials import fresh_initialisation, initialisation
+
+    for index in range(3):
+        fresh = fresh_initialisation(tiny_cfg, 0, index)
+        assert all(torch.equal(v, fresh_initialisation(tiny_cfg, 0, index)[k]) for k, v in fresh.items())
+        for seed in range(3):
+            lip, _ = initialisation(tiny_cfg, 0, seed, 32, 32)
+            weights = [k for k in lip if k.endswith("weight") and lip[k].dim() == 4]
+            assert weights and all(not torch.equal(fresh[k], lip[k]) for k in weights)
+            assert {k: v.shape for k, v in fresh.items()} == {k: v.shape for k, v in lip.items()}

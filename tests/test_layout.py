@@ -5,7 +5,8 @@ from tests.conftest import dvc_stages, make_project, tiny_params
 
 
 def test_dvc_yaml_outputs_are_the_layout_paths(tmp_path):
-    params = tiny_params(images=["f16", "baby"], tasks=["denoise", "inpaint"], seeds=[0, 3])
+    params = tiny_params(images=["f16", "baby", "kate"], tasks=["denoise", "inpaint"], seeds=[0, 3])
+    params["multi"].update(modes=["shared", "average"], groups={"g": {"train": ["f16", "baby"], "heldout": ["kate"]}})
     declared = {str(out.def_path) for stage in dvc_stages(make_project(tmp_path, params)) for out in stage.outs}
     pairs = [(i, t) for i in params["images"] for t in params["tasks"]]
     rounds = [0] + [k for k, _ in params["imp"]["chain"]]
@@ -19,19 +20,28 @@ def test_dvc_yaml_outputs_are_the_layout_paths(tmp_path):
             layout.iteration_plot(image, task),
         }
         expected |= {layout.round_dir(layout.pair_rounds(image, task), s, k) for s in params["seeds"] for k in rounds}
+    for mode in params["multi"]["modes"]:
+        expected |= {layout.round_dir(layout.multi_rounds("g", mode), s, k) for s in params["seeds"] for k in rounds}
+    expected |= {layout.multi_evaluate_dir("g"), layout.multi_metrics("g")}
     assert declared == {str(p) for p in expected}
 
 
 def test_stage_commands_read_the_layout_paths(tmp_path):
     """The directories a command passes (--obs, --dense, --parent, --rounds, ...) are layout's too."""
-    params = tiny_params()
+    params = tiny_params(images=["f16", "baby", "kate"])
+    params["multi"]["groups"] = {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}}
     stages = dvc_stages(make_project(tmp_path, params))
     known = {str(out.def_path) for stage in stages for out in stage.outs}
     known |= {str(layout.DEGRADE), str(layout.ROUNDS), str(layout.EVALUATE)}
     known |= {str(layout.pair_rounds(i, t)) for i in params["images"] for t in params["tasks"]}
+    known |= {str(layout.MULTI / "g"), str(layout.TRANSFER)}
     known |= {str(layout.image_file(i)) for i in params["images"]}
     for stage in stages:
         words = stage.cmd.split()
-        paths = [w for f, w in zip(words, words[1:]) if f.startswith("--") and f not in ("--name", "--task")]
+        paths = [
+            w
+            for f, w in zip(words, words[1:])
+            if f.startswith("--") and f not in ("--name", "--task", "--group", "--mode")
+        ]
         paths = [p for p in paths if not p.lstrip("-").isdigit()]
         assert paths and set(paths) <= known, (stage.addressing, set(paths) - known)

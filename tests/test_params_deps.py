@@ -15,7 +15,13 @@ def _settings() -> dict[str, dict]:
     """Two settings that between them take every branch that reads a key (early-bird search on and off,
     late rewinding, the paper protocol, fits that stop at ES-WMV)."""
     plain = tiny_params(images=["f16"], tasks=["denoise", "inpaint"])
-    varied = tiny_params(images=["f16"], tasks=["denoise", "inpaint"], protocol="paper")
+    varied = tiny_params(images=["f16", "baby", "kate"], tasks=["denoise", "inpaint"], protocol="paper")
+    varied["multi"] = {  # both modes, a subset of rounds scored
+        "task": "inpaint",
+        "modes": ["shared", "average"],
+        "rounds": [2],
+        "groups": {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}},
+    }
     varied["imp"] = {
         **varied["imp"],
         "rewind_iteration": 2,
@@ -53,7 +59,10 @@ def reads_and_lists(tmp_path_factory):
 def test_every_stage_ran_and_read_params(reads_and_lists):
     reads, listed = reads_and_lists
     kinds = {a.split("@")[0] for a in listed}
-    assert kinds == {"degrade", "dense_fit", "imp_round", "evaluate", "transfer", "report"}
+    assert kinds == {
+        *("degrade", "dense_fit", "imp_round", "evaluate", "transfer", "report"),
+        *("multi_dense_fit", "multi_imp_round", "multi_evaluate"),
+    }
     assert all(reads[a] for a in listed), [a for a in listed if not reads[a]]
 
 
@@ -73,5 +82,5 @@ def test_rounds_do_not_read_the_target_or_the_chain(reads_and_lists):
     """Changing `sparsity` or appending a round must rerun no existing round."""
     reads, _ = reads_and_lists
     for address, keys in reads.items():
-        if address.startswith(("dense_fit", "imp_round")):
+        if address.startswith(("dense_fit", "imp_round", "multi_dense_fit", "multi_imp_round")):
             assert not {k for k in keys if k == "sparsity" or k.startswith("imp.chain")}, address

@@ -26,7 +26,9 @@ def repo(tmp_path_factory):
     dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
     if dvc is None:
         pytest.fail("dvc is not installed: run setup.sh (pip install -e '.[pipeline,dev]')")
-    path = make_project(tmp_path_factory.mktemp("lip"), tiny_params(), code=True)
+    params = tiny_params(images=["f16", "baby", "kate"])
+    params["multi"]["groups"] = {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}}
+    path = make_project(tmp_path_factory.mktemp("lip"), params, code=True)
     # The stages run `python -m stages...`: put this interpreter first on PATH.
     env = {
         **os.environ,
@@ -56,6 +58,11 @@ def test_repro_produces_every_artifact(repo):
     assert json.loads((path / "metrics/transfer.json").read_text())["psnr"]["f16-denoise"]["baby-denoise"] > 5
     assert "| lip |" in (path / "report/report.md").read_text()
     assert (path / "plots/sparsity/f16-denoise.csv").exists()
+    assert "Running stage 'multi_imp_round@g-shared-0-link1'" in out
+    multi = json.loads((path / "metrics/multi-g.json").read_text())
+    assert multi["heldout"] == ["kate"] and multi["rounds"][-1]["psnr"]["multi_shared"] > 5
+    report = (path / "report/report.md").read_text()
+    assert "## Claims" in report and "## Multi-image LIP: group g" in report
 
 
 def test_rerun_is_a_no_op(repo):
@@ -70,6 +77,7 @@ def test_changing_sparsity_reruns_no_round(repo):
     ran = [line for line in out.splitlines() if line.startswith("Running stage")]
     assert ran, out
     assert not [line for line in ran if "imp_round" in line or "dense_fit" in line or "degrade" in line], ran
+    assert any("multi_evaluate@g" in line for line in ran)  # the headline round it marks moved
     assert any("evaluate@" in line for line in ran) and any("'report'" in line for line in ran)
     shown = run([dvc, "exp", "show", "--json"], path, env)
     assert "0.2" in shown

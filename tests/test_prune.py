@@ -182,3 +182,42 @@ def test_mask_distance_is_the_fraction_of_weights_that_flip(net):
     assert P.mask_distance(a, b) == pytest.approx(P.sparsity(b))
     with pytest.raises(ValueError, match="does not fit"):
         P.mask_distance(a, {k: v for k, v in list(b.items())[1:]})
+
+
+def _snip_loss(net):
+    from lipcore.nets import make_input
+
+    z = make_input(net, 32, 32, torch.Generator().manual_seed(0))
+    y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return lambda model: (model(z) - y).pow(2).mean()
+
+
+def test_iterative_snip_in_one_step_is_snip(net):
+    loss_fn = _snip_loss(net)
+    one, snip = P.snip_iterative_mask(net, loss_fn, 0.6, steps=1), P.snip_mask(net, loss_fn, 0.6)
+    assert all(torch.equal(one[n], snip[n]) for n in snip)
+
+
+def test_iterative_snip_removes_the_exact_count_and_leaves_the_net_alone(net):
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    mask = P.snip_iterative_mask(net, _snip_loss(net), 0.9, steps=5)
+    total = P.count_total(mask)
+    assert total - P.count_kept(mask) == P.round_count(0.9, total)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="at least 1 step"):
+        P.snip_iterative_mask(net, _snip_loss(net), 0.5, steps=0)
+
+
+def test_iterative_snip_rescored_after_each_step_differs_from_one_shot(net):
+    loss_fn = _snip_loss(net)
+    iterative, one_shot = P.snip_iterative_mask(net, loss_fn, 0.9, steps=5), P.snip_mask(net, loss_fn, 0.9)
+    assert P.mask_distance(iterative, one_shot) > 0
+
+
+def test_collapsed_layers_names_the_layers_with_no_weight_left(net):
+    mask = P.dense_mask(net)
+    first, second = list(mask)[:2]
+    mask[first] = torch.zeros_like(mask[first])
+    mask[second][0] = False
+    assert P.collapsed_layers(mask) == [first]
+    assert P.collapsed_layers(P.dense_mask(net)) == []

@@ -14,7 +14,18 @@ from lipcore.metrics import psnr_y
 from lipcore.nets import net_from_state
 from lipcore.physics import Denoise
 from lipcore.trials import search_problem
-from stages import artifacts, degrade, dense_fit, evaluate, imp_round, layout, report, transfer
+from stages import (
+    artifacts,
+    degrade,
+    dense_fit,
+    evaluate,
+    imp_round,
+    layout,
+    multi_evaluate,
+    multi_round,
+    report,
+    transfer,
+)
 from stages.params import load_params
 from tests.conftest import tiny_params
 
@@ -110,14 +121,18 @@ def test_evaluate_transfer_report(project):
         run_evaluate(image, "denoise")
     head = json.loads(layout.headline_metrics("f16", "denoise").read_text())
     assert head["round"] == 2  # 0.36 >= 0.3 > 0.2
-    assert set(head["methods"]) == {"dense", "lip", "random_global", "random_layer", "snip", "decoder"}
+    baselines = {"random_global", "random_layer", "snip", "snip_iterative"}
+    assert set(head["methods"]) == {"dense", "lip", *baselines, "reinit", "decoder"}
     assert head["methods"]["lip"]["es_psnr"]["mean"] > 10
     lip = fit_metrics("f16", "denoise", 0, 2)
     assert head["methods"]["lip"]["es_psnr"]["mean"] == lip["es"]["psnr"]  # one seed: the round's own score
     results = io.read_json(layout.evaluate_dir("f16", "denoise") / layout.RESULTS)
     per_seed = results["per_seed"]
-    for method in ("random_global", "random_layer", "snip"):  # exactly the LIP sparsity
+    for method in (*baselines, "reinit"):  # exactly the LIP sparsity
         assert per_seed[method][0]["sparsity"]["effective"] == pytest.approx(head["effective_sparsity"], abs=1e-9)
+        assert per_seed[method][0]["collapsed_layers"] == []
+    assert per_seed["reinit"][0]["es"] != per_seed["lip"][0]["es"]  # the same mask, another start
+    assert set(results["per_seed_curves"]["lip"]) == {"0", "1", "2"}
     assert layout.sparsity_plot("f16", "denoise").read_text().startswith("sparsity,lip,random_global")
 
     run_transfer()
@@ -125,11 +140,79 @@ def test_evaluate_transfer_report(project):
     assert set(t["psnr"]) == {"f16-denoise", "baby-denoise"}
     assert t["psnr"]["f16-denoise"]["f16-denoise"] == pytest.approx(lip["es"]["psnr"], abs=1e-3)
 
-    report.main(["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER_METRICS), "--out", "report"])
+    report.main(["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER), "--out", "report"])
     md = (project / "report" / layout.REPORT_MD).read_text()
     assert "| lip |" in md and "Transfer" in md
+    assert md.index("## Claims") < md.index("## f16 / denoise")
+    assert "| LIP > random pruning (global) at the same sparsity |" in md
+    assert "| reinit | LIP mask from a fresh theta_0" in md
+    assert "no multi-image group in this run" in md
     assert (project / "report" / layout.CURVES_PNG).exists()
     assert (project / "report" / layout.grid_png("f16-denoise")).exists()
+
+
+def test_late_rewinding_adds_the_theta0_control(project):
+    """With imp.rewind_iteration > 0 the LIP mask is also trained from theta_0 instead of the rewind weights."""
+    params = tiny_params(images=["f16"])
+    params["imp"]["rewind_iteration"] = 4
+    write_params(project / "params.yaml", params)
+    run_chain(params)
+    run_evaluate("f16", "denoise")
+    per_seed = io.read_json(layout.evaluate_dir("f16", "denoise") / layout.RESULTS)["per_seed"]
+    assert {"reinit", "lip_theta0"} <= set(per_seed)
+    assert per_seed["lip_theta0"][0]["es"] != per_seed["lip"][0]["es"]
+
+
+def run_multi(params, group="g", seeds=(0,)):
+    for mode in params["multi"]["modes"]:
+        rounds = layout.multi_rounds(group, mode)
+        base = ["--group", group, "--mode", mode, "--degrade", str(layout.DEGRADE)]
+        for s in seeds:
+            r0 = layout.round_dir(rounds, s, 0)
+            multi_round.main([*base, "--seed", str(s), "--round", "0", "--out", str(r0)])
+            for k, parent in params["imp"]["chain"]:
+                multi_round.main(
+                    [*base, "--seed", str(s), "--round", str(k), "--dense", str(r0)]
+                    + ["--parent", str(layout.round_dir(rounds, s, parent))]
+                    + ["--out", str(layout.round_dir(rounds, s, k))]
+                )
+    multi_evaluate.main(
+        ["--group", group, "--degrade", str(layout.DEGRADE), "--rounds", str(layout.ROUNDS)]
+        + ["--multi", str(layout.MULTI / group), "--out", str(layout.multi_evaluate_dir(group))]
+        + ["--metrics", str(layout.multi_metrics(group))]
+    )
+
+
+def test_multi_image_rounds_and_their_scoring_on_a_held_out_image(project):
+    params = tiny_params(images=["f16", "baby", "kate"])
+    params["multi"].update(modes=["shared", "average"], groups={"g": {"train": ["f16", "baby"], "heldout": ["kate"]}})
+    write_params(project / "params.yaml", params)
+    for image in params["images"]:
+        run_chain(params, image=image)
+    run_multi(params)
+
+    shared = layout.multi_rounds("g", "shared")
+    init, _ = io.load_tensors(layout.round_dir(shared, 0, 0) / layout.INIT)
+    single, _ = io.load_tensors(layout.round_dir(layout.pair_rounds("f16", "denoise"), 0, 0) / layout.INIT)
+    assert init["z"].shape[0] == 2 and single["z"].shape[0] == 1  # one input per training image
+    assert all(torch.equal(init[k], v) for k, v in single.items() if k != "z")  # the single fits' theta_0
+    shared_mask = artifacts.load_round_mask(layout.round_dir(shared, 0, 2), load_params().net, 2)
+    f16_mask = artifacts.load_round_mask(
+        layout.round_dir(layout.pair_rounds("f16", "denoise"), 0, 2), load_params().net, 2
+    )
+    assert prune.count_kept(shared_mask) == prune.count_kept(f16_mask)  # the same schedule
+    assert prune.mask_distance(shared_mask, f16_mask) > 0
+
+    rows = io.read_json(layout.multi_evaluate_dir("g") / layout.RESULTS)["rows"]
+    at_2 = {r["method"]: r for r in rows if r["round"] == 2}
+    assert set(at_2) == {"multi_shared", "multi_average", "single_f16", "single_baby", "random_global", "own"}
+    assert {r["heldout"] for r in rows} == {"kate"}
+    own = fit_metrics("kate", "denoise", 0, 2)
+    assert at_2["own"]["es"] == own["es"]  # read, not refitted
+    for name in ("multi_shared", "single_f16", "random_global"):
+        assert at_2[name]["sparsity"]["effective"] == pytest.approx(own["sparsity"]["effective"], abs=1e-9)
+    metrics = json.loads(layout.multi_metrics("g").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
 
 
 def test_iteration_plot_matches_rows_by_iteration_when_fits_stop_early(tmp_path):
