@@ -122,6 +122,11 @@ REPORT_MD = "report.md"
 CURVES_PNG = "psnr_vs_sparsity.png"
 
 
+def report_dir(setting: str) -> Path:
+    """The report of one setting (params: setting), e.g. report/default, report/cpu-study."""
+    return REPORT / setting
+
+
 def grid_png(pair: str) -> str:
     return f"grid_{pair}.png"
 

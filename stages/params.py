@@ -57,6 +57,31 @@ class EvaluateConfig(Section):
             raise ValueError(f"decoder_layers must be >= 1, got {self.decoder_layers}")
 
 
+TRANSFER_PAIRS = ("all", "across_tasks", "across_images")
+
+
+@dataclass(frozen=True)
+class TransferConfig(Section):
+    """Which (source, target) problems the transfer stage measures: every ordered pair, or only those that differ
+    in the task alone (same image) or in the image alone (same task); each pair costs one fit per seed."""
+
+    pairs: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.pairs not in TRANSFER_PAIRS:
+            raise ValueError(f"pairs must be one of {list(TRANSFER_PAIRS)}, got {self.pairs!r}")
+
+    def measures(self, source: tuple[str, str], target: tuple[str, str]) -> bool:
+        """Whether the mask of problem `source` (image, task) is retrained on `target`."""
+        if source == target:
+            return False
+        if self.pairs == "across_tasks":
+            return source[0] == target[0]
+        if self.pairs == "across_images":
+            return source[1] == target[1]
+        return True
+
+
 @dataclass(frozen=True)
 class GroupDef(Section):
     """A multi-image group: the images its masks are searched on, and the unseen images they are scored on."""
@@ -112,6 +137,7 @@ class Params(Section):
     images: tuple[str, ...]  # data/<name>.png
     tasks: tuple[str, ...]  # keys of task_defs
     task_defs: dict[str, TaskDef]
+    setting: str = "default"  # names this setting's report folder, report/<setting>
     protocol: str = "blind"  # paper | blind (lipcore.trials.search_problem)
     device: str = "auto"  # auto: CUDA when present, else CPU
     seed: int = 0  # root seed; all others are derived from it and names
@@ -120,6 +146,7 @@ class Params(Section):
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
     imp: ImpConfig = dataclasses.field(default_factory=ImpConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
     multi: MultiConfig = dataclasses.field(default_factory=MultiConfig)
 
     def __post_init__(self) -> None:
@@ -137,8 +164,9 @@ class Params(Section):
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
                 raise ValueError(f"{key}: {repeated} listed more than once (each names outputs of its own)")
-        for key in ("images", "tasks"):  # names become file and folder names (data/<image>.png, <image>-<task>)
-            for name in getattr(self, key):
+        for key in ("images", "tasks", "setting"):  # names become file and folder names (data/<image>.png, ...)
+            values = getattr(self, key)
+            for name in [values] if key == "setting" else values:
                 if not name or "/" in name or "\\" in name or name.startswith("."):
                     raise ValueError(
                         f"{key}: {name!r} is not a name (it names files and folders: no '/', no leading '.')"

@@ -1,7 +1,7 @@
 """Stage report: figures and a Markdown report from evaluate, transfer and multi_evaluate: the paper's claims
 checked with paired statistics (stages.claims), LIP against each method, tables, image grids, transfer matrix.
 
-python -m stages.report --evaluate outs/evaluate --transfer outs/transfer --out report
+python -m stages.report --evaluate outs/evaluate --transfer outs/transfer --out report/default
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def transfer_table(transfer: dict, ids: list[str]) -> list[str]:
     title = f"## Transfer (round {transfer['round']}, PSNR at {transfer['point']}; rows: mask source, columns: target)"
     lines = [title, "", "| source \\ target | " + " | ".join(ids) + " |", "|---|" + "---|" * len(ids)]
     for src in ids:
-        lines.append(f"| {src} | " + " | ".join(f"{transfer['psnr'][src][t]:.2f}" for t in ids) + " |")
+        row = transfer["psnr"][src]
+        lines.append(f"| {src} | " + " | ".join(f"{row[t]:.2f}" if t in row else "–" for t in ids) + " |")
     return lines
 
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     with layout.REPORT_OUT.write(args.out) as tmp:
         curves_figure(summaries, tmp / layout.CURVES_PNG)
         lines = [
-            "# Lottery image priors: report",
+            f"# Lottery image priors: report ({params.setting})",
             "",
             f"Protocol **{params.protocol}**; images {list(params.images)}, tasks {list(params.tasks)}, "
             f"seeds {list(params.seeds)}, image size {params.image_size}, {params.fit.iterations} iterations "

@@ -1,8 +1,9 @@
 """Stage transfer: masks found on image A / task T, retrained from theta_0 on image B / task T'.
 
-For every ordered pair of (image, task) problems and every seed, the headline-round LIP mask of the source
-is retrained from the target's rewind state on the target's observation. The diagonal is the target's own
-LIP round. Writes the cross-image / cross-task PSNR matrix (mean +- std over seeds).
+For every ordered pair of (image, task) problems that transfer.pairs selects (all; or only across tasks, same
+image; or only across images, same task) and every seed, the headline-round LIP mask of the source is
+retrained from the target's rewind state on the target's observation. The diagonal is the target's own LIP
+round. Writes the cross-image / cross-task PSNR matrix (mean +- std over seeds; unmeasured pairs absent).
 
     python -m stages.transfer --degrade outs/degrade --rounds outs/rounds --out outs/transfer \
         --metrics metrics/transfer.json
@@ -20,7 +21,7 @@ from lipcore.seeding import derive_seed
 from lipcore.trials import Trial, train_and_score
 
 from . import artifacts, entry, layout
-from .params import Params, load_params
+from .params import Params, TransferConfig, load_params
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     head = headline_round(params.sparsity, params.imp)
     shown = shown_point(params.protocol)
     pairs = [(image, task) for image in params.images for task in params.tasks]
-    ids = [layout.pair_id(*p) for p in pairs]
-    nothing = nothing_to_transfer(head, ids)
+    nothing = nothing_to_transfer(head, pairs, params.transfer)
     if nothing:  # a valid setup with no transfer to measure: an empty matrix that says why
         log.info("transfer: %s", nothing)
         cells = {}
@@ -58,7 +58,7 @@ def measure(
 ) -> dict[str, dict[str, list[dict]]]:
     """Scores (per source, per target, one per seed) of every headline mask retrained on every problem."""
     ids = [layout.pair_id(*p) for p in pairs]
-    cells: dict[str, dict[str, list[dict]]] = {s: {t: [] for t in ids} for s in ids}
+    cells: dict[str, dict[str, list[dict]]] = {s: {s: []} for s in ids}
     for seed in params.seeds:
         fit_seed = derive_seed(params.seed, "fit", seed)
         for (image, task), tgt in zip(pairs, ids):
@@ -66,7 +66,9 @@ def measure(
             start, z = artifacts.load_rewind(layout.round_dir(rounds_dir / tgt, seed, 0), params.net)
             # the target's own LIP round on the diagonal; the other sources' masks in one batched fit
             cells[tgt][tgt].append(artifacts.read_fit_metrics(layout.round_dir(rounds_dir / tgt, seed, head), head))
-            sources = [src for src in ids if src != tgt]
+            sources = [src for src, pair in zip(ids, pairs) if params.transfer.measures(pair, (image, task))]
+            if not sources:
+                continue
             log.info("seed %s: %d masks onto %s", seed, len(sources), tgt)
             rounds = [layout.round_dir(rounds_dir / src, seed, head) for src in sources]
             trials = [
@@ -74,16 +76,18 @@ def measure(
             ]
             outcomes = train_and_score(params.net, trials, params.fit_for(task), "blind", None, params.device)
             for src, outcome in zip(sources, outcomes):
-                cells[src][tgt].append(outcome.scores)
+                cells[src].setdefault(tgt, []).append(outcome.scores)
     return cells
 
 
-def nothing_to_transfer(head: int, ids: list[str]) -> str | None:
+def nothing_to_transfer(head: int, pairs: list[tuple[str, str]], cfg: TransferConfig) -> str | None:
     """Why there is no transfer to measure (None: there is)."""
     if head == 0:
         return "sparsity 0: the headline round is the dense fit, there is no mask to transfer"
-    if len(ids) == 1:
-        return f"one image x task problem only ({ids[0]}): no other problem to transfer its masks to"
+    if len(pairs) == 1:
+        return f"one image x task problem only ({layout.pair_id(*pairs[0])}): no other problem to transfer its masks to"
+    if not any(cfg.measures(s, t) for s in pairs for t in pairs):
+        return f"transfer.pairs is {cfg.pairs}: no two problems of this run form such a pair"
     return None
 
 

@@ -47,6 +47,7 @@ def project(tmp_path, monkeypatch):
 def tiny_params(**overrides) -> dict:
     """A pipeline small enough for seconds per stage: 32x32 images, 8 channels, a few iterations, 2 rounds."""
     params = {
+        "setting": "tiny",
         "sparsity": 0.3,
         "protocol": "blind",
         "device": "cpu",
@@ -71,6 +72,7 @@ def tiny_params(**overrides) -> dict:
             "chain": [[1, 0], [2, 1]],
         },
         "evaluate": {"decoder_layers": 3, "curve_methods": ["random_global"]},
+        "transfer": {"pairs": "all"},
         # dvc.yaml interpolates multi.*: every key present (no group: no multi-image stage)
         "multi": {"task": "denoise", "modes": ["shared"], "rounds": None, "groups": {}},
     }

@@ -134,6 +134,11 @@ PARAMS_ROWS = {
     "inpaint keeps nothing": (_set("task_defs.inpaint.degradation.keep", 0.0), r"keep must be in \[0\.01, 1\)"),
     "inpaint keeps everything": (_set("task_defs.inpaint.degradation.keep", 1.0), r"keep must be in \[0\.01, 1\)"),
     "net scales zero": (_set("net.scales", 0), r"net: NetConfig\.scales must be >= 1"),
+    "unknown transfer pairs": (
+        _set("transfer.pairs", "some"),
+        r"transfer: pairs must be one of \['all', 'across_tasks'",
+    ),
+    "setting with a slash": (_set("setting", "study/one"), r"setting: 'study/one' is not a name"),
     "multi-image group of one image": (
         _set("multi.groups", {"g": {"train": ["f16"], "heldout": ["baby"]}}),
         r"multi\.groups\.g: train: \['f16'\]; a multi-image group needs at least 2",
@@ -695,3 +700,12 @@ def test_images_on_another_scale_are_refused_not_clipped_white(tmp_path, array, 
     Image.fromarray(array, mode).save(tmp_path / "odd.tiff")
     with pytest.raises(ValueError, match=message):
         io.load_image(tmp_path / "odd.tiff")
+
+
+def test_transfer_pairs_that_select_nothing_say_so():
+    from stages.params import TransferConfig
+    from stages.transfer import nothing_to_transfer
+
+    pairs = [("f16", "denoise"), ("baby", "denoise")]
+    assert "no two problems" in nothing_to_transfer(2, pairs, TransferConfig("across_tasks"))
+    assert nothing_to_transfer(2, pairs, TransferConfig("across_images")) is None

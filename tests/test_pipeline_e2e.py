@@ -56,12 +56,12 @@ def test_repro_produces_every_artifact(repo):
     head = json.loads((path / "metrics/baby-denoise.json").read_text())
     assert head["round"] == 2 and "decoder" in head["methods"]
     assert json.loads((path / "metrics/transfer.json").read_text())["psnr"]["f16-denoise"]["baby-denoise"] > 5
-    assert "| lip |" in (path / "report/report.md").read_text()
+    assert "| lip |" in (path / "report/tiny/report.md").read_text()
     assert (path / "plots/sparsity/f16-denoise.csv").exists()
     assert "Running stage 'multi_imp_round@g-shared-0-link1'" in out
     multi = json.loads((path / "metrics/multi-g.json").read_text())
     assert multi["heldout"] == ["kate"] and multi["rounds"][-1]["psnr"]["multi_shared"] > 5
-    report = (path / "report/report.md").read_text()
+    report = (path / "report/tiny/report.md").read_text()
     assert "## Claims" in report and "## Multi-image LIP: group g" in report
 
 

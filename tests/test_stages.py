@@ -151,6 +151,18 @@ def test_evaluate_transfer_report(project):
     assert (project / "report" / layout.grid_png("f16-denoise")).exists()
 
 
+def test_transfer_across_tasks_measures_only_same_image_pairs(project):
+    params = tiny_params(tasks=["denoise", "inpaint"], transfer={"pairs": "across_tasks"})
+    write_params(project / "params.yaml", params)
+    for image in params["images"]:
+        for task in params["tasks"]:
+            run_chain(params, image=image, task=task)
+    run_transfer()
+    psnr = json.loads(layout.TRANSFER_METRICS.read_text())["psnr"]
+    assert set(psnr["f16-denoise"]) == {"f16-denoise", "f16-inpaint"}  # itself and its own image's other task
+    assert set(psnr["baby-inpaint"]) == {"baby-inpaint", "baby-denoise"}
+
+
 def test_late_rewinding_adds_the_theta0_control(project):
     """With imp.rewind_iteration > 0 the LIP mask is also trained from theta_0 instead of the rewind weights."""
     params = tiny_params(images=["f16"])
