@@ -1,0 +1,93 @@
+"""stages.claims: the report's pairs are assembled per (image, task, seed), and the claims read their verdicts."""
+
+import pytest
+
+from stages import claims
+
+
+def scores(es: float, oracle: float | None = None) -> dict:
+    return {"es": {"psnr": es}, "oracle_best": {"psnr": es if oracle is None else oracle}}
+
+
+def record(image: str, task: str, per_method: dict[str, list[float]], head: int = 3) -> dict:
+    """A hand-made evaluate record: per-seed ES PSNRs per method; LIP's curve from round 0 (its dense) to `head`."""
+    per_seed = {m: [scores(v) for v in vals] for m, vals in per_method.items()}
+    curve = {"0": per_seed["dense"], str(head): per_seed["lip"]}
+    nominal = {0: 0.0, head: 1 - 0.8**head}
+    return {
+        "summary": {
+            "image": image,
+            "task": task,
+            "headline": {"round": head, "nominal_sparsity": nominal[head]},
+            "curves": {"lip": [{"round": k, "nominal_sparsity": s} for k, s in nominal.items()]},
+        },
+        "per_seed": per_seed,
+        "per_seed_curves": {"lip": curve},
+    }
+
+
+# Two problems x two seeds. LIP beats random by 1, 0.5, 1, 0.5 dB (the stats test's table), ties dense
+# within noise, and loses to SNIP on every pair.
+RECORDS = {
+    "a-denoise": record(
+        "a", "denoise", {"lip": [30.0, 31.0], "random_global": [29.0, 30.5], "dense": [30.2, 30.8], "snip": [31, 32]}
+    ),
+    "b-denoise": record(
+        "b", "denoise", {"lip": [32.0, 29.5], "random_global": [31.0, 29.0], "dense": [31.9, 29.7], "snip": [33, 31]}
+    ),
+}
+
+
+def test_pairs_are_lip_and_the_method_on_the_same_problem_and_seed():
+    lip, rand = claims.headline_pairs(RECORDS, "random_global", "es")
+    assert lip == [30.0, 31.0, 32.0, 29.5] and rand == [29.0, 30.5, 31.0, 29.0]
+
+
+def test_comparisons_and_verdicts_on_a_hand_made_table():
+    compared = claims.comparisons(RECORDS, "es")
+    assert compared["random_global"].mean == pytest.approx(0.75)
+    assert compared["random_global"].verdict == "better"
+    assert compared["dense"].verdict == "no difference"
+    assert compared["snip"].verdict == "worse" and compared["snip"].wins == 0
+    assert "decoder" not in compared  # not fitted in these records: not compared
+
+
+def test_claims_say_holds_not_shown_or_reversed():
+    lines = "\n".join(claims.claims_section(RECORDS, {"per_seed": {}}, {}, "es"))
+    assert "| LIP ≈ dense DIP up to high sparsity |" in lines and "**holds**" in lines
+    assert "LIP − random_global +0.75 dB" in lines
+    snip = next(line for line in lines.splitlines() if line.startswith("| LIP > SNIP"))
+    assert snip.endswith("**reversed** |")
+    assert "no multi-image group in this run" in lines
+
+
+def test_lip_against_dense_along_the_rounds():
+    ((k, sparsity, p),) = claims.rounds_against_dense(RECORDS, "es")
+    assert k == 3 and sparsity == pytest.approx(0.488) and p.n == 4
+    assert p.mean == pytest.approx((-0.2 + 0.2 + 0.1 - 0.2) / 4)
+
+
+def test_cross_task_transfer_pairs_a_moved_mask_with_the_targets_own():
+    records = {
+        "a-denoise": record("a", "denoise", {"lip": [30.0, 31.0], "random_global": [29.0, 29.5], "dense": [30, 31]}),
+        "a-inpaint": record("a", "inpaint", {"lip": [25.0, 26.0], "random_global": [24.0, 24.5], "dense": [25, 26]}),
+    }
+    transfer = {"per_seed": {"a-denoise": {"a-inpaint": [scores(24.5), scores(25.0)]}}}
+    pairs = claims.transfer_pairs(records, transfer, "es", "task")
+    assert pairs["own"] == ([24.5, 25.0], [25.0, 26.0])
+    assert pairs["random_global"] == ([24.5, 25.0], [24.0, 24.5])
+    assert claims.transfer_pairs(records, transfer, "es", "image")["own"] == ([], [])
+
+
+def test_multi_image_mask_is_compared_with_the_mean_of_the_members_masks():
+    def row(method, seed, value):
+        return {"round": 2, "heldout": "h", "seed": seed, "method": method, **scores(value)}
+
+    values = {"multi_shared": [30.0, 31.0], "single_a": [29.0, 29.0], "single_b": [28.0, 30.0]}
+    values |= {"random_global": [27.0, 27.5], "own": [30.5, 31.5]}
+    rows = [row(m, s, v) for m, vals in values.items() for s, v in enumerate(vals)]
+    result = {"summary": {"modes": ["shared"]}, "rows": rows}
+    (r,) = claims.multi_comparisons(result, "es")
+    assert r["single"] == pytest.approx(29.0)  # mean over members, then over (held-out, seed)
+    assert r["vs_single"].mean == pytest.approx(((30 - 28.5) + (31 - 29.5)) / 2) and r["vs_single"].n == 2
+    assert r["vs_own"].mean == pytest.approx(-0.5)
