@@ -276,6 +276,35 @@ def multi_transfer_claim(claim: str, multi: dict[str, dict], point: str, head: i
     return claim_row(claim, f"{found} over {p.n} (member, held-out image, seed)", parity(p))
 
 
+def run_length_lines(records: dict[str, dict]) -> list[str]:
+    """Where the dense DIP's oracle-best iteration falls in its run, per task: a peak inside the run says the
+    run is long enough; a peak at its end says it was still improving (under-trained)."""
+    by_task: dict[str, list[tuple[int, int]]] = {}
+    for rec in records.values():
+        for s in rec["per_seed"]["dense"]:
+            if "oracle_best" in s:
+                by_task.setdefault(rec["summary"]["task"], []).append(
+                    (s["oracle_best"]["iteration"], s["last"]["iteration"])
+                )
+    lines = [
+        "## Run length",
+        "",
+        "The dense DIP's oracle-best iteration (picked with the ground truth) within its run of each task:",
+        "",
+        "| task | fits | oracle best at: min / median / max | run length | fits peaking in the last 10% |",
+        "|---|---|---|---|---|",
+    ]
+    for task, points in by_task.items():
+        best = sorted(b for b, _ in points)
+        late = sum(b > 0.9 * n for b, n in points)
+        lengths = sorted({n for _, n in points})
+        lines.append(
+            f"| {task} | {len(points)} | {best[0]} / {best[len(best) // 2]} / {best[-1]} | "
+            f"{', '.join(map(str, lengths))} | {late} of {len(points)} |"
+        )
+    return lines
+
+
 def collapse_lines(records: dict[str, dict]) -> list[str]:
     """Fits whose mask pruned a whole layer away (its output no longer depends on the input z)."""
     counts: dict[str, list[int]] = {}

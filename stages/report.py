@@ -127,7 +127,7 @@ def statistics_section(records: dict[str, dict], point: str, tasks: list[str]) -
     ]
     for k, s, p in claims.rounds_against_dense(records, point):
         lines.append(f"| {k} | {s:.3f} | {p.n} | {claims.fmt_paired(p)} | LIP {claims.verdict_words(p)} |")
-    return [*lines, "", *claims.collapse_lines(records), ""]
+    return [*lines, "", *claims.run_length_lines(records), "", *claims.collapse_lines(records), ""]
 
 
 def main(argv: list[str] | None = None) -> None:

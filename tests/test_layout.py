@@ -45,3 +45,38 @@ def test_stage_commands_read_the_layout_paths(tmp_path):
         ]
         paths = [p for p in paths if not p.lstrip("-").isdigit()]
         assert paths and set(paths) <= known, (stage.addressing, set(paths) - known)
+
+
+def _stage_modules(name: str, seen: set[str] | None = None) -> set[str]:
+    """stages/<name>.py and every stages module it imports, directly or through another ('lipcore' among them
+    when one imports the library)."""
+    import ast
+
+    from tests.conftest import ROOT
+
+    seen = set() if seen is None else seen
+    if name in seen:
+        return seen
+    seen.add(name)
+    tree = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:  # from . import x / from .x import y
+            targets = [node.module] if node.module else [a.name for a in node.names]
+            for target in targets:
+                _stage_modules(target, seen)
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            if any(n and n.split(".")[0] == "lipcore" for n in names):
+                seen.add("lipcore")
+    return seen
+
+
+def test_every_stage_depends_on_the_stage_code_it_runs(tmp_path):
+    """A change in any stages/ module a stage's command imports must rerun that stage."""
+    params = tiny_params(images=["f16", "baby", "kate"])
+    params["multi"]["groups"] = {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}}
+    for stage in dvc_stages(make_project(tmp_path, params)):
+        module = stage.cmd.split()[2].removeprefix("stages.")
+        deps = {str(d.def_path) for d in stage.deps}
+        needed = {"lipcore" if m == "lipcore" else f"stages/{m}.py" for m in _stage_modules(module)}
+        assert needed <= deps, (stage.addressing, sorted(needed - deps))
