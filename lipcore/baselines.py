@@ -19,7 +19,7 @@ from .config import NetConfig
 from .nets import net_from_state, skeleton
 from .physics import Problem
 
-MASK_BASELINES = ("random_global", "random_layer", "snip", "snip_iterative")
+MASK_BASELINES = ("random_global", "random_layer", "snip", "snip_layer", "snip_iterative")
 SNIP_STEPS = 5  # iterative SNIP: prune in this many geometric steps
 
 
@@ -35,8 +35,9 @@ def baseline_mask(
     """A baseline mask pruning exactly as many weights as `reference` (the LIP mask it is compared with).
 
     random_global: uniformly over all conv weights; random_layer: as many per layer as `reference`;
-    snip: the smallest |w * dL/dw| at `start` on the problem's loss; snip_iterative: the same in SNIP_STEPS
-    steps, re-scored on the net pruned so far (avoids the layer collapse of one-shot SNIP at high sparsity).
+    snip: the smallest |w * dL/dw| at `start` on the problem's loss, ranked globally; snip_layer: the same
+    scores ranked within each layer, as many per layer as `reference` (SNIP's criterion at LIP's allocation:
+    no layer collapse); snip_iterative: global SNIP in SNIP_STEPS steps, re-scored on the net pruned so far.
     """
     if method not in MASK_BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose from {MASK_BASELINES}")
@@ -53,6 +54,8 @@ def baseline_mask(
 
     if method == "snip":
         return prune.snip_mask(net, loss, fraction)
+    if method == "snip_layer":
+        return prune.keep_top_like(prune.snip_scores(net, loss), reference)
     return prune.snip_iterative_mask(net, loss, fraction, SNIP_STEPS)
 
 

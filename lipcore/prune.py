@@ -165,13 +165,32 @@ def snip_mask(net: nn.Module, loss_fn: Callable[[nn.Module], Tensor], sparsity_:
 
     `loss_fn(net)` returns the task loss on the observation (e.g. ||A(f(z)) - y||^2). The net is unchanged.
     """
+    return prune_by_score(snip_scores(net, loss_fn), dense_mask(net), sparsity_, "global")
+
+
+def snip_scores(net: nn.Module, loss_fn: Callable[[nn.Module], Tensor]) -> dict[str, Tensor]:
+    """SNIP's saliency |w * dL/dw| of every prunable weight at the net's current weights; the net is unchanged
+    (its gradients are cleared again)."""
     weights = prunable(net)
     net.zero_grad(set_to_none=True)
     loss_fn(net).backward()
     scores = {n: (w.detach() * w.grad).abs() for n, w in weights.items()}
     net.zero_grad(set_to_none=True)
-    dense = dense_mask(net)
-    return prune_by_score(scores, dense, sparsity_, "global")
+    return scores
+
+
+def keep_top_like(scores: dict[str, Tensor], reference: Mask) -> Mask:
+    """In every layer, keep as many weights as `reference` keeps there: those of highest score (ties by position).
+
+    With SNIP's scores this is SNIP's ranking at LIP's layer-wise sparsity: no layer can collapse unless the
+    reference's does, so it compares the two criteria at equal allocation."""
+    _check_names(reference, scores)
+    out = {}
+    for name, ref in reference.items():
+        flat = scores[name].detach().reshape(-1).cpu()
+        alive = torch.ones_like(flat, dtype=torch.bool)
+        out[name] = _remove_smallest(flat, alive, ref.numel() - int(ref.sum())).view(ref.shape).to(ref.device)
+    return out
 
 
 def snip_iterative_mask(net: nn.Module, loss_fn: Callable[[nn.Module], Tensor], sparsity_: float, steps: int) -> Mask:
@@ -195,11 +214,7 @@ def snip_iterative_mask(net: nn.Module, loss_fn: Callable[[nn.Module], Tensor], 
         if n_remove <= 0:
             continue
         apply_mask(work, mask)
-        weights = prunable(work)
-        work.zero_grad(set_to_none=True)
-        loss_fn(work).backward()
-        scores = {n: (w.detach() * w.grad).abs() for n, w in weights.items()}
-        mask = prune_by_score(scores, mask, n_remove / alive, "global")
+        mask = prune_by_score(snip_scores(work, loss_fn), mask, n_remove / alive, "global")
     return mask
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from lipcore import io, prune
-from lipcore.baselines import MASK_BASELINES, baseline_mask, matched_decoder
+from lipcore.baselines import baseline_mask, matched_decoder
 from lipcore.imp import headline_round, nominal_sparsity
 from lipcore.nets import build_net, make_input
 from lipcore.physics import Problem
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
 
     controls = lottery_controls(imp.rewind_iteration) if head > 0 else ()
     curves: dict[str, dict[int, list[dict]]] = {m: {} for m in ["lip", *curve_methods]}
-    headline: dict[str, list[dict]] = {m: [] for m in ["dense", "lip", *MASK_BASELINES, *controls, "decoder"]}
+    baselines = list(params.evaluate.baselines)
+    headline: dict[str, list[dict]] = {m: [] for m in ["dense", "lip", *baselines, *controls, "decoder"]}
     effective: list[float] = []
     images: dict[str, Any] = {}
     for seed in params.seeds:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             lip_mask = artifacts.load_round_mask(layout.round_dir(args.rounds, seed, k), params.net, k)
             if k == head:
                 head_mask = lip_mask  # the deep decoder below is sized to it
-            methods = set(curve_methods) | (set(MASK_BASELINES) if k == head else set())
+            methods = set(curve_methods) | (set(baselines) if k == head else set())
             for method in sorted(methods):
                 gen = generator(params.seed, method, args.name, args.task, seed, k)
                 mask = baseline_mask(method, params.net, start, z, problem, lip_mask, gen)

@@ -46,13 +46,15 @@ class TaskDef(Section):
 class EvaluateConfig(Section):
     decoder_layers: int = 6  # deep-decoder baseline; its width is chosen to match LIP's weight count
     curve_methods: tuple[str, ...] = ()  # baselines also fitted at every round's sparsity (for the curves)
+    baselines: tuple[str, ...] = ("random_global", "random_layer", "snip", "snip_layer")  # at the headline
 
     def __post_init__(self) -> None:
         from lipcore.baselines import MASK_BASELINES
 
-        unknown = sorted(set(self.curve_methods) - set(MASK_BASELINES))
-        if unknown:
-            raise ValueError(f"curve_methods: unknown method(s) {unknown}; choose from {list(MASK_BASELINES)}")
+        for key in ("curve_methods", "baselines"):
+            unknown = sorted(set(getattr(self, key)) - set(MASK_BASELINES))
+            if unknown:
+                raise ValueError(f"{key}: unknown method(s) {unknown}; choose from {list(MASK_BASELINES)}")
         if self.decoder_layers < 1:
             raise ValueError(f"decoder_layers must be >= 1, got {self.decoder_layers}")
 

@@ -71,7 +71,11 @@ def tiny_params(**overrides) -> dict:
             "search": {"iterations": 8, "early_bird": None, "early_bird_every": 4, "early_bird_patience": 2},
             "chain": [[1, 0], [2, 1]],
         },
-        "evaluate": {"decoder_layers": 3, "curve_methods": ["random_global"]},
+        "evaluate": {
+            "decoder_layers": 3,
+            "curve_methods": ["random_global"],
+            "baselines": ["random_global", "random_layer", "snip", "snip_layer", "snip_iterative"],
+        },
         "transfer": {"pairs": "all"},
         # dvc.yaml interpolates multi.*: every key present (no group: no multi-image stage)
         "multi": {"task": "denoise", "modes": ["shared"], "rounds": None, "groups": {}},

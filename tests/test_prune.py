@@ -221,3 +221,13 @@ def test_collapsed_layers_names_the_layers_with_no_weight_left(net):
     mask[second][0] = False
     assert P.collapsed_layers(mask) == [first]
     assert P.collapsed_layers(P.dense_mask(net)) == []
+
+
+def test_keep_top_like_keeps_the_references_count_per_layer_by_score(net):
+    scores = P.snip_scores(net, _snip_loss(net))
+    reference = P.random_mask(net, 0.7, torch.Generator().manual_seed(3))
+    mask = P.keep_top_like(scores, reference)
+    for name in reference:
+        assert int(mask[name].sum()) == int(reference[name].sum())
+        kept, cut = scores[name][mask[name]], scores[name][~mask[name]]
+        assert cut.numel() == 0 or kept.numel() == 0 or cut.max() <= kept.min()

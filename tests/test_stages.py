@@ -121,7 +121,7 @@ def test_evaluate_transfer_report(project):
         run_evaluate(image, "denoise")
     head = json.loads(layout.headline_metrics("f16", "denoise").read_text())
     assert head["round"] == 2  # 0.36 >= 0.3 > 0.2
-    baselines = {"random_global", "random_layer", "snip", "snip_iterative"}
+    baselines = {"random_global", "random_layer", "snip", "snip_layer", "snip_iterative"}
     assert set(head["methods"]) == {"dense", "lip", *baselines, "reinit", "decoder"}
     assert head["methods"]["lip"]["es_psnr"]["mean"] > 10
     lip = fit_metrics("f16", "denoise", 0, 2)
