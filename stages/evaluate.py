@@ -1,9 +1,12 @@
 """Stage evaluate: one image x task. Curves over all IMP rounds, and the headline at the target sparsity.
 
-Headline: LIP (the first round whose nominal sparsity reaches `sparsity`) vs random masks with exactly the
-same number of weights removed (global, and layer-wise matched) vs SNIP vs the dense DIP vs a deep decoder
-with about as many parameters as the LIP net keeps. All start from the same theta_0 (the rewind state) and
-are scored at the oracle best, the last iterate and the ES-WMV stop; mean +- std over seeds.
+Headline: LIP (the first round whose nominal sparsity reaches `sparsity`) vs the baselines of
+evaluate.baselines (random masks with exactly the same number of weights removed, globally and layer-wise
+matched; SNIP one-shot, at LIP's per-layer counts, iterative) vs the dense DIP vs a deep decoder with about
+as many parameters as the LIP net keeps, all from the same theta_0 (the rewind state); and the lottery-ticket
+controls, the LIP mask from a fresh theta_0 (reinit) or, with late rewinding, from theta_0 (lip_theta0).
+Scored at the oracle best, the last iterate and the ES-WMV stop; mean +- std over seeds, and every value
+per seed (results.json) for the report's paired statistics.
 
     python -m stages.evaluate --name f16 --task denoise --obs outs/degrade/f16-denoise \
         --rounds outs/rounds/f16-denoise --out outs/evaluate/f16-denoise --metrics metrics/f16-denoise.json \
