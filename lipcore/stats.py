@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from scipy import stats as _scipy_stats
 
@@ -33,9 +32,6 @@ class Paired:
     verdict: str  # one of VERDICTS
     wins: int  # pairs where A > B
     level: float = LEVEL
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def paired(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Paired:

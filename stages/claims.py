@@ -239,6 +239,13 @@ def claims_section(records: dict[str, dict], transfer: dict[str, Any], multi: di
     return lines
 
 
+def scored_round(rows: list[dict[str, Any]], head: int) -> int:
+    """The multi-image round a claim reads: the headline round, or the highest scored one below it (else the
+    lowest scored)."""
+    scored = sorted({r["round"] for r in rows if r["round"] > 0})
+    return max([k for k in scored if k <= head], default=scored[0])
+
+
 def multi_claims(multi: dict[str, dict], point: str, head: int) -> list[str]:
     claim = "Multi-image masks transfer to unseen images better than single-image masks"
     if not multi:
@@ -246,8 +253,7 @@ def multi_claims(multi: dict[str, dict], point: str, head: int) -> list[str]:
     lines = []
     for group, result in multi.items():
         rows = multi_comparisons(result, point)
-        scored = sorted({r["round"] for r in rows})
-        k = max([r for r in scored if r <= head], default=scored[0])  # the headline round, or the nearest scored
+        k = scored_round(result["rows"], head)
         for r in (r for r in rows if r["round"] == k):
             p = r["vs_single"]
             found = (
@@ -283,8 +289,7 @@ def multi_transfer_claim(claim: str, multi: dict[str, dict], point: str, head: i
     moved, own = [], []
     for result in multi.values():
         rows = result["rows"]
-        scored = sorted({r["round"] for r in rows if r["round"] > 0})
-        k = max([r for r in scored if r <= head], default=scored[0])
+        k = scored_round(rows, head)
         mine = {(r["heldout"], r["seed"]): psnr(r, point) for r in rows if r["round"] == k and r["method"] == "own"}
         for r in rows:
             if r["round"] == k and r["method"].startswith("single_"):

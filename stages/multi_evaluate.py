@@ -41,9 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     layout.MULTI_EVALUATE_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
     multi = params.multi
-    if args.group not in multi.groups:
-        raise ValueError(f"--group {args.group!r} is not a key of multi.groups (have {sorted(multi.groups)})")
-    group, task = multi.groups[args.group], multi.task
+    group, task = multi.group(args.group), multi.task
     degradation = params.task(task).degradation
     fit_cfg = params.fit_for(task)
     net = params.net
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         for image in group.heldout:
             own = args.rounds / layout.pair_id(image, task)
             problem = artifacts.load_problem(args.degrade / layout.pair_id(image, task), degradation, image)
-            start, z = artifacts.load_rewind(layout.round_dir(own, seed, 0), params.net)
+            start, z = artifacts.load_rewind(layout.round_dir(own, seed, 0), net)
             where = {"heldout": image, "seed": seed}
             rows.append({**where, "round": 0, "method": "dense", **fit_record(layout.round_dir(own, seed, 0), 0)})
             planned: list[tuple[int, str, prune.Mask]] = []
@@ -68,14 +66,14 @@ def main(argv: list[str] | None = None) -> None:
                 }
                 for member in group.train:
                     member_round = layout.round_dir(args.rounds / layout.pair_id(member, task), seed, k)
-                    masks[f"single_{member}"] = artifacts.load_round_mask(member_round, params.net, k)
+                    masks[f"single_{member}"] = artifacts.load_round_mask(member_round, net, k)
                 reference = next(iter(masks.values()))
                 gen = generator(params.seed, "multi_random", args.group, image, seed, k)
-                masks["random_global"] = baseline_mask("random_global", params.net, start, z, problem, reference, gen)
+                masks["random_global"] = baseline_mask("random_global", net, start, z, problem, reference, gen)
                 planned += [(k, name, mask) for name, mask in masks.items()]
             log.info("seed %s: %d masks onto held-out %s", seed, len(planned), image)
             trials = [Trial(start, z, problem, mask, fit_seed) for _, _, mask in planned]
-            outcomes = train_and_score(params.net, trials, fit_cfg, "blind", None, params.device)
+            outcomes = train_and_score(net, trials, fit_cfg, "blind", None, params.device)
             for (k, name, mask), outcome in zip(planned, outcomes):
                 scores = {**outcome.scores, "sparsity": {"effective": prune.sparsity(mask)}}
                 rows.append({**where, "round": k, "method": name, **scores})

@@ -34,9 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--parent", type=Path, help="round k-1 directory (rounds >= 1)")
     ap.add_argument("--out", type=Path, required=True)
     args = entry.start(ap, argv)
-    if (args.round == 0) != (args.dense is None and args.parent is None) or (args.dense is None) != (
-        args.parent is None
-    ):
+    if (args.dense is not None, args.parent is not None) != (args.round > 0,) * 2:
         ap.error("round 0 takes neither --dense nor --parent; rounds >= 1 take both")
     inputs = tuple(p for p in (args.degrade, args.dense, args.parent) if p is not None)
     artifacts.check_round_out(args.out, args.seed, args.round, inputs)  # before any work
@@ -44,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     task = params.multi.task
     problem = group_problem(load_group(params, args.group, args.degrade), args.mode)
     if args.round == 0:
-        inputs_z = group_size(args.mode, len(params.multi.groups[args.group].train))
+        inputs_z = group_size(args.mode, len(params.multi.group(args.group).train))
         start = group_initialisation(params.net, params.seed, args.seed, inputs_z, *problem.x_true.shape[-2:])
         dense_round(params, task, problem, args.seed, start, args.out)
     else:
@@ -53,14 +51,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def load_group(params: Params, group: str, degrade: Path) -> list:
     """The observations of a group's training images (multi.task), in the order params lists them."""
-    groups = params.multi.groups
-    if group not in groups:
-        raise ValueError(f"--group {group!r} is not a key of multi.groups in params.yaml (have {sorted(groups)})")
     task = params.multi.task
     degradation = params.task(task).degradation
     return [
         artifacts.load_problem(degrade / layout.pair_id(image, task), degradation, image)
-        for image in groups[group].train
+        for image in params.multi.group(group).train
     ]
 
 

@@ -59,6 +59,20 @@ class EvaluateConfig(Section):
             raise ValueError(f"decoder_layers must be >= 1, got {self.decoder_layers}")
 
 
+def refuse_repeats(key: str, values: tuple) -> None:
+    """Refuse a list that names a value twice (each value names outputs of its own)."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{key}: {repeated} listed more than once (each names outputs of its own)")
+
+
+def refuse_non_names(key: str, names: tuple[str, ...]) -> None:
+    """Refuse values that cannot be file or folder names (they name outputs: data/<image>.png, report/<setting>)."""
+    for name in names:
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"{key}: {name!r} is not a name (it names files and folders: no '/', no leading '.')")
+
+
 TRANSFER_PAIRS = ("all", "across_tasks", "across_images")
 
 
@@ -100,10 +114,7 @@ class GroupDef(Section):
         if both:
             raise ValueError(f"{both} are both training and held-out images; held-out images must be unseen")
         for key in ("train", "heldout"):
-            values = getattr(self, key)
-            repeated = sorted({v for v in values if values.count(v) > 1})
-            if repeated:
-                raise ValueError(f"{key}: {repeated} listed more than once")
+            refuse_repeats(key, getattr(self, key))
 
 
 @dataclass(frozen=True)
@@ -123,11 +134,16 @@ class MultiConfig(Section):
         unknown = sorted(set(self.modes) - set(MODES))
         if unknown:
             raise ValueError(f"modes: unknown mode(s) {unknown}; choose from {list(MODES)}")
-        if len(set(self.modes)) != len(self.modes):
-            raise ValueError(f"modes: {list(self.modes)} lists a mode more than once")
-        for name in self.groups:
-            if not name or "/" in name or "\\" in name or name.startswith("."):
-                raise ValueError(f"groups: {name!r} is not a name (it names folders: no '/', no leading '.')")
+        refuse_repeats("modes", self.modes)
+        refuse_non_names("groups", tuple(self.groups))
+
+    def group(self, name: str) -> GroupDef:
+        """groups[name]; an error naming the defined groups if there is none (a stage handed a wrong --group)."""
+        if name not in self.groups:
+            raise ValueError(
+                f"--group {name!r} is not a key of multi.groups in params.yaml (have {sorted(self.groups)})"
+            )
+        return self.groups[name]
 
 
 @dataclass(frozen=True)
@@ -163,16 +179,10 @@ class Params(Section):
             values = getattr(self, key)
             if not values:
                 raise ValueError(f"{key}: the list is empty; give at least one")
-            repeated = sorted({v for v in values if values.count(v) > 1})
-            if repeated:
-                raise ValueError(f"{key}: {repeated} listed more than once (each names outputs of its own)")
-        for key in ("images", "tasks", "setting"):  # names become file and folder names (data/<image>.png, ...)
-            values = getattr(self, key)
-            for name in [values] if key == "setting" else values:
-                if not name or "/" in name or "\\" in name or name.startswith("."):
-                    raise ValueError(
-                        f"{key}: {name!r} is not a name (it names files and folders: no '/', no leading '.')"
-                    )
+            refuse_repeats(key, values)
+        refuse_non_names("images", self.images)
+        refuse_non_names("tasks", self.tasks)
+        refuse_non_names("setting", (self.setting,))
         ids: dict[str, tuple[str, str]] = {}
         for pair in ((image, task) for image in self.images for task in self.tasks):
             other = ids.setdefault(layout.pair_id(*pair), pair)
