@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[pipeline,dev]"
+.venv/bin/python -m pip install -q -e ".[pipeline,dev,parallel]"
 echo "set-up done: $(.venv/bin/python -c 'import torch, lipcore; print("torch", torch.__version__)')"

@@ -147,6 +147,21 @@ class MultiConfig(Section):
 
 
 @dataclass(frozen=True)
+class ExecutorConfig(Section):
+    """What each stage gets under the parallel executor (stages/parallel.py, Ray): CPU cores (the stage's torch
+    threads) and a share of a GPU (0.25: four stages share one). No stage reads it, so changing it reruns nothing."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.num_cpus) and self.num_cpus >= 1 and float(self.num_cpus).is_integer()):
+            raise ValueError(f"num_cpus: {self.num_cpus}; give a whole number of cores, at least 1 (torch threads)")
+        if not (math.isfinite(self.num_gpus) and 0 <= self.num_gpus and (self.num_gpus <= 1 or self.num_gpus % 1 == 0)):
+            raise ValueError(f"num_gpus: {self.num_gpus}; give 0 (CPU), a fraction of one GPU, or a whole number")
+
+
+@dataclass(frozen=True)
 class Params(Section):
     """params.yaml."""
 
@@ -166,6 +181,7 @@ class Params(Section):
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
     multi: MultiConfig = dataclasses.field(default_factory=MultiConfig)
+    executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

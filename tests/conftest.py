@@ -124,3 +124,72 @@ def run_stage_in_process(stage) -> None:
     argv = shlex.split(stage.cmd)
     assert argv[:2] == ["python", "-m"], stage.cmd
     importlib.import_module(argv[2]).main(argv[3:])
+
+
+# --- the real pipeline in a temporary git repo (tests/test_pipeline_e2e.py, tests/test_parallel.py) ---------------
+
+
+def e2e_params() -> dict:
+    """Tiny params with three images and a multi-image group, so every kind of stage runs."""
+    params = tiny_params(images=["f16", "baby", "kate"])
+    params["multi"]["groups"] = {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}}
+    return params
+
+
+def run_command(cmd: list[str], cwd: Path, env: dict, ok: bool = True) -> str:
+    """Run a command; its stdout and stderr together; with ok=True it must exit with status 0."""
+    import subprocess
+
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert (proc.returncode == 0) == ok, f"{' '.join(cmd)} exited with {proc.returncode}:\n{out}"
+    return out
+
+
+def dvc_project(path: Path, params: dict) -> tuple[Path, dict, str]:
+    """A git + DVC repo at `path` holding the pipeline and `params`; returns (path, env, dvc executable).
+
+    The env runs every stage with one torch thread: fits of a batch (multi-image `shared`) reduce in a
+    thread-count-dependent order, so runs compared byte for byte must use the same count (README: parallel)."""
+    import os
+    import shutil
+    import sys
+
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+    if dvc is None:
+        pytest.fail("dvc is not installed: run setup.sh (pip install -e '.[pipeline,dev]')")
+    make_project(path, params, code=True)
+    env = {
+        **os.environ,
+        # The stages run `python -m stages...`: put this interpreter first on PATH.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(path),
+        "OMP_NUM_THREADS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    run_command(["git", "init", "-q"], path, env)
+    run_command([dvc, "init", "-q"], path, env)
+    return path, env, dvc
+
+
+def locked_outs(path: Path) -> dict[str, dict[str, str]]:
+    """dvc.lock's record of every stage's outputs: {stage: {out path: md5}}."""
+    import yaml
+
+    stages = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
+    return {name: {o["path"]: o["md5"] for o in entry.get("outs", [])} for name, entry in stages.items()}
+
+
+@pytest.fixture(scope="session")
+def repro_project(tmp_path_factory):
+    """`dvc repro` of e2e_params() from scratch, committed to git: (path, env, dvc, its output, dvc.lock's outs
+    right after it)."""
+    path, env, dvc = dvc_project(tmp_path_factory.mktemp("lip"), e2e_params())
+    out = run_command([dvc, "repro"], path, env)
+    run_command(["git", "add", "-A"], path, env)
+    run_command(["git", "commit", "-qm", "repro"], path, env)
+    return path, env, dvc, out, locked_outs(path)

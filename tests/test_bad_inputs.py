@@ -168,6 +168,10 @@ PARAMS_ROWS = {
         ),
         r"multi\.rounds: \[5\] not rounds of imp\.chain \[1, 2\]",
     ),
+    "executor half a core": (_set("executor", {"num_cpus": 0.5}), r"executor: num_cpus: 0\.5; give a whole number"),
+    "executor 1.5 GPUs": (_set("executor", {"num_gpus": 1.5}), r"executor: num_gpus: 1\.5; give 0 \(CPU\), a fraction"),
+    "executor negative GPUs": (_set("executor", {"num_gpus": -1}), r"executor: num_gpus: -1"),
+    "executor unknown key": (_set("executor", {"threads": 2}), r"executor.*threads"),
 }
 
 

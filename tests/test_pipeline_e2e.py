@@ -3,49 +3,15 @@
 output that no imp_round stage reran."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_project, tiny_params
-
-
-def run(cmd, cwd, env):
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out}"
-    return out
+from tests.conftest import run_command as run
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
-    if dvc is None:
-        pytest.fail("dvc is not installed: run setup.sh (pip install -e '.[pipeline,dev]')")
-    params = tiny_params(images=["f16", "baby", "kate"])
-    params["multi"]["groups"] = {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}}
-    path = make_project(tmp_path_factory.mktemp("lip"), params, code=True)
-    # The stages run `python -m stages...`: put this interpreter first on PATH.
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(path),
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    run(["git", "init", "-q"], path, env)
-    run([dvc, "init", "-q"], path, env)
-    out = run([dvc, "repro"], path, env)
-    run(["git", "add", "-A"], path, env)
-    run(["git", "commit", "-qm", "repro"], path, env)
-    return path, env, dvc, out
+def repo(repro_project):
+    return repro_project[:4]
 
 
 def test_repro_produces_every_artifact(repo):

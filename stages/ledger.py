@@ -1,0 +1,75 @@
+"""DVC's side of the parallel executor: which stages there are, in what order, which are out of date, and
+recording a finished stage, all through DVC's own objects, in the steps `dvc repro` takes for one stage
+(dvc.stage.Stage.reproduce -> run -> run_stage):
+
+    changed?  -> remove its outputs -> restore from the run cache, or save its deps and run its cmd
+              -> save (hashes, run cache) -> commit (cache) -> dump (dvc.lock)
+
+so dvc.lock, the cache and the run cache end as `dvc repro` leaves them. Only running the cmd is handed to the
+workers; everything else happens here, one stage at a time, in the driver that holds the repo lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+from dvc.repo import Repo
+from dvc.repo.graph import get_subgraph_of_nodes
+from dvc.repo.reproduce import get_active_graph
+from dvc.stage import Stage
+from dvc.stage.cache import RunCacheNotFoundError
+
+
+@dataclass
+class Plan:
+    """The stages to consider (targets and everything upstream of them, frozen stages left out), each with the
+    stages it depends on and its priority: the longest chain of stages that wait on it (critical path first)."""
+
+    stages: list[Stage]
+    upstream: dict[Stage, list[Stage]]
+    chain: dict[Stage, int] = field(default_factory=dict)
+
+
+def plan(repo: Repo, targets: list[str] | None = None) -> Plan:
+    """What `dvc repro [targets]` would walk, as a DAG."""
+    graph = get_active_graph(repo.index.graph)  # DVC's edges point from a stage to the stages it depends on
+    if targets:
+        wanted = [stage for target in targets for stage in repo.stage.collect(target)]
+        graph = get_subgraph_of_nodes(graph, wanted)  # the targets and everything they depend on
+    stages = list(reversed(list(nx.topological_sort(graph))))  # dependencies first
+    upstream = {stage: list(graph.successors(stage)) for stage in stages}
+    chain: dict[Stage, int] = {}
+    for stage in reversed(stages):  # dependents first: each stage's chain is 1 + its longest dependent's
+        chain[stage] = 1 + max((chain[d] for d in graph.predecessors(stage)), default=0)
+    return Plan(stages, upstream, chain)
+
+
+def is_out_of_date(stage: Stage, upstream: list[Stage]) -> bool:
+    """DVC's own test (`dvc status`): the stage's cmd, params, deps or outs differ from dvc.lock."""
+    if stage.frozen or not stage.cmd:
+        return False
+    return stage.changed(upstream=upstream)
+
+
+def start(repo: Repo, stage: Stage) -> bool:
+    """Prepare a stage to run as `dvc repro` does: its old outputs removed, then restored from the run cache if
+    DVC has run it with these very deps before (then recorded here, and False returned), else its deps saved
+    and True returned: its cmd must run."""
+    stage.remove_outs(ignore_remove=False, force=False)
+    try:
+        repo.stage_cache.restore(stage)
+    except RunCacheNotFoundError:
+        stage.save_deps()
+        return True
+    record(stage)
+    return False
+
+
+def record(stage: Stage) -> None:
+    """After the stage's cmd ran: hash and cache its outputs and write its dvc.lock entry (dvc repro's save,
+    commit and dump); the run cache too, unless an output is not cached (as dvc repro decides)."""
+    uncached = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
+    stage.save(run_cache=not uncached)
+    stage.commit()
+    stage.dump(update_pipeline=False)
