@@ -1,0 +1,170 @@
+"""The paper-scale run on paper: its stages (DVC's own graph of params.paper.yaml), the fits and FLOPs of each,
+the critical path, and the wall time the Ray executor would need on 1, 8 and 64 GPUs at a given throughput.
+
+    python bench/paper_plan.py                             # params.paper.yaml, 100 TFLOP/s achieved per GPU
+    python bench/paper_plan.py --tflops 40 --gpus 1 8 64 --params params.cpu-study.yaml
+
+FLOPs per iteration are counted by torch.utils.flop_counter on the meta device (nothing is computed): one
+forward and backward of the net at the image size; a mask skips no FLOPs, so every fit of a stage costs the
+same per iteration. Fits per stage follow the stage code (stages/evaluate.py, transfer.py, rounds.py,
+multi_*.py); the deep decoder is counted as a fit of the full net (it is far smaller: an upper bound). Each
+stage is placed on one whole GPU; the schedule is the executor's: ready stages, longest remaining chain first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import shlex
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lipcore.nets import build_net  # noqa: E402
+from stages import ledger  # noqa: E402
+from stages.params import Params, load_params  # noqa: E402
+
+
+def flops_per_iteration(params: Params) -> int:
+    """One forward + backward of the skip net on one image of image_size (meta tensors: counted, not run)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        net = build_net(params.net)
+        z = torch.zeros(1, params.net.in_channels, params.image_size, params.image_size)
+    with FlopCounterMode(display=False) as counter:
+        net(z).square().mean().backward()
+    return counter.get_total_flops()
+
+
+def argument(cmd: str, name: str) -> str | None:
+    argv = shlex.split(cmd)
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def fit_iterations(params: Params, task: str) -> int:
+    """Iterations of one round's fits: the search fit (if shorter runs are set) and the evaluation fit."""
+    fit = params.fit_for(task).iterations
+    search = params.imp.search.iterations
+    return fit + (search if search is not None else 0)
+
+
+def stage_iterations(kind: str, cmd: str, params: Params) -> int:
+    """Net-iterations a stage runs (fits x iterations), following the stage code."""
+    seeds = len(params.seeds)
+    rounds = len(params.imp.chain)
+    if kind in ("dense_fit", "imp_round"):
+        return fit_iterations(params, argument(cmd, "--task"))
+    if kind in ("multi_dense_fit", "multi_imp_round"):
+        group = params.multi.groups[argument(cmd, "--group")]
+        return fit_iterations(params, params.multi.task) * len(group.train)  # one batch of the group's images
+    if kind == "evaluate":
+        curves = set(params.evaluate.curve_methods)
+        controls = 2 if params.imp.rewind_iteration else 1  # reinit (and lip_theta0 with late rewinding)
+        per_seed = len(curves) * rounds + len(set(params.evaluate.baselines) - curves) + controls + 1  # + decoder
+        return per_seed * seeds * params.fit_for(argument(cmd, "--task")).iterations
+    if kind == "transfer":
+        pairs = [(i, t) for i in params.images for t in params.tasks]
+        measured = sum(params.transfer.measures(s, t) for s in pairs for t in pairs)
+        mean_its = sum(params.fit_for(t).iterations for _, t in pairs) / len(pairs)
+        return round(measured * seeds * mean_its)
+    if kind == "multi_evaluate":
+        group = params.multi.groups[argument(cmd, "--group")]
+        scored = len(params.multi.rounds or range(1, rounds + 1))
+        per_round = len(params.multi.modes) + len(group.train) + 1  # group masks, members' masks, random
+        return per_round * scored * len(group.heldout) * seeds * params.fit_for(params.multi.task).iterations
+    return 0  # degrade, report: no fit
+
+
+def dvc_plan(params_file: Path) -> ledger.Plan:
+    """DVC's own graph of the pipeline with `params_file` as params.yaml (a scratch copy of the project)."""
+    from dvc.repo import Repo
+
+    scratch = Path(tempfile.mkdtemp(prefix="lip-plan-"))
+    try:
+        shutil.copy(ROOT / "dvc.yaml", scratch / "dvc.yaml")
+        shutil.copy(params_file, scratch / "params.yaml")
+        Repo.init(str(scratch), no_scm=True)
+        with Repo(str(scratch)) as repo:
+            return ledger.plan(repo)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def schedule(plan: ledger.Plan, seconds: dict, gpus: int) -> float:
+    """Makespan of list scheduling on `gpus` GPUs, one stage per GPU, longest remaining chain (in seconds) first."""
+    tail: dict = {}
+    dependents: dict = {s: [] for s in plan.stages}
+    for stage in plan.stages:
+        for up in plan.upstream[stage]:
+            dependents[up].append(stage)
+    for stage in reversed(plan.stages):
+        tail[stage] = seconds[stage] + max((tail[d] for d in dependents[stage]), default=0.0)
+    left = {s: len(plan.upstream[s]) for s in plan.stages}
+    order = {s: i for i, s in enumerate(plan.stages)}
+    ready = [(-tail[s], order[s], s) for s in plan.stages if not left[s]]
+    heapq.heapify(ready)
+    running: list = []  # (finish time, order, stage)
+    now, free = 0.0, gpus
+    while ready or running:
+        while ready and free:
+            _, i, stage = heapq.heappop(ready)
+            heapq.heappush(running, (now + seconds[stage], i, stage))
+            free -= 1
+        now, _, stage = heapq.heappop(running)
+        free += 1
+        for d in dependents[stage]:
+            left[d] -= 1
+            if not left[d]:
+                heapq.heappush(ready, (-tail[d], order[d], d))
+    return now
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", type=Path, default=ROOT / "params.paper.yaml")
+    ap.add_argument("--tflops", type=float, default=100.0, help="achieved TFLOP/s per GPU (assumed, not measured)")
+    ap.add_argument("--gpus", type=int, nargs="+", default=[1, 8, 64])
+    args = ap.parse_args()
+    params = load_params(args.params)
+    plan = dvc_plan(args.params)
+    per_iteration = flops_per_iteration(params)
+    rate = args.tflops * 1e12
+    kinds = {s: s.addressing.split("@")[0] for s in plan.stages}
+    its = {s: stage_iterations(kinds[s], s.cmd, params) for s in plan.stages}
+    seconds = {s: its[s] * per_iteration / rate for s in plan.stages}
+    count, fits = Counter(kinds.values()), Counter()
+    for s in plan.stages:
+        fits[kinds[s]] += its[s]
+    print(
+        f"{args.params.name}: {len(plan.stages)} stages; {per_iteration / 1e9:.1f} GFLOP per iteration "
+        f"({params.image_size} px, net {params.net.channels_down} channels); at {args.tflops:g} TFLOP/s per GPU\n"
+    )
+    print("| stage | count | net-iterations | GPU-hours |")
+    print("|---|---|---|---|")
+    for kind in count:
+        hours = fits[kind] * per_iteration / rate / 3600
+        print(f"| {kind} | {count[kind]} | {fits[kind]:,} | {hours:.1f} |")
+    total = sum(seconds.values())
+    chain = schedule(plan, seconds, gpus=len(plan.stages))  # unlimited GPUs: the critical path
+    print(
+        f"\ntotal {sum(its.values()):,} net-iterations = {sum(its.values()) * per_iteration / 1e18:.2f} EFLOP = "
+        f"{total / 3600:.1f} GPU-hours; critical path {chain / 3600:.1f} h\n"
+    )
+    print("| GPUs | wall time (h) | speed-up vs 1 GPU |")
+    print("|---|---|---|")
+    one = schedule(plan, seconds, 1)
+    for g in args.gpus:
+        wall = schedule(plan, seconds, g)
+        print(f"| {g} | {wall / 3600:.1f} | {one / wall:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
