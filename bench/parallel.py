@@ -41,8 +41,8 @@ def outs(lock: Path) -> dict[str, dict[str, str]]:
     return {name: {o["path"]: o["md5"] for o in entry.get("outs", [])} for name, entry in stages.items()}
 
 
-def one_run(kind: str, params: Path, targets: list[str], scratch: Path) -> dict:
-    clone = scratch / kind.replace(":", "")
+def one_run(kind: str, params: Path, targets: list[str], scratch: Path, index: int) -> dict:
+    clone = scratch / f"{index}-{kind.replace(':', '')}"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     shutil.copy(params, clone / "params.yaml")
     env = {
@@ -83,9 +83,9 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="lip-bench-parallel-"))
     results = []
     try:
-        for kind in args.runs:
+        for index, kind in enumerate(args.runs):
             print(f"running {kind} ...", flush=True)
-            results.append(one_run(kind, args.params.resolve(), args.targets, scratch))
+            results.append(one_run(kind, args.params.resolve(), args.targets, scratch, index))
             print(f"  {results[-1]['seconds']:.0f} s", flush=True)
     finally:
         if args.keep:
