@@ -23,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stages.ledger import locked_outs  # noqa: E402
 
 
 def command(kind: str, targets: list[str]) -> list[str]:
@@ -34,11 +35,6 @@ def command(kind: str, targets: list[str]) -> list[str]:
     if kind.startswith("ray:"):
         return [sys.executable, "-m", "stages.parallel", "--num-cpus", kind.split(":")[1], *targets]
     raise SystemExit(f"--runs: {kind!r} is neither 'repro' nor 'ray:N'")
-
-
-def outs(lock: Path) -> dict[str, dict[str, str]]:
-    stages = yaml.safe_load(lock.read_text())["stages"]
-    return {name: {o["path"]: o["md5"] for o in entry.get("outs", [])} for name, entry in stages.items()}
 
 
 def one_run(kind: str, params: Path, targets: list[str], scratch: Path, index: int) -> dict:
@@ -69,7 +65,7 @@ def one_run(kind: str, params: Path, targets: list[str], scratch: Path, index: i
         "kind": kind,
         "seconds": round(seconds, 1),
         "clean": "up to date" in status,
-        "outs": outs(clone / "dvc.lock"),
+        "outs": locked_outs(clone / "dvc.lock"),
     }
 
 

@@ -12,6 +12,7 @@ workers; everything else happens here, one stage at a time, in the driver that h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import networkx as nx
 from dvc.repo import Repo
@@ -73,3 +74,11 @@ def record(stage: Stage) -> None:
     stage.save(run_cache=not uncached)
     stage.commit()
     stage.dump(update_pipeline=False)
+
+
+def locked_outs(lock: Path) -> dict[str, dict[str, str]]:
+    """What a dvc.lock records of every stage's outputs: {stage: {out path: md5}} (for comparing two runs)."""
+    import yaml
+
+    stages = yaml.safe_load(Path(lock).read_text())["stages"]
+    return {name: {o["path"]: o["md5"] for o in entry.get("outs", [])} for name, entry in stages.items()}

@@ -177,11 +177,10 @@ def dvc_project(path: Path, params: dict) -> tuple[Path, dict, str]:
 
 
 def locked_outs(path: Path) -> dict[str, dict[str, str]]:
-    """dvc.lock's record of every stage's outputs: {stage: {out path: md5}}."""
-    import yaml
+    """dvc.lock's record of every stage's outputs in the project at `path`: {stage: {out path: md5}}."""
+    from stages.ledger import locked_outs as read
 
-    stages = yaml.safe_load((path / "dvc.lock").read_text())["stages"]
-    return {name: {o["path"]: o["md5"] for o in entry.get("outs", [])} for name, entry in stages.items()}
+    return read(path / "dvc.lock")
 
 
 @pytest.fixture(scope="session")
