@@ -21,7 +21,7 @@ from . import artifacts, claims, entry, layout  # noqa: E402
 from .params import load_params  # noqa: E402
 
 GRID = ["clean", "degraded", "dense", "lip", "random_global", "snip", "decoder"]
-METHOD_ORDER = ["dense", "lip", *claims.OPPONENTS]
+METHOD_ORDER = ["dense", "lip", *(m for m in claims.OPPONENTS if m != "dense")]  # each method once
 
 
 def fmt(stat: dict[str, float] | None, digits: int = 2) -> str:
