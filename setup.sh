@@ -9,4 +9,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[pipeline,dev,parallel]"
+# the pretrained DCGAN face generator (lipcore/gan.py reads its weights file only); its declared dependencies
+# (wandb, torchvision, ...) are not needed
+.venv/bin/python -m pip install -q --no-deps gan-face-generate==1.1.1
 echo "set-up done: $(.venv/bin/python -c 'import torch, lipcore; print("torch", torch.__version__)')"

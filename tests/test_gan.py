@@ -1,0 +1,51 @@
+"""The pretrained DCGAN face generator: its published size, the real weights file, plausible output, refusals."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from lipcore import gan
+
+pytest.importorskip("gan_face_generate", reason=f"the generator's weights come from the wheel: {gan.INSTALL}")
+
+
+@pytest.fixture(scope="module")
+def generator() -> gan.DCGANGenerator:
+    return gan.load_pretrained()
+
+
+def test_the_architecture_has_the_published_conv_weight_count():
+    net = gan.DCGANGenerator()
+    assert sum(w.numel() for w in net.conv_weights().values()) == gan.CONV_WEIGHTS == 3_574_784
+    assert list(net.conv_weights()) == [f"main.{i}.weight" for i in (0, 3, 6, 9, 12)]
+
+
+def test_the_real_weights_make_plausible_images(generator):
+    z = torch.randn(4, gan.LATENT_DIM, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = generator(z)
+    assert x.shape == (4, 3, 64, 64)
+    assert -1.0 <= x.min() and x.max() <= 1.0 and x.min() < -0.5 and x.max() > 0.5  # uses the Tanh range
+    assert (x.std(dim=(2, 3)) > 0.05).all()  # structure, not a flat image
+    assert (x[0] - x[1]).abs().mean() > 0.1  # the latent matters
+    # recorded from this file on an AVX2 CPU; a changed file or architecture moves it far beyond rounding
+    assert float(x.double().sum()) == pytest.approx(-16395.4205, abs=0.05)
+
+
+def test_a_missing_wheel_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(gan.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps gan-face-generate==1\.1\.1"):
+        gan.weights_path()
+
+
+def test_an_altered_weights_file_is_refused(tmp_path):
+    copy = tmp_path / "weights.tar"
+    shutil.copy(gan.weights_path(), copy)
+    data = bytearray(copy.read_bytes())
+    data[-100] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is not the weights file of gan-face-generate==1.1.1"):
+        gan.load_pretrained(copy)
