@@ -1,0 +1,75 @@
+"""CSGM: the measurement operator, median-of-means against least squares with outliers, and the batched solver
+equal to solving each image alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lipcore import csgm
+
+
+class TinyGenerator(nn.Module):
+    """A small smooth generator (latent 8 -> 3x8x8) so the solver tests run in a second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 192), nn.Tanh())
+
+    def forward(self, z):
+        return self.net(z).view(-1, 3, 8, 8)
+
+
+def test_gaussian_rows_keep_the_norm_on_average():
+    a = csgm.gaussian_matrix(150, 192, torch.Generator().manual_seed(0))
+    x = torch.randn(50, 192, generator=torch.Generator().manual_seed(1))
+    ratio = (x @ a.T).square().sum(1) / x.square().sum(1)
+    assert ratio.mean() == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("m", [0, -3, 193])
+def test_measurement_counts_outside_1_to_n_are_refused(m):
+    with pytest.raises(ValueError, match=f"m = {m} measurements"):
+        csgm.gaussian_matrix(m, 192, torch.Generator())
+
+
+def test_median_of_means_ignores_outlier_rows_that_least_squares_follows():
+    residual = torch.full((1, 1000), 0.1)
+    residual[0, -20:] = 10_000.0  # one block of 20 corrupted rows
+    assert csgm.measurement_loss(residual, "mom").item() == pytest.approx(0.01)
+    assert csgm.measurement_loss(residual, "ls").item() > 1e6
+
+
+def test_with_outliers_mom_recovers_and_least_squares_breaks():
+    g = TinyGenerator()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = g(torch.randn(2, 8, generator=gen))
+    a, outlier = csgm.with_outliers(csgm.gaussian_matrix(100, 192, gen), count=20, value=10_000.0)
+    y = csgm.measure(a, x, 0.01, gen)
+    y[:, outlier] = 10_000.0
+    errors = {}
+    for loss in csgm.LOSSES:
+        rec = csgm.recover(
+            g, a, y, latent_dim=8, restarts=3, iterations=300, lr=0.05, loss=loss, gen=torch.Generator().manual_seed(1)
+        )
+        errors[loss] = (rec.x - x).square().mean().item()
+    assert errors["mom"] < 0.01 < errors["ls"], errors
+
+
+def test_the_batched_solver_equals_one_image_at_a_time():
+    g = TinyGenerator()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = g(torch.randn(3, 8, generator=gen))
+    a = csgm.gaussian_matrix(60, 192, gen)
+    y = csgm.measure(a, x, 0.01, gen)
+    kw = dict(latent_dim=8, restarts=2, iterations=50, lr=0.05)
+    z0 = torch.randn(3 * 2, 8, generator=torch.Generator().manual_seed(5))
+    together = csgm.recover(g, a, y, z0=z0, **kw)
+    for i in range(3):  # image i's restarts are rows 2i, 2i+1
+        alone = csgm.recover(g, a, y[i : i + 1], z0=z0[2 * i : 2 * i + 2], **kw)
+        assert torch.allclose(alone.x, together.x[i : i + 1], atol=1e-5)
+        assert torch.allclose(alone.loss, together.loss[i : i + 1], rtol=1e-4)
