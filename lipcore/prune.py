@@ -28,8 +28,8 @@ def round_count(fraction: float, n: int) -> int:
 
 
 def prunable(net: nn.Module) -> dict[str, nn.Parameter]:
-    """The conv weights, by parameter name, in `named_parameters()` order."""
-    convs = {f"{name}.weight" for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
+    """The conv weights (Conv2d, and the GAN generator's ConvTranspose2d), by name, in `named_parameters()` order."""
+    convs = {f"{name}.weight" for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
     return {name: p for name, p in net.named_parameters() if name in convs}
 
 
