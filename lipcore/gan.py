@@ -89,3 +89,21 @@ def load_pretrained(path: Path | None = None) -> DCGANGenerator:
     net = DCGANGenerator()
     net.load_state_dict(state)  # strict: every key and shape must match the architecture above
     return net.eval()
+
+
+def save_generator(path: Path, net: DCGANGenerator, metadata: dict | None = None) -> None:
+    """The generator's whole state (weights and BatchNorm statistics) as safetensors: what the pipeline keeps,
+    converted once from the wheel's pickle-based checkpoint."""
+    from .io import save_tensors
+
+    save_tensors(path, {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, metadata or {})
+
+
+def load_generator(path: Path) -> DCGANGenerator:
+    """A generator saved by save_generator, in eval mode (strict: names and shapes must match)."""
+    from .io import load_tensors
+
+    state, _ = load_tensors(path)
+    net = DCGANGenerator()
+    net.load_state_dict(state)
+    return net.eval()

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .config import Section
 from .prune import Mask, apply_mask, dense_mask, magnitude_prune, prunable
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(Section):
+    """Data-free retraining of a pruned generator: Adam steps on fresh latent batches."""
+
     steps: int = 200
     batch: int = 32
     lr: float = 1e-4

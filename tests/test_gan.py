@@ -49,3 +49,11 @@ def test_an_altered_weights_file_is_refused(tmp_path):
     copy.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="is not the weights file of gan-face-generate==1.1.1"):
         gan.load_pretrained(copy)
+
+
+def test_the_safetensors_copy_makes_the_same_images(generator, tmp_path):
+    gan.save_generator(tmp_path / "g.safetensors", generator, {"source": gan.PACKAGE})
+    copy = gan.load_generator(tmp_path / "g.safetensors")
+    z = torch.randn(2, gan.LATENT_DIM, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(copy(z), generator(z))
