@@ -16,7 +16,41 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .config import Section
+
 LOSSES = ("ls", "mom")
+
+
+@dataclass(frozen=True)
+class CsgmConfig(Section):
+    """The compressive-sensing evaluation of a generator (params gan.cs): the measurement counts, the noise,
+    the latent search, and the official code's robust setting (Gaussian rows plus all-ones outlier rows)."""
+
+    m: tuple[int, ...] = (200, 1000, 3000)  # measurements per setting; n = 3 * 64 * 64 = 12,288
+    noise_std: float = 0.01  # in the generator's [-1, 1] units
+    iterations: int = 1500  # Adam steps on z
+    lr: float = 0.01
+    restarts: int = 2  # random starts per image; the lowest measurement loss wins
+    robust_m: int = 1000  # robust setting: robust_m rows, of which `outliers` are corrupted
+    outliers: int = 20
+    outlier_value: float = 10_000.0
+    mom_block: int = 20  # median-of-means block size (rows)
+
+    def __post_init__(self) -> None:
+        n = 3 * 64 * 64
+        object.__setattr__(self, "m", tuple(self.m))
+        bad = [m for m in (*self.m, self.robust_m) if not 0 < m <= n]
+        if bad:
+            raise ValueError(f"m: {bad} measurements; each must be in 1..{n} (the pixels of a 64x64 RGB image)")
+        if not self.m:
+            raise ValueError("m: the list is empty; give at least one measurement count")
+        if self.noise_std < 0 or not self.lr > 0 or self.iterations < 1 or self.restarts < 1:
+            raise ValueError("noise_std must be >= 0, lr > 0, iterations >= 1 and restarts >= 1")
+        if not 0 <= self.outliers < self.robust_m or self.mom_block < 1 or self.robust_m < self.mom_block:
+            raise ValueError(
+                f"robust setting: need 0 <= outliers ({self.outliers}) < robust_m ({self.robust_m}) and "
+                f"1 <= mom_block ({self.mom_block}) <= robust_m"
+            )
 
 
 def gaussian_matrix(m: int, n: int, gen: torch.Generator) -> Tensor:

@@ -73,3 +73,20 @@ def test_the_batched_solver_equals_one_image_at_a_time():
         alone = csgm.recover(g, a, y[i : i + 1], z0=z0[2 * i : 2 * i + 2], **kw)
         assert torch.allclose(alone.x, together.x[i : i + 1], atol=1e-5)
         assert torch.allclose(alone.loss, together.loss[i : i + 1], rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"m": [200, 20000]}, r"m: \[20000\] measurements; each must be in 1\.\.12288"),
+        ({"m": [0]}, r"m: \[0\] measurements"),
+        ({"m": []}, "the list is empty"),
+        ({"outliers": 1000}, r"need 0 <= outliers \(1000\) < robust_m \(1000\)"),
+        ({"restarts": 0}, "restarts >= 1"),
+    ],
+)
+def test_cs_settings_are_checked(change, message):
+    from lipcore.config import from_dict
+
+    with pytest.raises(ValueError, match=message):
+        from_dict(csgm.CsgmConfig, change, key="gan.cs")
