@@ -107,3 +107,24 @@ def load_generator(path: Path) -> DCGANGenerator:
     net = DCGANGenerator()
     net.load_state_dict(state)
     return net.eval()
+
+
+def in_range_images(net: nn.Module, count: int, gen: torch.Generator) -> Tensor:
+    """Images the generator can make exactly: G(z) for `count` latents drawn from `gen` (a stream no training
+    step uses), in [-1, 1]."""
+    z = torch.randn(count, LATENT_DIM, generator=gen)
+    with torch.no_grad():
+        return net.eval()(z)
+
+
+def face_image(path: Path) -> Tensor:
+    """A real test face: a 64x64 RGB file (data/faces) as a (3, 64, 64) image in the generator's [-1, 1]."""
+    from .io import load_image
+
+    x = load_image(path, channels=3)
+    if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(
+            f"{path} is {x.shape[-1]}x{x.shape[-2]}; the generator's test faces must be "
+            f"{IMAGE_SIZE}x{IMAGE_SIZE} (crop and resize it first, as data/faces/SOURCES.md describes)"
+        )
+    return x * 2 - 1

@@ -57,3 +57,21 @@ def test_the_safetensors_copy_makes_the_same_images(generator, tmp_path):
     z = torch.randn(2, gan.LATENT_DIM, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.equal(copy(z), generator(z))
+
+
+def test_test_faces_are_read_in_the_generators_range(tmp_path):
+    from tests.conftest import ROOT
+
+    x = gan.face_image(ROOT / "data" / "faces" / "lenna.png")
+    assert x.shape == (3, 64, 64) and -1 <= x.min() < 0 < x.max() <= 1
+    from PIL import Image
+
+    Image.new("RGB", (65, 64)).save(tmp_path / "wide.png")
+    with pytest.raises(ValueError, match=r"wide\.png is 65x64; the generator's test faces must be 64x64"):
+        gan.face_image(tmp_path / "wide.png")
+
+
+def test_in_range_images_come_from_the_generator(generator):
+    a = gan.in_range_images(generator, 3, torch.Generator().manual_seed(7))
+    b = gan.in_range_images(generator, 3, torch.Generator().manual_seed(7))
+    assert a.shape == (3, 3, 64, 64) and torch.equal(a, b)
