@@ -345,6 +345,15 @@ class SearchConfig(Section):
         return derive(evaluation, iterations=self.iterations)
 
 
+def round_chain(chain: Any) -> tuple[tuple[int, int], ...]:
+    """An IMP chain [[1, 0], [2, 1], ...] as a tuple of (round, parent) pairs, refused unless in that order."""
+    pairs = tuple(tuple(int(v) for v in pair) for pair in chain)
+    for i, pair in enumerate(pairs, start=1):
+        if pair != (i, i - 1):
+            raise ValueError(f"chain entry {i} is {list(pair)}; expected [{i}, {i - 1}] (rounds chain in order)")
+    return pairs
+
+
 @dataclass(frozen=True)
 class ImpConfig(Section):
     """Iterative magnitude pruning (params.yaml's `imp`): what a round removes, what it rewinds to, how its
@@ -365,10 +374,7 @@ class ImpConfig(Section):
             raise ValueError(f"prune scope must be 'global' or 'layer', got {self.scope!r}")
         if self.rewind_iteration < 0:
             raise ValueError(f"rewind_iteration must be >= 0, got {self.rewind_iteration}")
-        object.__setattr__(self, "chain", tuple(tuple(int(v) for v in pair) for pair in self.chain))
-        for i, pair in enumerate(self.chain, start=1):
-            if pair != (i, i - 1):
-                raise ValueError(f"chain entry {i} is {list(pair)}; expected [{i}, {i - 1}] (rounds chain in order)")
+        object.__setattr__(self, "chain", round_chain(self.chain))
 
     @property
     def rounds(self) -> list[int]:

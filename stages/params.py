@@ -23,9 +23,12 @@ from lipcore.config import (
     NetConfig,
     Section,
     from_dict,
+    round_chain,
     unrecorded,
     with_keys,
 )
+from lipcore.csgm import CsgmConfig
+from lipcore.gan_prune import DistillConfig
 from lipcore.imp import headline_round
 from lipcore.physics import cs_measurements
 from lipcore.runtime import resolve_device
@@ -147,6 +150,28 @@ class MultiConfig(Section):
 
 
 @dataclass(frozen=True)
+class GanConfig(Section):
+    """The GAN compressive-sensing study (README: "GAN compressive sensing"): IMP rounds on the pretrained DCGAN
+    face generator, retrained by distillation, scored by CSGM on in-range images and real faces."""
+
+    fraction: float = 0.2  # of the remaining conv weights per round (the LIP GAN code's 20%)
+    chain: tuple[tuple[int, int], ...] = ((1, 0), (2, 1), (3, 2))  # [round, parent], as imp.chain
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    cs: CsgmConfig = dataclasses.field(default_factory=CsgmConfig)
+    in_range: int = 4  # test images the dense generator makes from an unused latent stream
+    faces: tuple[str, ...] = ("baby", "woman", "face", "foreman", "lenna", "barbara")  # data/faces/<name>.png
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
+        object.__setattr__(self, "chain", round_chain(self.chain))
+        if self.in_range < 0:
+            raise ValueError(f"in_range: {self.in_range}; give a count >= 0")
+        refuse_repeats("faces", self.faces)
+        refuse_non_names("faces", self.faces)
+
+
+@dataclass(frozen=True)
 class ExecutorConfig(Section):
     """What each stage gets under the parallel executor (stages/parallel.py, Ray): CPU cores (the stage's torch
     threads) and a share of a GPU (0.25: four stages share one). No stage reads it, so changing it reruns nothing."""
@@ -181,6 +206,7 @@ class Params(Section):
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     transfer: TransferConfig = dataclasses.field(default_factory=TransferConfig)
     multi: MultiConfig = dataclasses.field(default_factory=MultiConfig)
+    gan: GanConfig = dataclasses.field(default_factory=GanConfig)
     executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:

@@ -172,6 +172,10 @@ PARAMS_ROWS = {
     "executor 1.5 GPUs": (_set("executor", {"num_gpus": 1.5}), r"executor: num_gpus: 1\.5; give 0 \(CPU\), a fraction"),
     "executor negative GPUs": (_set("executor", {"num_gpus": -1}), r"executor: num_gpus: -1"),
     "executor unknown key": (_set("executor", {"threads": 2}), r"executor.*threads"),
+    "gan chain out of order": (_set("gan", {"chain": [[1, 0], [3, 2]]}), r"gan: chain entry 2 is \[3, 2\]"),
+    "gan more measurements than pixels": (_set("gan", {"cs": {"m": [20000]}}), r"m: \[20000\] measurements"),
+    "gan no measurements": (_set("gan", {"cs": {"m": [0]}}), r"m: \[0\] measurements"),
+    "gan face twice": (_set("gan", {"faces": ["baby", "baby"]}), r"faces.*baby"),
 }
 
 
