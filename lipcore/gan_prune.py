@@ -42,13 +42,16 @@ def distill(
     student.eval()  # BatchNorm with the pretrained statistics (module docstring)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    for p in student.parameters():  # a copy of a frozen teacher (rewound) is frozen too
+        p.requires_grad_(True)
     apply_mask(student, mask)
+    device = next(student.parameters()).device
     weights = prunable(student)
     masked = [(weights[n], mask[n].to(weights[n])) for n in mask]
-    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
+    opt = torch.optim.Adam(list(student.parameters()), lr=cfg.lr)
     losses = []
     for _ in range(cfg.steps):
-        z = torch.randn(cfg.batch, latent_dim, generator=gen)
+        z = torch.randn(cfg.batch, latent_dim, generator=gen).to(device)  # drawn on the CPU: the same on any device
         with torch.no_grad():
             target = teacher(z)
         loss = (student(z) - target).square().mean()

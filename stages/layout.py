@@ -19,6 +19,8 @@ ROUNDS = Path("outs/rounds")
 EVALUATE = Path("outs/evaluate")
 TRANSFER = Path("outs/transfer")
 MULTI = Path("outs/multi")
+GAN = Path("outs/gan")  # the GAN compressive-sensing study
+FACES = DATA / "faces"  # its real test faces, 64x64
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORT = Path("report")
@@ -84,6 +86,49 @@ def iteration_plot(image: str, task: str) -> Path:
 
 
 TRANSFER_METRICS = METRICS / "transfer.json"
+
+# ---------------------------------------------------------------- the GAN study
+
+GAN_ROUNDS = GAN / "rounds"  # r0: the pretrained generator; r<k>: IMP round k (LIP and its random control)
+GAN_TESTSET = GAN / "testset"
+GAN_CS = GAN / "cs"  # m<m>: CSGM with every generator and FISTA-DCT; robust: the outlier setting
+GAN_DIP = GAN / "dip"  # m<m>: the DIP baselines
+GAN_EVALUATE = EVALUATE / "gan"
+GAN_METRICS = METRICS / "gan.json"
+GAN_PLOTS = PLOTS / "gan"
+
+
+def face_file(name: str) -> Path:
+    return FACES / f"{name}.png"
+
+
+def gan_round_dir(k: int, rounds: Path = GAN_ROUNDS) -> Path:
+    """GAN IMP round k (0: the pretrained generator) inside a rounds directory."""
+    return Path(rounds) / f"r{k}"
+
+
+def gan_cs_dir(m: int) -> Path:
+    return GAN_CS / f"m{m}"
+
+
+def gan_dip_dir(m: int) -> Path:
+    return GAN_DIP / f"m{m}"
+
+
+GAN_ROBUST = GAN_CS / "robust"
+GAN_SPARSITY_PLOT = GAN_PLOTS / "mse_vs_sparsity.csv"
+GAN_M_PLOT = GAN_PLOTS / "mse_vs_m.csv"
+
+# inside a GAN round directory (r0: GENERATOR only)
+GENERATOR = "generator.safetensors"  # the whole state: conv weights (masked) and BatchNorm
+RANDOM_GENERATOR = "random_generator.safetensors"  # the random-pruning control, retrained the same way
+RANDOM_MASK = "random_mask.safetensors"
+# inside the test-set directory
+TESTSET = "testset.safetensors"  # images (N, 3, 64, 64) in [-1, 1]; metadata: names, kinds
+TESTSET_PNG = "testset.png"
+# inside a GAN CS / DIP directory: every method's recovered images and per-image numbers
+RECOVERED = "recovered.safetensors"
+GAN_GRID = "grid_gan_m{m}.png"  # report: truth, adjoint, each method
 
 # ---------------------------------------------------------------- files inside a degrade directory
 
@@ -159,4 +204,10 @@ ROUND_OUT = OutputDir(
 EVALUATE_OUT = OutputDir("evaluate", RESULTS, (RESULTS, method_png("*")))
 TRANSFER_OUT = OutputDir("transfer", MATRIX, (MATRIX,))
 MULTI_EVALUATE_OUT = OutputDir("multi_evaluate", RESULTS, (RESULTS,))
-REPORT_OUT = OutputDir("report", REPORT_MD, (REPORT_MD, CURVES_PNG, grid_png("*")))
+GAN_ROUND_OUT = OutputDir(
+    "gan_prepare / gan_imp_round", FIT_METRICS, (GENERATOR, MASK, RANDOM_GENERATOR, RANDOM_MASK, FIT_METRICS)
+)
+GAN_TESTSET_OUT = OutputDir("gan_prepare", TESTSET, (TESTSET, TESTSET_PNG))
+GAN_CS_OUT = OutputDir("gan_cs / gan_robust / gan_dip", RESULTS, (RESULTS, RECOVERED))
+GAN_EVALUATE_OUT = OutputDir("gan_evaluate", RESULTS, (RESULTS, GAN_GRID.format(m="*")))
+REPORT_OUT = OutputDir("report", REPORT_MD, (REPORT_MD, CURVES_PNG, grid_png("*"), "gan_*.png"))

@@ -28,6 +28,7 @@ from lipcore.config import (
     with_keys,
 )
 from lipcore.csgm import CsgmConfig
+from lipcore.fista import FistaConfig
 from lipcore.gan_prune import DistillConfig
 from lipcore.imp import headline_round
 from lipcore.physics import cs_measurements
@@ -150,6 +151,18 @@ class MultiConfig(Section):
 
 
 @dataclass(frozen=True)
+class GanDipConfig(Section):
+    """The DIP baselines of the GAN study: the untrained skip net (params net) fitted to each test image's CS
+    measurements, dense and with a LIP ticket of the single-image pipeline (transferred, not searched on CS)."""
+
+    ticket: str = "f16-denoise"  # <image>-<task> of images x tasks: its IMP round at the headline sparsity
+    seed: int = 0  # one of seeds: theta_0, z and the ticket's initialisation
+    fit: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"iterations": 300, "reg_noise_std": 0.03, "ema_weight": 0.0}
+    )  # overrides of the `fit` section for these fits
+
+
+@dataclass(frozen=True)
 class GanConfig(Section):
     """The GAN compressive-sensing study (README: "GAN compressive sensing"): IMP rounds on the pretrained DCGAN
     face generator, retrained by distillation, scored by CSGM on in-range images and real faces."""
@@ -160,6 +173,9 @@ class GanConfig(Section):
     cs: CsgmConfig = dataclasses.field(default_factory=CsgmConfig)
     in_range: int = 4  # test images the dense generator makes from an unused latent stream
     faces: tuple[str, ...] = ("baby", "woman", "face", "foreman", "lenna", "barbara")  # data/faces/<name>.png
+    tune_face: str = "man"  # data/faces/<name>.png, not a test face: picks FISTA's lambda per m
+    fista: FistaConfig = dataclasses.field(default_factory=FistaConfig)
+    dip: GanDipConfig = dataclasses.field(default_factory=GanDipConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction < 1.0:
@@ -167,8 +183,17 @@ class GanConfig(Section):
         object.__setattr__(self, "chain", round_chain(self.chain))
         if self.in_range < 0:
             raise ValueError(f"in_range: {self.in_range}; give a count >= 0")
+        if self.in_range + len(self.faces) < 2:
+            raise ValueError("in_range + faces: the study needs at least 2 test images (a paired interval)")
         refuse_repeats("faces", self.faces)
-        refuse_non_names("faces", self.faces)
+        refuse_non_names("faces", (*self.faces, self.tune_face))
+        if self.tune_face in self.faces:
+            raise ValueError(f"tune_face: {self.tune_face!r} is a test face; pick FISTA's lambda on another image")
+        refuse_repeats("cs.m", self.cs.m)
+
+    @property
+    def rounds(self) -> tuple[int, ...]:
+        return tuple(k for k, _ in self.chain)
 
 
 @dataclass(frozen=True)
@@ -241,6 +266,7 @@ class Params(Section):
         self._check_image_size()
         self._check_degradations()
         self._check_multi()
+        self._check_gan()
         with unrecorded():
             headline_round(self.sparsity, self.imp)  # enough rounds in imp.chain: refused before any round runs
         try:
@@ -301,6 +327,26 @@ class Params(Section):
                 bad = sorted(set(multi.rounds) - set(self.imp.rounds))
                 if bad or not multi.rounds:
                     raise ValueError(f"multi.rounds: {bad or '[]'} not rounds of imp.chain {list(self.imp.rounds)}")
+
+    def _check_gan(self) -> None:
+        """The GAN study's DIP baselines use a listed problem's ticket and a listed seed."""
+        with unrecorded():
+            dip = self.gan.dip
+            pairs = [layout.pair_id(i, t) for i in self.images for t in self.tasks]
+            if dip.ticket not in pairs:
+                raise ValueError(f"gan.dip.ticket: {dip.ticket!r} is not one of the problems {pairs} (<image>-<task>)")
+            if dip.seed not in self.seeds:
+                raise ValueError(f"gan.dip.seed: {dip.seed} is not one of seeds {list(self.seeds)}")
+            from_dict(FitConfig, {**dataclasses.asdict(self.fit), **dip.fit}, "gan.dip.fit")
+
+    def gan_dip_fit(self) -> FitConfig:
+        """The `fit` section with gan.dip.fit on top: the GAN study's DIP fits."""
+        over = self.gan.dip.fit
+        with unrecorded():
+            cfg = from_dict(FitConfig, {**dataclasses.asdict(self.fit), **over}, "gan.dip.fit")
+        keys = {f.name: f"fit.{f.name}" for f in dataclasses.fields(FitConfig)}
+        keys.update({k: f"gan.dip.fit.{k}" for k in over})
+        return with_keys(cfg, keys)
 
     def multi_rounds(self) -> tuple[int, ...]:
         """The IMP rounds whose multi-image masks are scored on held-out images."""

@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 
 from lipcore import io  # noqa: E402
 
-from . import artifacts, claims, entry, layout  # noqa: E402
+from . import artifacts, claims, entry, gan_report, layout  # noqa: E402
 from .params import load_params  # noqa: E402
 
 GRID = ["clean", "degraded", "dense", "lip", "random_global", "snip", "decoder"]
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
                 "",
             ]
         lines += transfer_table(transfer, ids)
+        lines += ["", *gan_report.section(args.evaluate / layout.GAN_EVALUATE.name, tmp)]
         (tmp / layout.REPORT_MD).write_text("\n".join(lines) + "\n")
 
 

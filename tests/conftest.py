@@ -79,12 +79,34 @@ def tiny_params(**overrides) -> dict:
         "transfer": {"pairs": "all"},
         # dvc.yaml interpolates multi.*: every key present (no group: no multi-image stage)
         "multi": {"task": "denoise", "modes": ["shared"], "rounds": None, "groups": {}},
+        # the GAN study at its smallest: one round, one image of each kind, a few steps (the generator is real)
+        "gan": {
+            "fraction": 0.2,
+            "chain": [[1, 0]],
+            "distill": {"steps": 2, "batch": 2, "lr": 1e-4},
+            "in_range": 1,
+            "faces": ["baby"],
+            "tune_face": "man",
+            "cs": {
+                "m": [100],
+                "iterations": 3,
+                "lr": 0.05,
+                "restarts": 1,
+                "robust_m": 60,
+                "outliers": 2,
+                "mom_block": 10,
+            },
+            "fista": {"iterations": 3, "lambdas": [0.01, 0.1]},
+            "dip": {"ticket": "f16-denoise", "seed": 0, "fit": {"iterations": 6}},
+        },
     }
     params.update(overrides)
     return params
 
 
-PROJECT_FILES = ["dvc.yaml", ".dvcignore", "data/f16.png", "data/baby.png", "data/kate.png", "data/masks"]
+PROJECT_FILES = [
+    *("dvc.yaml", ".dvcignore", "data/f16.png", "data/baby.png", "data/kate.png", "data/masks", "data/faces"),
+]
 
 
 def make_project(path: Path, params: dict, code: bool = False) -> Path:

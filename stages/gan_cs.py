@@ -1,0 +1,77 @@
+"""Stage gan_cs: compressive sensing of the test set at one measurement count m, with every generator.
+
+y = A x + noise (A Gaussian, N(0, 1/m) entries; gan.cs.noise_std in the generator's [-1, 1] units). Each
+generator (dense, lip@k, random@k, rewind@k) recovers x_hat = G(z_hat) by CSGM: Adam on z from gan.cs.restarts
+starts per image, the same starts for every generator, the restart kept by its measurement loss. Beside them:
+FISTA in the 2-D DCT, its lambda picked on gan.tune_face (not a test image), and the adjoint A^T y (scaled to
+the least-squares fit along it) as the no-prior reference.
+
+    python -m stages.gan_cs --m 1000 --rounds outs/gan/rounds --testset outs/gan/testset --faces data/faces \
+        --out outs/gan/cs/m1000
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lipcore.fista import fista_dct, pick_lambda
+from lipcore.gan import face_image
+
+from . import entry, gan_study, layout
+from .params import load_params
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = entry.parser(__doc__)
+    ap.add_argument("--m", type=int, required=True, help="measurements (one of gan.cs.m)")
+    ap.add_argument("--rounds", type=Path, required=True)
+    ap.add_argument("--testset", type=Path, required=True)
+    ap.add_argument("--faces", type=Path, required=True, help="directory holding gan.tune_face")
+    ap.add_argument("--out", type=Path, required=True)
+    args = entry.start(ap, argv)
+    layout.GAN_CS_OUT.check(args.out)
+    params = load_params(args.params)
+    gan_study.check_m(args.m)
+    x, names, kinds = gan_study.load_testset(args.testset)
+    nets = gan_study.generators(params, args.rounds)
+    a, y = gan_study.measurements(params, args.m, x)
+    z0 = gan_study.start_latents(params, args.m, len(names))
+
+    recovered, rows = {}, {}
+    for method, net in nets.items():
+        got = gan_study.search(params, net, a, y, z0)
+        recovered[method] = got.x
+        rows[method] = gan_study.per_image(got.x, x, names, {"measurement_loss": got.loss})
+
+    fista = params.gan.fista
+    tune = face_image(args.faces / f"{params.gan.tune_face}.png")[None]
+    tune_a, tune_y = gan_study.measurements(params, args.m, tune, stream="tune")
+    lam, tried = pick_lambda(tune_a, tune_y, tune, fista.lambdas, fista.iterations)
+    recovered["fista"] = fista_dct(a, y, tuple(x.shape[1:]), lam, fista.iterations)
+    rows["fista"] = gan_study.per_image(recovered["fista"], x, names)
+    recovered["adjoint"] = adjoint(a, y, x.shape)
+    rows["adjoint"] = gan_study.per_image(recovered["adjoint"], x, names)
+
+    results = {
+        "m": args.m,
+        "images": names,
+        "kinds": kinds,
+        "fista": {"lambda": lam, "lambdas": list(fista.lambdas), "tune_mse": tried, "tune_face": params.gan.tune_face},
+        "methods": rows,
+    }
+    with layout.GAN_CS_OUT.write(args.out) as tmp:
+        gan_study.write_recoveries(tmp, recovered, results)
+
+
+def adjoint(a: torch.Tensor, y: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A^T y scaled per image by the least-squares step along it (what an image looks like with no prior)."""
+    back = y @ a
+    fwd = back @ a.T
+    scale = (fwd * y).sum(1, keepdim=True) / fwd.square().sum(1, keepdim=True).clamp_min(1e-12)
+    return (scale * back).view(shape).clamp(-1, 1)
+
+
+if __name__ == "__main__":
+    entry.run(main)

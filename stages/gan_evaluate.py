@@ -1,0 +1,175 @@
+"""Stage gan_evaluate: the GAN study's numbers, in one place, for the report and `dvc metrics`.
+
+Per measurement count m and method: per-pixel MSE (the generator's [-1, 1] units, as the paper) and PSNR
+([0, 1] units), mean +- std over the test images, separately for in-range images and real faces; the paired
+difference LIP-G - dense-G per image (same images, same measurements, same starting latents) with its 95%
+Student-t interval (lipcore.stats); the robust setting (ERM vs MOM); a grid of images per m.
+
+    python -m stages.gan_evaluate --testset outs/gan/testset --rounds outs/gan/rounds --cs outs/gan/cs \
+        --dip outs/gan/dip --out outs/evaluate/gan --metrics metrics/gan.json \
+        --sparsity-plot plots/gan/mse_vs_sparsity.csv --m-plot plots/gan/mse_vs_m.csv
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lipcore import io
+from lipcore.stats import paired, verdict
+
+from . import artifacts, entry, gan_study, layout
+from .params import load_params
+
+GRID_METHODS = ("adjoint", "fista", "dense", "lip", "random", "rewind", "dip", "dip_lip")  # columns after the truth
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = entry.parser(__doc__)
+    ap.add_argument("--testset", type=Path, required=True)
+    ap.add_argument("--rounds", type=Path, required=True)
+    ap.add_argument("--cs", type=Path, required=True)
+    ap.add_argument("--dip", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--metrics", type=entry.output_file(".json", ("m",)), required=True)
+    ap.add_argument("--sparsity-plot", type=entry.output_file(".csv", ("sparsity",)), required=True)
+    ap.add_argument("--m-plot", type=entry.output_file(".csv", ("m",)), required=True)
+    args = entry.start(ap, argv)
+    layout.GAN_EVALUATE_OUT.check(args.out)
+    params = load_params(args.params)
+    gan = params.gan
+    x, names, kinds = gan_study.load_testset(args.testset)
+    rounds = [
+        artifacts.read_record(layout.gan_round_dir(k, args.rounds) / layout.FIT_METRICS, ("round", "sparsity"))
+        for k in (0, *gan.rounds)
+    ]
+    last = gan.rounds[-1]
+
+    per_m, grids, lambdas = {}, {}, {}
+    for m in gan.cs.m:
+        cs, cs_x = read(layout.gan_cs_dir(m).name, args.cs, m)
+        dip, dip_x = read(layout.gan_dip_dir(m).name, args.dip, m)
+        methods = {**cs["methods"], **dip["methods"]}
+        for name, rows in methods.items():
+            if [r["image"] for r in rows] != names:
+                raise ValueError(f"{args.cs} / {args.dip}: method {name} at m={m} scored other images; rerun it")
+        lambdas[m] = cs["fista"]["lambda"]
+        per_m[m] = {
+            "methods": {name: summary(rows, kinds) for name, rows in methods.items()},
+            "paired_vs_dense": {
+                f"{kind}@{k}": paired_mse(methods[f"{kind}@{k}"], methods["dense"], kinds)
+                for kind in ("lip", "random", "rewind")
+                for k in gan.rounds
+            },
+        }
+        images = {**cs_x, **dip_x}
+        ticket = next(n for n in dip_x if n.startswith("dip_lip@"))
+        columns = {
+            "adjoint": "adjoint",
+            "fista": "fista",
+            "dense": "dense",
+            "lip": f"lip@{last}",
+            "random": f"random@{last}",
+            "rewind": f"rewind@{last}",
+            "dip": "dip",
+            "dip_lip": ticket,
+        }
+        grids[m] = torch.cat([x, *(images[columns[c]] for c in GRID_METHODS)], dim=-1)  # one row per image
+
+    robust, _ = read(layout.GAN_ROBUST.name, args.cs, gan.cs.robust_m)
+    results: dict[str, Any] = {
+        "images": names,
+        "kinds": kinds,
+        "rounds": rounds,
+        "fista_lambda": {str(m): lam for m, lam in lambdas.items()},
+        "m": {str(m): v for m, v in per_m.items()},
+        "robust": {
+            **{k: robust[k] for k in ("m", "outliers", "outlier_value", "mom_block")},
+            "methods": {name: summary(rows, kinds) for name, rows in robust["methods"].items()},
+        },
+        "grid_columns": ["truth", *GRID_METHODS],
+        "grid_round": last,
+    }
+    with layout.GAN_EVALUATE_OUT.write(args.out) as tmp:
+        io.write_json(tmp / layout.RESULTS, results)
+        for m, grid in grids.items():
+            io.save_png(((torch.cat(list(grid), dim=-2) + 1) / 2)[None], tmp / layout.GAN_GRID.format(m=m))
+    io.write_json(args.metrics, metrics(per_m, results["robust"]))
+    artifacts.write_csv(args.sparsity_plot, *sparsity_rows(per_m, rounds))
+    artifacts.write_csv(args.m_plot, *m_rows(per_m))
+
+
+def read(name: str, parent: Path, m: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """One gan_cs / gan_robust / gan_dip directory: its results.json and recovered images, checked for m."""
+    path = Path(parent) / name
+    record = artifacts.read_record(path / layout.RESULTS, ("m", "images", "methods"))
+    if record["m"] != m:
+        raise ValueError(f"{path} holds m={record['m']}, expected m={m}; rerun its stage")
+    recovered, _ = io.load_tensors(path / layout.RECOVERED)
+    return record, recovered
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summary(rows: list[dict], kinds: list[str]) -> dict[str, Any]:
+    """MSE and PSNR mean +- std over all test images and per kind (in_range, face), and the per-image values."""
+    out: dict[str, Any] = {"per_image": {r["image"]: r["mse"] for r in rows}}
+    for kind in ("all", *gan_study.KINDS):
+        chosen = [r for r, k in zip(rows, kinds) if kind in ("all", k)]
+        if chosen:
+            out[kind] = {key: mean_std([r[key] for r in chosen]) for key in ("mse", "psnr")}
+    return out
+
+
+def paired_mse(method: list[dict], dense: list[dict], kinds: list[str]) -> dict[str, Any]:
+    """method - dense MSE per image, its mean and 95% interval, per kind; the verdict reads lower MSE as better."""
+    out = {}
+    for kind in ("all", *gan_study.KINDS):
+        idx = [i for i, k in enumerate(kinds) if kind in ("all", k)]
+        if not idx:
+            continue
+        p = paired([method[i]["mse"] for i in idx], [dense[i]["mse"] for i in idx])
+        better = "too few pairs" if p.verdict == "too few pairs" else verdict(-p.high, -p.low)
+        out[kind] = {"n": p.n, "mean": p.mean, "low": p.low, "high": p.high, "verdict": better, "lower": p.n - p.wins}
+    return out
+
+
+def metrics(per_m: dict[int, Any], robust: dict[str, Any]) -> dict[str, Any]:
+    """metrics/gan.json (dvc metrics show / diff): mean MSE of every method at every m, and the robust setting."""
+    out: dict[str, Any] = {
+        f"m{m}": {name: round(v["all"]["mse"]["mean"], 6) for name, v in entry_["methods"].items()}
+        for m, entry_ in per_m.items()
+    }
+    out["robust"] = {name: round(v["all"]["mse"]["mean"], 6) for name, v in robust["methods"].items()}
+    out["m"] = list(per_m)
+    return out
+
+
+def sparsity_rows(per_m: dict[int, Any], rounds: list[dict]) -> tuple[list[dict], list[str]]:
+    """MSE vs sparsity: one row per round (0: dense), a column per method and m."""
+    columns = ["sparsity"] + [f"{kind}_m{m}" for m in per_m for kind in ("lip", "random", "rewind")]
+    rows = []
+    for r in rounds:
+        row: dict[str, Any] = {"sparsity": r["sparsity"]}
+        for m, entry_ in per_m.items():
+            for kind in ("lip", "random", "rewind"):
+                name = "dense" if r["round"] == 0 else f"{kind}@{r['round']}"
+                row[f"{kind}_m{m}"] = entry_["methods"][name]["all"]["mse"]["mean"]
+        rows.append(row)
+    return rows, columns
+
+
+def m_rows(per_m: dict[int, Any]) -> tuple[list[dict], list[str]]:
+    """MSE vs m: one row per m, a column per method."""
+    names = list(next(iter(per_m.values()))["methods"])
+    rows = [{"m": m, **{n: e["methods"][n]["all"]["mse"]["mean"] for n in names}} for m, e in per_m.items()]
+    return rows, ["m", *names]
+
+
+if __name__ == "__main__":
+    entry.run(main)

@@ -1,0 +1,174 @@
+"""The report's GAN compressive-sensing section (from gan_evaluate's results.json): tables of MSE per method
+and m, the paired LIP-G - dense-G differences, the robust setting, MSE vs sparsity and vs m, and image grids."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from lipcore import io
+
+from . import artifacts, layout
+
+SPARSITY_PNG = "gan_mse_vs_sparsity.png"
+M_PNG = "gan_mse_vs_m.png"
+CURVE_KINDS = ("lip", "random", "rewind")
+
+
+def section(gan_dir: Path, out: Path) -> list[str]:
+    """The section's Markdown lines; its figures written into `out` (the report folder being made)."""
+    res = artifacts.read_record(Path(gan_dir) / layout.RESULTS, ("m", "rounds", "robust", "images", "kinds"))
+    ms = list(res["m"])
+    rounds = res["rounds"]
+    sparsity_figure(res, out / SPARSITY_PNG)
+    m_figure(res, out / M_PNG)
+    n_range, n_face = res["kinds"].count("in_range"), res["kinds"].count("face")
+    levels = ", ".join(f"{r['sparsity']:.1%}" for r in rounds[1:])
+    faces = ", ".join(n for n, k in zip(res["images"], res["kinds"]) if k == "face")
+    lines = [
+        "## GAN compressive sensing: a pruned pretrained generator as the prior",
+        "",
+        f"The DCGAN face generator of `gan-face-generate` (3,574,784 conv weights), pruned by IMP "
+        f"({levels}), each round rewound to the pretrained "
+        "weights and retrained by distillation from the dense generator; *random*: a random mask with the same "
+        "sparsity in every layer, retrained the same way; *rewind*: the LIP mask on the pretrained weights, not "
+        f"retrained. CSGM on {n_range} in-range images (made by the dense generator) and {n_face} real faces "
+        f"({faces}). Per-pixel MSE in [-1, 1] "
+        "units (lower is better), mean ± std over the images.",
+        "",
+        *verdict_lines(res),
+        "",
+    ]
+    for m in ms:
+        lines += [f"### m = {m} measurements ({int(m) / 12288:.1%} of n)", "", *mse_table(res["m"][m]), ""]
+        lines += [*paired_table(res["m"][m], [r["round"] for r in rounds[1:]]), ""]
+        grid = layout.GAN_GRID.format(m=m)
+        shutil.copyfile(Path(gan_dir) / grid, out / grid)
+        lines += [
+            f"Columns: {', '.join(res['grid_columns'])} (round {res['grid_round']}); rows: the test images.",
+            "",
+            f"![m={m}]({grid})",
+            "",
+        ]
+    lines += [f"![MSE vs sparsity]({SPARSITY_PNG})", "", f"![MSE vs m]({M_PNG})", "", *robust_lines(res["robust"])]
+    return lines
+
+
+def stat(v: dict[str, Any], kind: str) -> str:
+    s = v.get(kind)
+    return "–" if s is None else f"{s['mse']['mean']:.4f} ± {s['mse']['std']:.4f}"
+
+
+def mse_table(entry: dict[str, Any]) -> list[str]:
+    rows = ["| method | all | in-range | faces |", "|---|---|---|---|"]
+    for name, v in entry["methods"].items():
+        rows.append(f"| {name} | {stat(v, 'all')} | {stat(v, 'in_range')} | {stat(v, 'face')} |")
+    return rows
+
+
+def interval(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return "–"
+    if p["verdict"] == "too few pairs":
+        return f"{p['mean']:+.4f} (n={p['n']})"
+    return f"{p['mean']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}] {p['verdict']} ({p['lower']}/{p['n']} lower)"
+
+
+def paired_table(entry: dict[str, Any], rounds: list[int]) -> list[str]:
+    rows = [
+        "Paired MSE difference to the dense generator per image, mean [95% interval]; *better*: the interval lies "
+        "below 0.",
+        "",
+        "| generator | all | in-range | faces |",
+        "|---|---|---|---|",
+    ]
+    for kind in CURVE_KINDS:
+        for k in rounds:
+            p = entry["paired_vs_dense"][f"{kind}@{k}"]
+            rows.append(
+                f"| {kind}@{k} | {interval(p.get('all'))} | {interval(p.get('in_range'))} | {interval(p.get('face'))} |"
+            )
+    return rows
+
+
+def verdict_lines(res: dict[str, Any]) -> list[str]:
+    """Whether "a sparse generator beats the dense one" holds here: per m, the best LIP round's paired test."""
+    lines = ["**Does a sparse generator beat the dense one here?**", ""]
+    for m, entry in res["m"].items():
+        best = min(
+            (n for n in entry["methods"] if n.startswith("lip@")),
+            key=lambda n: entry["methods"][n]["all"]["mse"]["mean"],
+        )
+        p = entry["paired_vs_dense"][best]["all"]
+        dense = entry["methods"]["dense"]["all"]["mse"]["mean"]
+        ours = entry["methods"][best]["all"]["mse"]["mean"]
+        word = {"better": "yes", "worse": "no, worse", "no difference": "not shown"}.get(p["verdict"], "too few images")
+        lines.append(
+            f"- m = {m}: {word}. Best LIP round {best}: MSE {ours:.4f} vs dense {dense:.4f}; paired "
+            f"difference {interval(p)}."
+        )
+    return lines
+
+
+def robust_lines(robust: dict[str, Any]) -> list[str]:
+    rows = [
+        f"### Robust setting: {robust['m']} measurements, the last {robust['outliers']} all-ones rows measuring "
+        f"{robust['outlier_value']:g}",
+        "",
+        f"Least squares (ERM) against median-of-means (MOM, blocks of {robust['mom_block']} rows), from the same "
+        "starting latents.",
+        "",
+        "| generator / loss | all | in-range | faces |",
+        "|---|---|---|---|",
+    ]
+    for name, v in robust["methods"].items():
+        rows.append(f"| {name} | {stat(v, 'all')} | {stat(v, 'in_range')} | {stat(v, 'face')} |")
+    return [*rows, ""]
+
+
+def sparsity_figure(res: dict[str, Any], path: Path) -> None:
+    ms = list(res["m"])
+    fig, axes = plt.subplots(1, len(ms), figsize=(4.2 * len(ms), 3.4), squeeze=False)
+    x = [r["sparsity"] for r in res["rounds"]]
+    for ax, m in zip(axes[0], ms):
+        methods = res["m"][m]["methods"]
+        for kind in CURVE_KINDS:
+            names = ["dense", *(f"{kind}@{r['round']}" for r in res["rounds"][1:])]
+            y = [methods[n]["all"]["mse"]["mean"] for n in names]
+            ax.plot(x, y, marker="o", label=kind)
+        ax.set_title(f"m = {m}", fontsize=10)
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("MSE ([-1, 1] units)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def m_figure(res: dict[str, Any], path: Path) -> None:
+    ms = list(res["m"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name in res["m"][ms[0]]["methods"]:
+        if name.startswith(("random@", "rewind@")):
+            continue  # the sparsity figure shows the controls
+        ax.plot(
+            [int(m) for m in ms],
+            [res["m"][m]["methods"][name]["all"]["mse"]["mean"] for m in ms],
+            marker="o",
+            label=name,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("measurements m")
+    ax.set_ylabel("MSE ([-1, 1] units)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    save(fig, path)
+
+
+def save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
