@@ -2,11 +2,10 @@
 
 The DIP skip net of params `net`, fitted to each test image's measurements (the same A and y as gan_cs at this
 m, in DIP's [0, 1] units: y01 = (y + A 1) / 2), dense from theta_0 and with the LIP ticket of the single-image
-pipeline's problem gan.dip.ticket at the headline sparsity (its mask and rewind weights, transferred to compressive
+pipeline's problem gan.dip.ticket (default: the first image and task) at the headline sparsity (its mask and rewind weights, transferred to compressive
 sensing, not searched on it). Reported at the protocol's point (ES-WMV for blind), in the generator's [-1, 1] units.
 
-    python -m stages.gan_dip --m 1000 --testset outs/gan/testset --ticket outs/rounds/f16-denoise \
-        --out outs/gan/dip/m1000
+    python -m stages.gan_dip --m 1000 --testset outs/gan/testset --rounds outs/rounds --out outs/gan/dip/m1000
 """
 
 from __future__ import annotations
@@ -30,19 +29,21 @@ def main(argv: list[str] | None = None) -> None:
     ap = entry.parser(__doc__)
     ap.add_argument("--m", type=int, required=True, help="measurements (one of gan.cs.m)")
     ap.add_argument("--testset", type=Path, required=True)
-    ap.add_argument("--ticket", type=Path, required=True, help="the rounds directory of problem gan.dip.ticket")
+    ap.add_argument("--rounds", type=Path, required=True, help="the single-image problems' rounds (outs/rounds)")
     ap.add_argument("--out", type=Path, required=True)
     args = entry.start(ap, argv)
     layout.GAN_CS_OUT.check(args.out)
     params = load_params(args.params)
     gan_study.check_m(args.m)
-    net_cfg, seed = params.net, params.gan.dip.seed
+    net_cfg = params.net
     x, names, kinds = gan_study.load_testset(args.testset)
     a, y = gan_study.measurements(params, args.m, x)
 
     k = headline_round(params.sparsity, params.imp)
-    mask = artifacts.load_round_mask(layout.round_dir(args.ticket, seed, k), net_cfg, k)
-    ticket_start, _ = artifacts.load_rewind(layout.round_dir(args.ticket, seed, 0), net_cfg)
+    problem, seed = params.gan_ticket()
+    ticket = args.rounds / problem
+    mask = artifacts.load_round_mask(layout.round_dir(ticket, seed, k), net_cfg, k)
+    ticket_start, _ = artifacts.load_rewind(layout.round_dir(ticket, seed, 0), net_cfg)
     theta0, z = initialisation(net_cfg, params.seed, seed, 64, 64)
 
     noise = params.gan.cs.noise_std / 2
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         "images": names,
         "kinds": kinds,
         "point": point,
-        "ticket": {"problem": args.ticket.name, "seed": seed, "round": k},
+        "ticket": {"problem": ticket.name, "seed": seed, "round": k},
         "methods": {name: gan_study.per_image(v, x, names) for name, v in recovered.items()},
     }
     with layout.GAN_CS_OUT.write(args.out) as tmp:

@@ -16,10 +16,13 @@ from . import artifacts, layout
 SPARSITY_PNG = "gan_mse_vs_sparsity.png"
 M_PNG = "gan_mse_vs_m.png"
 CURVE_KINDS = ("lip", "random", "rewind")
+TITLE = "## GAN compressive sensing: a pruned pretrained generator as the prior"
 
 
 def section(gan_dir: Path, out: Path) -> list[str]:
     """The section's Markdown lines; its figures written into `out` (the report folder being made)."""
+    if not (Path(gan_dir) / layout.RESULTS).exists():  # only when the stage is called by hand: dvc repro runs it
+        return [TITLE, "", f"Not measured: {gan_dir} holds no results; run `dvc repro gan_evaluate`."]
     res = artifacts.read_record(Path(gan_dir) / layout.RESULTS, ("m", "rounds", "robust", "images", "kinds"))
     ms = list(res["m"])
     rounds = res["rounds"]
@@ -29,7 +32,7 @@ def section(gan_dir: Path, out: Path) -> list[str]:
     levels = ", ".join(f"{r['sparsity']:.1%}" for r in rounds[1:])
     faces = ", ".join(n for n, k in zip(res["images"], res["kinds"]) if k == "face")
     lines = [
-        "## GAN compressive sensing: a pruned pretrained generator as the prior",
+        TITLE,
         "",
         f"The DCGAN face generator of `gan-face-generate` (3,574,784 conv weights), pruned by IMP "
         f"({levels}), each round rewound to the pretrained "

@@ -155,8 +155,8 @@ class GanDipConfig(Section):
     """The DIP baselines of the GAN study: the untrained skip net (params net) fitted to each test image's CS
     measurements, dense and with a LIP ticket of the single-image pipeline (transferred, not searched on CS)."""
 
-    ticket: str = "f16-denoise"  # <image>-<task> of images x tasks: its IMP round at the headline sparsity
-    seed: int = 0  # one of seeds: theta_0, z and the ticket's initialisation
+    ticket: str | None = None  # <image>-<task> whose IMP round at the headline sparsity is the ticket; None: the first
+    seed: int | None = None  # one of seeds (theta_0, z and the ticket's initialisation); None: the first
     fit: dict[str, Any] = dataclasses.field(
         default_factory=lambda: {"iterations": 300, "reg_noise_std": 0.03, "ema_weight": 0.0}
     )  # overrides of the `fit` section for these fits
@@ -333,11 +333,18 @@ class Params(Section):
         with unrecorded():
             dip = self.gan.dip
             pairs = [layout.pair_id(i, t) for i in self.images for t in self.tasks]
-            if dip.ticket not in pairs:
+            if dip.ticket is not None and dip.ticket not in pairs:
                 raise ValueError(f"gan.dip.ticket: {dip.ticket!r} is not one of the problems {pairs} (<image>-<task>)")
-            if dip.seed not in self.seeds:
+            if dip.seed is not None and dip.seed not in self.seeds:
                 raise ValueError(f"gan.dip.seed: {dip.seed} is not one of seeds {list(self.seeds)}")
             from_dict(FitConfig, {**dataclasses.asdict(self.fit), **dip.fit}, "gan.dip.fit")
+
+    def gan_ticket(self) -> tuple[str, int]:
+        """The problem and seed whose LIP ticket the GAN study's DIP baseline uses: gan.dip.ticket and gan.dip.seed,
+        else the first problem and seed (reads images, tasks and seeds either way: the default follows them)."""
+        dip, first = self.gan.dip, layout.pair_id(self.images[0], self.tasks[0])
+        seeds = self.seeds
+        return (first if dip.ticket is None else dip.ticket), (seeds[0] if dip.seed is None else dip.seed)
 
     def gan_dip_fit(self) -> FitConfig:
         """The `fit` section with gan.dip.fit on top: the GAN study's DIP fits."""

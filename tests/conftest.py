@@ -97,7 +97,7 @@ def tiny_params(**overrides) -> dict:
                 "mom_block": 10,
             },
             "fista": {"iterations": 3, "lambdas": [0.01, 0.1]},
-            "dip": {"ticket": "f16-denoise", "seed": 0, "fit": {"iterations": 6}},
+            "dip": {"ticket": None, "seed": None, "fit": {"iterations": 6}},
         },
     }
     params.update(overrides)

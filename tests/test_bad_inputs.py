@@ -518,6 +518,7 @@ def test_one_image_one_task_runs_through_transfer_and_report(project):
     report.main(["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER), "--out", "report"])
     md = (project / "report" / layout.REPORT_MD).read_text()
     assert "No transfer measured: one image x task problem only (f16-denoise)" in md
+    assert "run `dvc repro gan_evaluate`" in md  # the GAN study was not run here, and the report says so
 
 
 def test_sparsity_zero_runs_evaluate_and_transfer(project):

@@ -23,6 +23,11 @@ def test_dvc_yaml_outputs_are_the_layout_paths(tmp_path):
     for mode in params["multi"]["modes"]:
         expected |= {layout.round_dir(layout.multi_rounds("g", mode), s, k) for s in params["seeds"] for k in rounds}
     expected |= {layout.multi_evaluate_dir("g"), layout.multi_metrics("g")}
+    gan = params["gan"]
+    expected |= {layout.gan_round_dir(k) for k in [0] + [k for k, _ in gan["chain"]]}
+    expected |= {layout.gan_cs_dir(m) for m in gan["cs"]["m"]} | {layout.gan_dip_dir(m) for m in gan["cs"]["m"]}
+    expected |= {layout.GAN_TESTSET, layout.GAN_ROBUST, layout.GAN_EVALUATE, layout.GAN_METRICS}
+    expected |= {layout.GAN_SPARSITY_PLOT, layout.GAN_M_PLOT}
     assert declared == {str(p) for p in expected}
 
 
@@ -36,12 +41,13 @@ def test_stage_commands_read_the_layout_paths(tmp_path):
     known |= {str(layout.pair_rounds(i, t)) for i in params["images"] for t in params["tasks"]}
     known |= {str(layout.MULTI / "g"), str(layout.TRANSFER)}
     known |= {str(layout.image_file(i)) for i in params["images"]}
+    known |= {str(layout.FACES), str(layout.GAN_ROUNDS), str(layout.GAN_CS), str(layout.GAN_DIP)}
     for stage in stages:
         words = stage.cmd.split()
         paths = [
             w
             for f, w in zip(words, words[1:])
-            if f.startswith("--") and f not in ("--name", "--task", "--group", "--mode")
+            if f.startswith("--") and f not in ("--name", "--task", "--group", "--mode", "--m", "--round")
         ]
         paths = [p for p in paths if not p.lstrip("-").isdigit()]
         assert paths and set(paths) <= known, (stage.addressing, set(paths) - known)

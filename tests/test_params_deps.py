@@ -62,6 +62,7 @@ def test_every_stage_ran_and_read_params(reads_and_lists):
     assert kinds == {
         *("degrade", "dense_fit", "imp_round", "evaluate", "transfer", "report"),
         *("multi_dense_fit", "multi_imp_round", "multi_evaluate"),
+        *("gan_prepare", "gan_imp_round", "gan_cs", "gan_robust", "gan_dip", "gan_evaluate"),
     }
     assert all(reads[a] for a in listed), [a for a in listed if not reads[a]]
 
@@ -84,3 +85,5 @@ def test_rounds_do_not_read_the_target_or_the_chain(reads_and_lists):
     for address, keys in reads.items():
         if address.startswith(("dense_fit", "imp_round", "multi_dense_fit", "multi_imp_round")):
             assert not {k for k in keys if k == "sparsity" or k.startswith("imp.chain")}, address
+        if address.startswith(("gan_prepare", "gan_imp_round")):  # -S gan.cs.* reruns no GAN round
+            assert not {k for k in keys if k.startswith(("gan.chain", "gan.cs", "gan.fista", "gan.dip"))}, address

@@ -29,6 +29,17 @@ def test_repro_produces_every_artifact(repo):
     assert multi["heldout"] == ["kate"] and multi["rounds"][-1]["psnr"]["multi_shared"] > 5
     report = (path / "report/tiny/report.md").read_text()
     assert "## Claims" in report and "## Multi-image LIP: group g" in report
+    gan = json.loads((path / "metrics/gan.json").read_text())
+    assert {"dense", "lip@1", "random@1", "rewind@1", "fista", "dip"} <= set(gan["m100"])
+    assert "## GAN compressive sensing" in report and "dense/mom" in report
+
+
+def test_changing_a_cs_setting_reruns_no_gan_round(repo):
+    path, env, dvc, _ = repo
+    out = run([dvc, "exp", "run", "-S", "gan.cs.lr=0.1"], path, env)
+    ran = [line for line in out.splitlines() if line.startswith("Running stage")]
+    assert any("gan_cs@" in line for line in ran) and any("gan_robust" in line for line in ran), out
+    assert not [line for line in ran if "gan_imp_round" in line or "gan_prepare" in line or "gan_dip" in line], ran
 
 
 def test_rerun_is_a_no_op(repo):

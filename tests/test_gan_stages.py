@@ -1,0 +1,90 @@
+"""The GAN study's stages on tiny params, run in-process in a scratch project: what each round writes, that the
+random control keeps LIP's per-layer counts, and the refusals (m outside 1..n, a wrong round, a test face of
+another size) that leave nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lipcore import gan, io, prune
+from lipcore.gan import load_generator
+from stages import gan_cs, gan_imp_round, gan_prepare
+from tests.conftest import dvc_stages, make_project, run_stage_in_process, tiny_params
+
+pytest.importorskip("gan_face_generate", reason=f"the generator's weights come from the wheel: {gan.INSTALL}")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Every stage up to gan_evaluate (the DIP baseline needs f16-denoise's rounds), one image, one task."""
+    path = make_project(tmp_path_factory.mktemp("gan"), tiny_params(images=["f16"]))
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.chdir(path)
+    try:
+        for stage in dvc_stages(path):
+            if not stage.addressing.startswith(("evaluate", "transfer", "report")):
+                run_stage_in_process(stage)
+    finally:
+        monkeypatch.undo()
+    return path
+
+
+def test_a_round_prunes_20_percent_and_its_random_control_matches_every_layer(project):
+    r1 = project / "outs/gan/rounds/r1"
+    lip = load_generator(r1 / "generator.safetensors")
+    mask, _ = prune.load_mask(r1 / "mask.safetensors", lip)
+    random_mask, _ = prune.load_mask(r1 / "random_mask.safetensors", lip)
+    assert prune.count_kept(mask) == gan.CONV_WEIGHTS - round(0.2 * gan.CONV_WEIGHTS)
+    assert {n: int(m.sum()) for n, m in mask.items()} == {n: int(m.sum()) for n, m in random_mask.items()}
+    assert prune.mask_distance(mask, random_mask) > 0.1
+    for name, w in prune.prunable(lip).items():
+        assert not w[~mask[name]].any()  # distillation kept the pruned weights at zero
+    record = json.loads((r1 / "metrics.json").read_text())
+    assert record["round"] == 1 and record["sparsity"] == pytest.approx(0.2, abs=1e-6)
+    assert record["error_random"] > record["error_lip"]  # magnitude beats a random mask at imitating G
+
+
+def test_every_generator_and_baseline_is_scored_on_every_test_image(project):
+    results = json.loads((project / "outs/evaluate/gan/results.json").read_text())
+    assert results["images"] == ["G0", "baby"] and results["kinds"] == ["in_range", "face"]
+    methods = results["m"]["100"]["methods"]
+    assert set(methods) == {"dense", "lip@1", "random@1", "rewind@1", "fista", "adjoint", "dip", "dip_lip@2"}
+    assert all(set(v["per_image"]) == {"G0", "baby"} for v in methods.values())
+    assert set(results["robust"]["methods"]) == {"dense/ls", "dense/mom", "lip@1/ls", "lip@1/mom"}
+    recovered, _ = io.load_tensors(project / "outs/gan/cs/m100/recovered.safetensors")
+    assert recovered["dense"].shape == (2, 3, 64, 64) and recovered["dense"].abs().max() <= 1
+
+
+@pytest.mark.parametrize("m", ["0", "12289"])
+def test_gan_cs_refuses_measurement_counts_outside_1_to_n(project, monkeypatch, m):
+    monkeypatch.chdir(project)
+    out = project / "outs/gan/cs/bad"
+    args = ["--m", m, "--rounds", "outs/gan/rounds", "--testset", "outs/gan/testset", "--faces", "data/faces"]
+    with pytest.raises(ValueError, match=f"--m {m}: the measurements must number 1..12288"):
+        gan_cs.main([*args, "--out", str(out)])
+    assert not out.exists()
+
+
+def test_gan_imp_round_refuses_round_0_and_writing_onto_its_parent(project, monkeypatch):
+    monkeypatch.chdir(project)
+    given = ["--pretrained", "outs/gan/rounds/r0", "--parent", "outs/gan/rounds/r0"]
+    with pytest.raises(ValueError, match="IMP rounds count from 1"):
+        gan_imp_round.main(["--round", "0", *given, "--out", "outs/gan/rounds/r9"])
+    with pytest.raises(ValueError, match="also an input"):
+        gan_imp_round.main(["--round", "1", *given, "--out", "outs/gan/rounds/r0"])
+    assert not (project / "outs/gan/rounds/r9").exists()
+
+
+def test_a_test_face_of_another_size_is_refused_and_nothing_is_written(project, tmp_path, monkeypatch):
+    monkeypatch.chdir(project)
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    io.save_png(torch.rand(1, 3, 48, 64), faces / "baby.png")
+    before = (project / "outs/gan/testset/testset.safetensors").read_bytes()
+    args = ["--faces", str(faces), "--round0", "outs/gan/rounds/r0", "--testset", "outs/gan/testset"]
+    with pytest.raises(ValueError, match="baby.png is 64x48; the generator's test faces must be 64x64"):
+        gan_prepare.main(args)
+    assert (project / "outs/gan/testset/testset.safetensors").read_bytes() == before
