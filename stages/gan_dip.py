@@ -2,8 +2,9 @@
 
 The DIP skip net of params `net`, fitted to each test image's measurements (the same A and y as gan_cs at this
 m, in DIP's [0, 1] units: y01 = (y + A 1) / 2), dense from theta_0 and with the LIP ticket of the single-image
-pipeline's problem gan.dip.ticket (default: the first image and task) at the headline sparsity (its mask and rewind weights, transferred to compressive
-sensing, not searched on it). Reported at the protocol's point (ES-WMV for blind), in the generator's [-1, 1] units.
+pipeline's problem gan.dip.ticket (default: the first image and task) at the headline sparsity: its mask and
+rewind weights, transferred to compressive sensing, not searched on it. Reported at the protocol's point (ES-WMV
+for blind), in the generator's [-1, 1] units.
 
     python -m stages.gan_dip --m 1000 --testset outs/gan/testset --rounds outs/rounds --out outs/gan/dip/m1000
 """
