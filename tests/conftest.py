@@ -87,14 +87,10 @@ def tiny_params(**overrides) -> dict:
             "in_range": 1,
             "faces": ["baby"],
             "tune_face": "man",
+            # every key dvc.yaml lists must be in the file: DVC refuses a params dependency it cannot find
             "cs": {
-                "m": [100],
-                "iterations": 3,
-                "lr": 0.05,
-                "restarts": 1,
-                "robust_m": 60,
-                "outliers": 2,
-                "mom_block": 10,
+                **{"m": [100], "noise_std": 0.01, "iterations": 3, "lr": 0.05, "restarts": 1},
+                **{"robust_m": 60, "outliers": 2, "outlier_value": 10000.0, "mom_block": 10},
             },
             "fista": {"iterations": 3, "lambdas": [0.01, 0.1]},
             "dip": {"ticket": None, "seed": None, "fit": {"iterations": 6}},
