@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 
 
+# pytest-xdist runs the suite on one worker per core (pyproject.toml): one torch thread each, so that two workers
+# do not fight over the two cores (2 processes x 2 threads ran 3-10x slower); alone, a test gets both cores
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 @pytest.fixture(autouse=True)
 def _threads_and_seed():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     # Tests that draw from the global generator must not depend on which tests ran before them.
     torch.manual_seed(0)
 

@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import run_command as run
 
+pytestmark = pytest.mark.xdist_group("dvc-e2e")  # shares repro_project with tests/test_parallel.py
+
 
 @pytest.fixture(scope="module")
 def repo(repro_project):
