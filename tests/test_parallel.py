@@ -110,6 +110,7 @@ def test_changing_sparsity_reruns_only_the_scoring_stages(ray_project):
     assert "Data and pipelines are up to date" in run_command([dvc, "status"], path, env)
 
 
+@pytest.mark.xdist_group("dvc-failure")  # a project of its own: free to run beside the shared end-to-end run
 def test_a_failing_stage_stops_the_run_and_dvc_repro_finishes_the_rest(tmp_path):
     """Run up to the dense fits only (targets, as for dvc repro): four stages show the whole behaviour."""
     path, env, dvc = dvc_project(tmp_path, tiny_params(images=["f16", "baby"]))
