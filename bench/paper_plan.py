@@ -7,7 +7,7 @@ the critical path, and the wall time the Ray executor would need on 1, 8 and 64 
 FLOPs per iteration are counted by torch.utils.flop_counter on the meta device (nothing is computed): one
 forward and backward of the net at the image size; a mask skips no FLOPs, so every fit of a stage costs the
 same per iteration. Fits per stage follow the stage code (stages/evaluate.py, transfer.py, rounds.py,
-multi_*.py); the deep decoder is counted as a fit of the full net (it is far smaller: an upper bound). Each
+multi_*.py, gan_*.py: generator latent-steps and the 64 px DIP fits); the deep decoder is counted as a fit of the full net (it is far smaller: an upper bound). Each
 stage is placed on one whole GPU; the schedule is the executor's: ready stages, longest remaining chain first.
 """
 
@@ -41,6 +41,43 @@ def flops_per_iteration(params: Params) -> int:
     with FlopCounterMode(display=False) as counter:
         net(z).square().mean().backward()
     return counter.get_total_flops()
+
+
+def gan_flops(params: Params) -> tuple[int, int, int]:
+    """FLOPs of the GAN study's units: one latent through the generator forward + backward, forward only, and
+    one forward + backward of the DIP skip net on a 64x64 test image (meta tensors: counted, not run)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lipcore.gan import LATENT_DIM, DCGANGenerator
+
+    with torch.device("meta"):
+        gen = DCGANGenerator()
+    counts = []
+    for backward in (True, False):
+        with FlopCounterMode(display=False) as counter:
+            out = gen(torch.zeros(1, LATENT_DIM, device="meta", requires_grad=backward)).square().mean()
+            if backward:
+                out.backward()
+        counts.append(counter.get_total_flops())
+    net = skeleton(params.net)
+    with FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, params.net.in_channels, 64, 64, device="meta")).square().mean().backward()
+    return counts[0], counts[1], counter.get_total_flops()
+
+
+def gan_stage_flops(kind: str, params: Params, units: tuple[int, int, int]) -> int:
+    """FLOPs of a GAN stage, following the stage code (FISTA and the adjoint are matrix products: not counted)."""
+    gan, (fwd_bwd, fwd, dip) = params.gan, units
+    latents = (gan.in_range + len(gan.faces)) * gan.cs.restarts
+    if kind == "gan_imp_round":  # LIP and its random control, each distilled from the dense generator
+        return 2 * gan.distill.steps * gan.distill.batch * (fwd_bwd + fwd)
+    if kind == "gan_cs":  # dense, then lip, random and rewind at every round
+        return (1 + 3 * len(gan.chain)) * gan.cs.iterations * latents * fwd_bwd
+    if kind == "gan_robust":  # dense and the last round, least squares and median-of-means
+        return 4 * gan.cs.iterations * latents * fwd_bwd
+    if kind == "gan_dip":  # the dense DIP and its ticket on every test image
+        return 2 * (gan.in_range + len(gan.faces)) * params.gan_dip_fit().iterations * dip
+    return 0
 
 
 def argument(cmd: str, name: str) -> str | None:
@@ -79,7 +116,7 @@ def stage_iterations(kind: str, cmd: str, params: Params) -> int:
         scored = len(params.multi.rounds or range(1, rounds + 1))
         per_round = len(params.multi.modes) + len(group.train) + 1  # group masks, members' masks, random
         return per_round * scored * len(group.heldout) * seeds * params.fit_for(params.multi.task).iterations
-    return 0  # degrade, report: no fit
+    return 0  # degrade, report: no fit; the GAN stages: gan_stage_flops
 
 
 def dvc_plan(params_file: Path) -> ledger.Plan:
@@ -138,23 +175,26 @@ def main() -> None:
     rate = args.tflops * 1e12
     kinds = {s: s.name.split("@")[0] for s in plan.stages}
     its = {s: stage_iterations(kinds[s], s.cmd, params) for s in plan.stages}
-    seconds = {s: its[s] * per_iteration / rate for s in plan.stages}
-    count, fits = Counter(kinds.values()), Counter()
+    units = gan_flops(params)
+    flops = {s: its[s] * per_iteration + gan_stage_flops(kinds[s], params, units) for s in plan.stages}
+    seconds = {s: flops[s] / rate for s in plan.stages}
+    count, fits, kind_flops = Counter(kinds.values()), Counter(), Counter()
     for s in plan.stages:
         fits[kinds[s]] += its[s]
+        kind_flops[kinds[s]] += flops[s]
     print(
         f"{args.params.name}: {len(plan.stages)} stages; {per_iteration / 1e9:.1f} GFLOP per iteration "
         f"({params.image_size} px, {params.net.channels_down[0]}-channel net); at {args.tflops:g} TFLOP/s per GPU\n"
     )
-    print("| stage | count | net-iterations | GPU-hours |")
+    print("| stage | count | net-iterations (DIP) | GPU-hours |")
     print("|---|---|---|---|")
     for kind in count:
-        hours = fits[kind] * per_iteration / rate / 3600
-        print(f"| {kind} | {count[kind]} | {fits[kind]:,} | {hours:.1f} |")
+        hours = kind_flops[kind] / rate / 3600
+        print(f"| {kind} | {count[kind]} | {fits[kind]:,} | {hours:.2f} |")
     total = sum(seconds.values())
     chain = schedule(plan, seconds, gpus=len(plan.stages))  # unlimited GPUs: the critical path
     print(
-        f"\ntotal {sum(its.values()):,} net-iterations = {sum(its.values()) * per_iteration / 1e18:.2f} EFLOP = "
+        f"\ntotal {sum(its.values()):,} DIP net-iterations and the GAN study = {sum(flops.values()) / 1e18:.2f} EFLOP = "
         f"{total / 3600:.1f} GPU-hours; critical path {chain / 3600:.1f} h\n"
     )
     print("| GPUs | wall time (h) | speed-up vs 1 GPU |")
