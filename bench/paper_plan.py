@@ -7,8 +7,9 @@ the critical path, and the wall time the Ray executor would need on 1, 8 and 64 
 FLOPs per iteration are counted by torch.utils.flop_counter on the meta device (nothing is computed): one
 forward and backward of the net at the image size; a mask skips no FLOPs, so every fit of a stage costs the
 same per iteration. Fits per stage follow the stage code (stages/evaluate.py, transfer.py, rounds.py,
-multi_*.py, gan_*.py: generator latent-steps and the 64 px DIP fits); the deep decoder is counted as a fit of the full net (it is far smaller: an upper bound). Each
-stage is placed on one whole GPU; the schedule is the executor's: ready stages, longest remaining chain first.
+multi_*.py; gan_*.py: generator latent-steps and the 64 px DIP fits); the deep decoder is counted as a fit
+of the full net (it is far smaller: an upper bound). Each stage is placed on one whole GPU; the schedule is
+the executor's: ready stages, longest remaining chain first.
 """
 
 from __future__ import annotations
@@ -194,7 +195,8 @@ def main() -> None:
     total = sum(seconds.values())
     chain = schedule(plan, seconds, gpus=len(plan.stages))  # unlimited GPUs: the critical path
     print(
-        f"\ntotal {sum(its.values()):,} DIP net-iterations and the GAN study = {sum(flops.values()) / 1e18:.2f} EFLOP = "
+        f"\ntotal {sum(its.values()):,} DIP net-iterations and the GAN study = "
+        f"{sum(flops.values()) / 1e18:.2f} EFLOP = "
         f"{total / 3600:.1f} GPU-hours; critical path {chain / 3600:.1f} h\n"
     )
     print("| GPUs | wall time (h) | speed-up vs 1 GPU |")
