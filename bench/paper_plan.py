@@ -33,12 +33,14 @@ from stages import ledger  # noqa: E402
 from stages.params import Params, load_params  # noqa: E402
 
 
-def flops_per_iteration(params: Params) -> int:
-    """One forward + backward of the skip net on one image of image_size (meta tensors: counted, not run)."""
+def flops_per_iteration(params: Params, size: int | None = None) -> int:
+    """One forward + backward of the skip net on one image of `size` (default image_size; meta tensors: counted,
+    not run)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    size = params.image_size if size is None else size
     net = skeleton(params.net)
-    z = torch.zeros(1, params.net.in_channels, params.image_size, params.image_size, device="meta")
+    z = torch.zeros(1, params.net.in_channels, size, size, device="meta")
     with FlopCounterMode(display=False) as counter:
         net(z).square().mean().backward()
     return counter.get_total_flops()
@@ -49,7 +51,7 @@ def gan_flops(params: Params) -> tuple[int, int, int]:
     one forward + backward of the DIP skip net on a 64x64 test image (meta tensors: counted, not run)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lipcore.gan import LATENT_DIM, DCGANGenerator
+    from lipcore.gan import IMAGE_SIZE, LATENT_DIM, DCGANGenerator
 
     with torch.device("meta"):
         gen = DCGANGenerator()
@@ -60,10 +62,7 @@ def gan_flops(params: Params) -> tuple[int, int, int]:
             if backward:
                 out.backward()
         counts.append(counter.get_total_flops())
-    net = skeleton(params.net)
-    with FlopCounterMode(display=False) as counter:
-        net(torch.zeros(1, params.net.in_channels, 64, 64, device="meta")).square().mean().backward()
-    return counts[0], counts[1], counter.get_total_flops()
+    return counts[0], counts[1], flops_per_iteration(params, IMAGE_SIZE)
 
 
 def gan_stage_flops(kind: str, params: Params, units: tuple[int, int, int]) -> int:

@@ -33,10 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     args = entry.start(ap, argv)
     layout.GAN_CS_OUT.check(args.out)
     params = load_params(args.params)
-    gan_study.check_m(args.m)
-    x, names, kinds = gan_study.load_testset(args.testset)
+    x, names, kinds, a, y = gan_study.measured_testset(params, args.testset, args.m)
     nets = gan_study.generators(params, args.rounds)
-    a, y = gan_study.measurements(params, args.m, x)
     z0 = gan_study.start_latents(params, args.m, len(names))
 
     recovered, rows = {}, {}

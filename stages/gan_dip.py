@@ -35,21 +35,19 @@ def main(argv: list[str] | None = None) -> None:
     args = entry.start(ap, argv)
     layout.GAN_CS_OUT.check(args.out)
     params = load_params(args.params)
-    gan_study.check_m(args.m)
     net_cfg = params.net
-    x, names, kinds = gan_study.load_testset(args.testset)
-    a, y = gan_study.measurements(params, args.m, x)
+    x, names, kinds, a, y = gan_study.measured_testset(params, args.testset, args.m)
 
     k = headline_round(params.sparsity, params.imp)
     problem, seed = params.gan_ticket()
     ticket = args.rounds / problem
     mask = artifacts.load_round_mask(layout.round_dir(ticket, seed, k), net_cfg, k)
     ticket_start, _ = artifacts.load_rewind(layout.round_dir(ticket, seed, 0), net_cfg)
-    theta0, z = initialisation(net_cfg, params.seed, seed, 64, 64)
+    theta0, z = initialisation(net_cfg, params.seed, seed, *gan_study.SHAPE[1:])
 
     noise = params.gan.cs.noise_std / 2
     degradation = DegradationConfig(task="cs", sigma=noise, ratio=args.m / gan_study.N_PIXELS)
-    op = CompressiveSensing((3, 64, 64), noise, a)
+    op = CompressiveSensing(gan_study.SHAPE, noise, a)
     y01 = (y + a.sum(dim=1)) / 2  # A (x + 1) / 2 = (A x + A 1) / 2: the same measurements in [0, 1] units
     stream = derive_seed(params.seed, "gan", "dip", seed)
     trials = [

@@ -20,6 +20,7 @@ from torch import nn
 from lipcore import io, prune
 from lipcore.gan import LATENT_DIM, save_generator
 from lipcore.gan_prune import distill, next_mask, rewound
+from lipcore.imp import nominal_sparsity
 from lipcore.runtime import resolve_device
 from lipcore.seeding import generator
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "round": k,
         "sparsity": prune.sparsity(mask),
-        "nominal_sparsity": 1 - (1 - gan.fraction) ** k,
+        "nominal_sparsity": nominal_sparsity(gan.fraction, k),
         "error_rewind": error(rewound(dense, mask).to(device), teacher, held_out),
     }
     nets = {}

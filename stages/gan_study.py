@@ -14,16 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from lipcore import io, prune
-from lipcore.csgm import Recovery, gaussian_matrix, measure, recover
-from lipcore.gan import LATENT_DIM, DCGANGenerator, face_image, in_range_images, load_generator
+from lipcore.csgm import Recovery, gaussian_matrix, measure, recover, with_outliers
+from lipcore.gan import IMAGE_SIZE, LATENT_DIM, DCGANGenerator, face_image, in_range_images, load_generator
 from lipcore.gan_prune import rewound
+from lipcore.metrics import mse, psnr_from_mse
 from lipcore.runtime import resolve_device
 from lipcore.seeding import generator
 
 from . import artifacts, layout
 from .params import Params
 
-N_PIXELS = 3 * 64 * 64
+SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # the generator's images
+N_PIXELS = 3 * IMAGE_SIZE**2
 KINDS = ("in_range", "face")
 
 # ---------------------------------------------------------------- the test set
@@ -52,7 +54,7 @@ def load_testset(testset: Path) -> tuple[Tensor, list[str], list[str]]:
     artifacts.require(tensors, ("x",), path)
     artifacts.require(meta, ("names", "kinds"), path)
     x = tensors["x"]
-    if x.dim() != 4 or tuple(x.shape[1:]) != (3, 64, 64) or len(meta["names"]) != x.shape[0]:
+    if x.dim() != 4 or tuple(x.shape[1:]) != SHAPE or len(meta["names"]) != x.shape[0]:
         raise ValueError(f"{path}: expected N 64x64 RGB images with N names, got {tuple(x.shape)}; rerun gan_prepare")
     return x, list(meta["names"]), list(meta["kinds"])
 
@@ -106,12 +108,17 @@ def measurements(
     a = gaussian_matrix(m, N_PIXELS, generator(params.seed, "gan", "A", stream, m))
     y = measure(a, x, cs.noise_std, generator(params.seed, "gan", "noise", stream, m))
     if outliers:
-        from lipcore.csgm import with_outliers
-
         a, rows = with_outliers(a, cs.outliers, cs.outlier_value)
         y = y.clone()
         y[:, rows] = cs.outlier_value
     return a, y
+
+
+def measured_testset(params: Params, testset: Path, m: int) -> tuple[Tensor, list[str], list[str], Tensor, Tensor]:
+    """The test set and its measurements at m, as gan_cs and gan_dip both see them: (x, names, kinds, A, y)."""
+    check_m(m)
+    x, names, kinds = load_testset(testset)
+    return x, names, kinds, *measurements(params, m, x)
 
 
 def start_latents(params: Params, m: int, images: int) -> Tensor:
@@ -141,8 +148,8 @@ def search(params: Params, net: nn.Module, a: Tensor, y: Tensor, z0: Tensor, los
 
 def per_image(x_hat: Tensor, x: Tensor, names: list[str], extra: dict[str, Tensor] | None = None) -> list[dict]:
     """Per test image: per-pixel MSE in the generator's [-1, 1] units (as the paper) and PSNR on [0, 1]."""
-    err = (x_hat - x).square().flatten(1).mean(dim=1)
-    psnr = 10 * torch.log10(4.0 / err.clamp_min(1e-12))  # [0, 1] range: MSE / 4
+    err = mse(x_hat, x)
+    psnr = psnr_from_mse(err.clamp_min(1e-12), data_range=2.0)  # = PSNR of the images mapped to [0, 1]
     rows = []
     for i, name in enumerate(names):
         row: dict[str, Any] = {"image": name, "mse": float(err[i]), "psnr": float(psnr[i])}
