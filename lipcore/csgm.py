@@ -17,6 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from .config import Section
+from .gan import IMAGE_SIZE
+
+N_PIXELS = 3 * IMAGE_SIZE * IMAGE_SIZE  # n: the generator's RGB output, 12,288 values
 
 LOSSES = ("ls", "mom")
 
@@ -26,7 +29,7 @@ class CsgmConfig(Section):
     """The compressive-sensing evaluation of a generator (params gan.cs): the measurement counts, the noise,
     the latent search, and the official code's robust setting (Gaussian rows plus all-ones outlier rows)."""
 
-    m: tuple[int, ...] = (200, 1000, 3000)  # measurements per setting; n = 3 * 64 * 64 = 12,288
+    m: tuple[int, ...] = (200, 1000, 3000)  # measurements per setting, each in 1..N_PIXELS
     noise_std: float = 0.01  # in the generator's [-1, 1] units
     iterations: int = 1500  # Adam steps on z
     lr: float = 0.01
@@ -37,11 +40,13 @@ class CsgmConfig(Section):
     mom_block: int = 20  # median-of-means block size (rows)
 
     def __post_init__(self) -> None:
-        n = 3 * 64 * 64
+        n = N_PIXELS
         object.__setattr__(self, "m", tuple(self.m))
         bad = [m for m in (*self.m, self.robust_m) if not 0 < m <= n]
         if bad:
-            raise ValueError(f"m: {bad} measurements; each must be in 1..{n} (the pixels of a 64x64 RGB image)")
+            raise ValueError(
+                f"m: {bad} measurements; each must be in 1..{n} (the values of a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image)"
+            )
         if not self.m:
             raise ValueError("m: the list is empty; give at least one measurement count")
         if self.noise_std < 0 or not self.lr > 0 or self.iterations < 1 or self.restarts < 1:

@@ -29,10 +29,11 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     return ap
 
 
-def output_file(suffix: str, signature: tuple[str, ...]) -> Callable[[str], Path]:
-    """An argparse type for a file a stage writes (metrics JSON, plot CSV): its name must end in `suffix`, and an
-    existing one must look like this stage's (a JSON object with the keys, or a CSV header with the columns, of
-    `signature`), so that a wrong argument (`--metrics params.yaml`, another stage's metrics) is refused."""
+def output_file(suffix: str, signature: tuple[str, ...] = ()) -> Callable[[str], Path]:
+    """An argparse type for a file a stage writes (metrics JSON, plot CSV, figure PNG): its name must end in
+    `suffix`, and an existing one must look like this stage's (a JSON object with the keys, or a CSV header with the
+    columns, of `signature`; a PNG image), so that a wrong argument (`--metrics params.yaml`, another stage's
+    metrics) is refused."""
 
     def check(value: str) -> Path:
         path = Path(value)
@@ -49,8 +50,11 @@ def output_file(suffix: str, signature: tuple[str, ...]) -> Callable[[str], Path
 
 
 def _holds(path: Path, signature: tuple[str, ...]) -> bool:
-    """Whether a JSON object has the keys, or a CSV's header the columns, of `signature`."""
+    """Whether a JSON object has the keys, or a CSV's header the columns, of `signature`; or a PNG is one."""
     try:
+        if path.suffix == ".png":
+            with path.open("rb") as f:
+                return f.read(8) == b"\x89PNG\r\n\x1a\n"
         if path.suffix == ".json":
             record = json.loads(path.read_text())
             return isinstance(record, dict) and all(k in record for k in signature)

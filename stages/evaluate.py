@@ -10,7 +10,8 @@ per seed (results.json) for the report's paired statistics.
 
     python -m stages.evaluate --name f16 --task denoise --obs outs/degrade/f16-denoise \
         --rounds outs/rounds/f16-denoise --out outs/evaluate/f16-denoise --metrics metrics/f16-denoise.json \
-        --sparsity-plot plots/sparsity/f16-denoise.csv --iteration-plot plots/iteration/f16-denoise.csv
+        --sparsity-plot plots/sparsity/f16-denoise.csv --iteration-plot plots/iteration/f16-denoise.csv \
+        --grid-plot plots/grids/f16-denoise.png
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from lipcore.scoring import reported_images, shown_point, summarise
 from lipcore.seeding import derive_seed, generator
 from lipcore.trials import Trial, fresh_initialisation, train_and_score
 
-from . import artifacts, entry, layout
+from . import artifacts, entry, figures, layout
 from .params import Params, load_params
 
 log = logging.getLogger(__name__)
@@ -49,20 +50,21 @@ def main(argv: list[str] | None = None) -> None:
         "--metrics",
         type=entry.output_file(".json", ("round", "methods")),
         required=True,
-        help="headline JSON (a DVC metrics file)",
+        help="the headline's full record (JSON; metrics/headline.json holds what DVC compares)",
     )
     ap.add_argument(
         "--sparsity-plot",
-        type=entry.output_file(".csv", ("sparsity", "lip")),
+        type=entry.output_file(".csv", ("sparsity", "psnr", "series")),
         required=True,
         help="CSV: PSNR vs sparsity per method",
     )
     ap.add_argument(
         "--iteration-plot",
-        type=entry.output_file(".csv", ("iteration", "lip")),
+        type=entry.output_file(".csv", ("iteration", "psnr", "series")),
         required=True,
-        help="CSV: PSNR vs iteration",
+        help="CSV: PSNR vs iteration, with each fit's ES-WMV stop",
     )
+    ap.add_argument("--grid-plot", type=entry.output_file(".png"), required=True, help="PNG: the image grid")
     args = entry.start(ap, argv)
     layout.EVALUATE_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
@@ -164,8 +166,13 @@ def main(argv: list[str] | None = None) -> None:
         for method, img in images.items():
             io.save_png(img, tmp / layout.method_png(method))
     io.write_json(args.metrics, summary["headline"])
-    artifacts.write_csv(args.sparsity_plot, sparsity_rows, ["sparsity", *summary["curves"]])
-    artifacts.write_csv(args.iteration_plot, iteration_rows, ["iteration", "dense", "lip"])
+    pid = layout.pair_id(args.name, args.task)
+    for path, rows, columns in (
+        (args.sparsity_plot, sparsity_rows, SPARSITY_COLUMNS),
+        (args.iteration_plot, iteration_rows, ITERATION_COLUMNS),
+    ):  # `plot` heads the chart (.dvc/plots templates): which image-task it is
+        artifacts.write_csv(path, [{**row, "plot": pid} for row in rows], [*columns, "plot"])
+    figures.grid(args.out, f"{pid} ({shown})", args.grid_plot)
 
 
 def lottery_controls(rewind_iteration: int) -> tuple[str, ...]:
@@ -203,30 +210,42 @@ def fit_decoder(
     return scores, reported_images(res.result, dec_fit)
 
 
+SPARSITY_COLUMNS = ("sparsity", "psnr", "series")
+
+
 def sparsity_plot_rows(curves: dict[str, list[dict]], shown: str) -> list[dict[str, Any]]:
-    """PSNR (mean over seeds, at the shown point) vs nominal sparsity, one column per method."""
-    rows: dict[float, dict[str, Any]] = {}
+    """PSNR (mean over seeds, at the shown point) vs nominal sparsity, long format: one row per method and round,
+    each method's curve starting at the dense net (round 0), and the dense net's level as a flat `dense` series
+    (the line every pruned curve is judged against)."""
+    dense = next(p for p in curves["lip"] if p["round"] == 0)[f"{shown}_psnr"]["mean"]
+    levels = sorted({round(p["nominal_sparsity"], 6) for points in curves.values() for p in points} | {0.0})
+    rows = [{"sparsity": x, "psnr": dense, "series": "dense"} for x in levels]
     for method, points in curves.items():
-        for p in points:
-            row = rows.setdefault(round(p["nominal_sparsity"], 6), {"sparsity": round(p["nominal_sparsity"], 6)})
-            row[method] = p[f"{shown}_psnr"]["mean"]
-    rows[0.0].update({m: rows[0.0]["lip"] for m in curves})  # at sparsity 0 every method is the dense net
-    return [rows[k] for k in sorted(rows)]
+        by_x = {round(p["nominal_sparsity"], 6): p[f"{shown}_psnr"]["mean"] for p in points}
+        by_x[0.0] = dense  # round 0 is the dense net, for every method
+        rows += [{"sparsity": x, "psnr": v, "series": method} for x, v in sorted(by_x.items())]
+    return rows
+
+
+ITERATION_COLUMNS = ("iteration", "psnr", "series", "es_stop")
 
 
 def iteration_plot_rows(rounds: Path, seed: int, head: int) -> list[dict[str, Any]]:
-    """PSNR of the reported output vs iteration, dense and LIP at the headline round (first seed).
+    """PSNR of the reported output vs iteration for the dense fit and the LIP fit at the headline round (first
+    seed), one row per logged iteration and fit, each carrying that fit's ES-WMV stop (the plot marks it).
 
-    Rows are matched by iteration: a fit that stopped early (fit.es_stop) has no values after its stop.
+    Long format, so that fits of different lengths (fit.es_stop) need no empty cells.
     """
-    rows: dict[int, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
     for name, k in (("dense", 0), ("lip", head)):
         round_dir = layout.round_dir(rounds, seed, k)
         hist = artifacts.read_history(round_dir)
-        column = hist["psnr_ema" if artifacts.read_fit_metrics(round_dir, k)["output"] == "ema" else "psnr_out"]
+        fit = artifacts.read_fit_metrics(round_dir, k)
+        column = hist["psnr_ema" if fit["output"] == "ema" else "psnr_out"]
+        stop = fit["es"]["iteration"]
         for it, value in zip(hist["iteration"], column):
-            rows.setdefault(int(it), {"iteration": int(it)})[name] = value
-    return [rows[it] for it in sorted(rows)]
+            rows.append({"iteration": int(it), "psnr": value, "series": name, "es_stop": stop})
+    return rows
 
 
 if __name__ == "__main__":

@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         for m, grid in grids.items():
             io.save_png(((torch.cat(list(grid), dim=-2) + 1) / 2)[None], tmp / layout.GAN_GRID.format(m=m))
     io.write_json(args.metrics, metrics(per_m, results["robust"]))
-    artifacts.write_csv(args.sparsity_plot, *sparsity_rows(per_m, rounds))
-    artifacts.write_csv(args.m_plot, *m_rows(per_m))
+    for path, (rows, columns) in ((args.sparsity_plot, sparsity_rows(per_m, rounds)), (args.m_plot, m_rows(per_m))):
+        # `plot` heads the chart (.dvc/plots templates)
+        artifacts.write_csv(path, [{**row, "plot": PLOT_HEADER} for row in rows], [*columns, "plot"])
 
 
 def read(name: str, parent: Path, m: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -150,25 +151,30 @@ def metrics(per_m: dict[int, Any], robust: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+PLOT_HEADER = "mean over the test images (in-range and real faces)"
+
+
 def sparsity_rows(per_m: dict[int, Any], rounds: list[dict]) -> tuple[list[dict], list[str]]:
-    """MSE vs sparsity: one row per round (0: dense), a column per method and m."""
-    columns = ["sparsity"] + [f"{kind}_m{m}" for m in per_m for kind in ("lip", "random", "rewind")]
+    """MSE vs sparsity, long format (one row per round, kind and m; round 0 is the dense generator for every kind):
+    the plot draws one line per series."""
     rows = []
-    for r in rounds:
-        row: dict[str, Any] = {"sparsity": r["sparsity"]}
-        for m, entry_ in per_m.items():
-            for kind in ("lip", "random", "rewind"):
+    for m, entry_ in per_m.items():
+        for kind in ("lip", "random", "rewind"):
+            for r in rounds:
                 name = "dense" if r["round"] == 0 else f"{kind}@{r['round']}"
-                row[f"{kind}_m{m}"] = entry_["methods"][name]["all"]["mse"]["mean"]
-        rows.append(row)
-    return rows, columns
+                mse = entry_["methods"][name]["all"]["mse"]["mean"]
+                rows.append({"sparsity": r["sparsity"], "mse": mse, "series": f"{kind} m={m}"})
+    return rows, ["sparsity", "mse", "series"]
 
 
 def m_rows(per_m: dict[int, Any]) -> tuple[list[dict], list[str]]:
-    """MSE vs m: one row per m, a column per method."""
-    names = list(next(iter(per_m.values()))["methods"])
-    rows = [{"m": m, **{n: e["methods"][n]["all"]["mse"]["mean"] for n in names}} for m, e in per_m.items()]
-    return rows, ["m", *names]
+    """MSE vs m, long format: one row per m and method."""
+    rows = [
+        {"m": m, "mse": e["methods"][name]["all"]["mse"]["mean"], "series": name}
+        for m, e in per_m.items()
+        for name in e["methods"]
+    ]
+    return rows, ["m", "mse", "series"]
 
 
 if __name__ == "__main__":

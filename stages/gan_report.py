@@ -9,9 +9,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from lipcore import io
-
-from . import artifacts, layout
+from . import artifacts, figures, layout
 
 SPARSITY_PNG = "gan_mse_vs_sparsity.png"
 M_PNG = "gan_mse_vs_m.png"
@@ -147,7 +145,7 @@ def sparsity_figure(res: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("MSE ([-1, 1] units)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    save(fig, path)
+    figures.save(fig, path)
 
 
 def m_figure(res: dict[str, Any], path: Path) -> None:
@@ -167,11 +165,4 @@ def m_figure(res: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("MSE ([-1, 1] units)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    save(fig, path)
-
-
-def save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    figures.save(fig, path)

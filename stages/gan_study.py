@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lipcore import io, prune
-from lipcore.csgm import Recovery, gaussian_matrix, measure, recover, with_outliers
+from lipcore.csgm import N_PIXELS, Recovery, gaussian_matrix, measure, recover, with_outliers
 from lipcore.gan import IMAGE_SIZE, LATENT_DIM, DCGANGenerator, face_image, in_range_images, load_generator
 from lipcore.gan_prune import rewound
 from lipcore.metrics import mse, psnr_from_mse
@@ -25,7 +25,6 @@ from . import artifacts, layout
 from .params import Params
 
 SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)  # the generator's images
-N_PIXELS = 3 * IMAGE_SIZE**2
 KINDS = ("in_range", "face")
 
 # ---------------------------------------------------------------- the test set
@@ -95,7 +94,9 @@ def generators(params: Params, rounds: Path) -> dict[str, nn.Module]:
 
 def check_m(m: int) -> None:
     if not 0 < m <= N_PIXELS:
-        raise ValueError(f"--m {m}: the measurements must number 1..{N_PIXELS} (the pixels of a 64x64 RGB image)")
+        raise ValueError(
+            f"--m {m}: the measurements must number 1..{N_PIXELS} (the values of a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image)"
+        )
 
 
 def measurements(

@@ -85,6 +85,14 @@ def iteration_plot(image: str, task: str) -> Path:
     return PLOTS / "iteration" / f"{pair_id(image, task)}.csv"
 
 
+def grid_plot(image: str, task: str) -> Path:
+    """The image grid (clean, degraded, each method's output) that `dvc plots show` puts on its page."""
+    return PLOTS / "grids" / f"{pair_id(image, task)}.png"
+
+
+HEADLINE = METRICS / "headline.json"  # the only DVC metrics file: the numbers an experiment is compared by
+
+
 TRANSFER_METRICS = METRICS / "transfer.json"
 
 # ---------------------------------------------------------------- the GAN study

@@ -348,12 +348,7 @@ class Params(Section):
 
     def gan_dip_fit(self) -> FitConfig:
         """The `fit` section with gan.dip.fit on top: the GAN study's DIP fits."""
-        over = self.gan.dip.fit
-        with unrecorded():
-            cfg = from_dict(FitConfig, {**dataclasses.asdict(self.fit), **over}, "gan.dip.fit")
-        keys = {f.name: f"fit.{f.name}" for f in dataclasses.fields(FitConfig)}
-        keys.update({k: f"gan.dip.fit.{k}" for k in over})
-        return with_keys(cfg, keys)
+        return self._fit_with(self.gan.dip.fit, "gan.dip.fit")
 
     def multi_rounds(self) -> tuple[int, ...]:
         """The IMP rounds whose multi-image masks are scored on held-out images."""
@@ -368,12 +363,16 @@ class Params(Section):
 
     def fit_for(self, task: str, **overrides: Any) -> FitConfig:
         """The `fit` section with task_defs.<task>.fit on top (and `overrides`, set by the stage's code)."""
-        task_fit = self.task(task).fit
+        return self._fit_with(self.task(task).fit, f"task_defs.{task}.fit", overrides)
+
+    def _fit_with(self, over: dict, key: str, code: dict | None = None) -> FitConfig:
+        """The `fit` section with `over` (the params at `key`) on top, then `code` (values the stage's code sets);
+        every field keeps the params key it came from, so that a stage records what it read (with_keys)."""
+        code = code or {}
         with unrecorded():
-            merged = {**dataclasses.asdict(self.fit), **task_fit, **overrides}
-            cfg = from_dict(FitConfig, merged, f"task_defs.{task}.fit")
-        keys = {f.name: f"fit.{f.name}" for f in dataclasses.fields(FitConfig) if f.name not in overrides}
-        keys.update({k: f"task_defs.{task}.fit.{k}" for k in task_fit if k not in overrides})
+            cfg = from_dict(FitConfig, {**dataclasses.asdict(self.fit), **over, **code}, key)
+        keys = {f.name: f"fit.{f.name}" for f in dataclasses.fields(FitConfig) if f.name not in code}
+        keys.update({k: f"{key}.{k}" for k in over if k not in code})
         return with_keys(cfg, keys)
 
 

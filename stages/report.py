@@ -1,7 +1,8 @@
 """Stage report: figures and a Markdown report from evaluate, transfer and multi_evaluate: the paper's claims
 checked with paired statistics (stages.claims), LIP against each method, tables, image grids, transfer matrix.
 
-python -m stages.report --evaluate outs/evaluate --transfer outs/transfer --out report/default
+python -m stages.report --evaluate outs/evaluate --transfer outs/transfer --out report/default \
+    --headline metrics/headline.json
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from lipcore import io  # noqa: E402
 
-from . import artifacts, claims, entry, gan_report, layout  # noqa: E402
+from . import artifacts, claims, entry, figures, gan_report, headline, layout  # noqa: E402
 from .params import load_params  # noqa: E402
 
-GRID = ["clean", "degraded", "dense", "lip", "random_global", "snip", "decoder"]
 METHOD_ORDER = ["dense", "lip", *(m for m in claims.OPPONENTS if m != "dense")]  # each method once
 
 
@@ -45,21 +44,6 @@ def headline_table(summary: dict[str, Any]) -> list[str]:
         cells += [fmt(s.get(f"{p}_ssim"), 3) for p in ("oracle_best", "last", "es")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
-
-
-def grid_figure(eval_dir: Path, title: str, path: Path) -> None:
-    names = [n for n in GRID if (eval_dir / layout.method_png(n)).exists()]
-    fig, axes = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.6))
-    for ax, name in zip(axes, names):
-        img = Image.open(eval_dir / layout.method_png(name))
-        ax.imshow(img, cmap="gray" if img.mode == "L" else None, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
@@ -88,10 +72,7 @@ def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(f"PSNR at {point} (dB)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    figures.save(fig, path)
 
 
 def transfer_table(transfer: dict, ids: list[str]) -> list[str]:
@@ -135,6 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--evaluate", type=Path, required=True, help="directory of evaluate outputs")
     ap.add_argument("--transfer", type=Path, required=True, help="transfer output directory")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--headline",
+        type=entry.output_file(".json", ("sparsity", "psnr", "gain")),
+        required=True,
+        help="the numbers experiments are compared by (JSON, the DVC metrics file)",
+    )
     args = entry.start(ap, argv)
     layout.REPORT_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     params = load_params(args.params)
@@ -168,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             *claims.multi_section(multi, point),
         ]
         for s, i in zip(summaries, ids):
-            grid_figure(args.evaluate / i, f"{i} ({s['shown_point']})", tmp / layout.grid_png(i))
+            figures.grid(args.evaluate / i, f"{i} ({s['shown_point']})", tmp / layout.grid_png(i))
             lines += [
                 f"## {s['image']} / {s['task']}",
                 "",
@@ -180,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         lines += transfer_table(transfer, ids)
         lines += ["", *gan_report.section(args.evaluate / layout.GAN_EVALUATE.name, tmp)]
         (tmp / layout.REPORT_MD).write_text("\n".join(lines) + "\n")
+    gan_results = args.evaluate / layout.GAN_EVALUATE.name / layout.RESULTS
+    gan = artifacts.read_record(gan_results, ("m", "rounds")) if gan_results.exists() else None
+    io.write_json(args.headline, headline.headline(dict(zip(ids, summaries)), gan))
 
 
 if __name__ == "__main__":

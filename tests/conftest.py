@@ -197,6 +197,7 @@ def dvc_project(path: Path, params: dict) -> tuple[Path, dict, str]:
     }
     run_command(["git", "init", "-q"], path, env)
     run_command([dvc, "init", "-q"], path, env)
+    shutil.copytree(ROOT / ".dvc" / "plots", path / ".dvc" / "plots")  # the plot templates dvc.yaml names
     return path, env, dvc
 
 
@@ -207,12 +208,28 @@ def locked_outs(path: Path) -> dict[str, dict[str, str]]:
     return read(path / "dvc.lock")
 
 
-@pytest.fixture(scope="session")
-def repro_project(tmp_path_factory):
-    """`dvc repro` of e2e_params() from scratch, committed to git: (path, env, dvc, its output, dvc.lock's outs
-    right after it)."""
-    path, env, dvc = dvc_project(tmp_path_factory.mktemp("lip"), e2e_params())
-    out = run_command([dvc, "repro"], path, env)
-    run_command(["git", "add", "-A"], path, env)
-    run_command(["git", "commit", "-qm", "repro"], path, env)
-    return path, env, dvc, out, locked_outs(path)
+def run_executor(path: Path, env: dict, *args: str, ok: bool = True) -> str:
+    """`python -m stages.parallel` (the Ray executor) in the project at `path` on a 2-core local cluster."""
+    import sys
+
+    return run_command([sys.executable, "-m", "stages.parallel", "--num-cpus", "2", *args], path, env, ok=ok)
+
+
+def ran_by_executor(out: str) -> list[str]:
+    """The stages the executor ran, from its progress lines."""
+    import re
+
+    return re.findall(r"\] (\S+) done in ", out)
+
+
+# The slowest files first: with one file per worker (--dist loadfile), the real-DVC pipeline must start at once,
+# not after the quick files, or the suite waits for it at the end.
+SLOW_FIRST = ("test_pipeline_e2e.py", "test_params_deps.py", "test_parallel.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order

@@ -515,7 +515,10 @@ def test_one_image_one_task_runs_through_transfer_and_report(project):
     run_transfer()
     t = json.loads(layout.TRANSFER_METRICS.read_text())
     assert t["psnr"] == {} and "no other problem" in t["note"]
-    report.main(["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER), "--out", "report"])
+    report.main(
+        ["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER), "--out", "report"]
+        + ["--headline", str(layout.HEADLINE)]
+    )
     md = (project / "report" / layout.REPORT_MD).read_text()
     assert "No transfer measured: one image x task problem only (f16-denoise)" in md
     assert "run `dvc repro gan_evaluate`" in md  # the GAN study was not run here, and the report says so
@@ -637,6 +640,7 @@ def run_evaluate_on(image: str, task: str, obs: str, rounds: str):
     evaluate.main(
         ["--name", image, "--task", task, "--obs", obs, "--rounds", rounds, "--out", "outs/evaluate/e"]
         + ["--metrics", "metrics/e.json", "--sparsity-plot", "plots/s.csv", "--iteration-plot", "plots/i.csv"]
+        + ["--grid-plot", "plots/g.png"]
     )
 
 

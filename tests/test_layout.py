@@ -10,7 +10,7 @@ def test_dvc_yaml_outputs_are_the_layout_paths(tmp_path):
     declared = {str(out.def_path) for stage in dvc_stages(make_project(tmp_path, params)) for out in stage.outs}
     pairs = [(i, t) for i in params["images"] for t in params["tasks"]]
     rounds = [0] + [k for k, _ in params["imp"]["chain"]]
-    expected = {layout.TRANSFER, layout.TRANSFER_METRICS, layout.report_dir(params["setting"])}
+    expected = {layout.TRANSFER, layout.TRANSFER_METRICS, layout.report_dir(params["setting"]), layout.HEADLINE}
     for image, task in pairs:
         expected |= {
             layout.degrade_dir(image, task),
@@ -18,6 +18,7 @@ def test_dvc_yaml_outputs_are_the_layout_paths(tmp_path):
             layout.headline_metrics(image, task),
             layout.sparsity_plot(image, task),
             layout.iteration_plot(image, task),
+            layout.grid_plot(image, task),
         }
         expected |= {layout.round_dir(layout.pair_rounds(image, task), s, k) for s in params["seeds"] for k in rounds}
     for mode in params["multi"]["modes"]:

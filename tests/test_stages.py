@@ -55,6 +55,7 @@ def run_evaluate(image, task):
         + ["--metrics", str(layout.headline_metrics(image, task))]
         + ["--sparsity-plot", str(layout.sparsity_plot(image, task))]
         + ["--iteration-plot", str(layout.iteration_plot(image, task))]
+        + ["--grid-plot", str(layout.grid_plot(image, task))]
     )
 
 
@@ -133,14 +134,21 @@ def test_evaluate_transfer_report(project):
         assert per_seed[method][0]["collapsed_layers"] == []
     assert per_seed["reinit"][0]["es"] != per_seed["lip"][0]["es"]  # the same mask, another start
     assert set(results["per_seed_curves"]["lip"]) == {"0", "1", "2"}
-    assert layout.sparsity_plot("f16", "denoise").read_text().startswith("sparsity,lip,random_global")
+    curves = [r.split(",") for r in layout.sparsity_plot("f16", "denoise").read_text().splitlines()]
+    assert curves[0] == ["sparsity", "psnr", "series", "plot"] and {r[3] for r in curves[1:]} == {"f16-denoise"}
+    assert {r[2] for r in curves[1:]} == {"dense", "lip", *params["evaluate"]["curve_methods"]}
+    assert len({r[1] for r in curves[1:] if r[2] == "dense"}) == 1  # the dense level: flat
+    assert layout.grid_plot("f16", "denoise").read_bytes().startswith(b"\x89PNG")
 
     run_transfer()
     t = json.loads(layout.TRANSFER_METRICS.read_text())
     assert set(t["psnr"]) == {"f16-denoise", "baby-denoise"}
     assert t["psnr"]["f16-denoise"]["f16-denoise"] == pytest.approx(lip["es"]["psnr"], abs=1e-3)
 
-    report.main(["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER), "--out", "report"])
+    report.main(
+        ["--evaluate", "outs/evaluate", "--transfer", str(layout.TRANSFER), "--out", "report"]
+        + ["--headline", str(layout.HEADLINE)]
+    )
     md = (project / "report" / layout.REPORT_MD).read_text()
     assert "| lip |" in md and "Transfer" in md
     assert md.index("## Claims") < md.index("## f16 / denoise")
@@ -149,6 +157,13 @@ def test_evaluate_transfer_report(project):
     assert "no multi-image group in this run" in md
     assert (project / "report" / layout.CURVES_PNG).exists()
     assert (project / "report" / layout.grid_png("f16-denoise")).exists()
+    numbers = json.loads(layout.HEADLINE.read_text())  # the DVC metrics: few, and each what it says
+    f16 = head["methods"]
+    assert numbers["lip-dense"]["f16-denoise"] == pytest.approx(
+        f16["lip"]["es_psnr"]["mean"] - f16["dense"]["es_psnr"]["mean"], abs=1e-4
+    )
+    assert set(numbers["psnr"]) == {"dense", "lip", "random", "snip", "decoder"} and "gan_mse" not in numbers
+    assert len(_leaves(numbers)) <= 20
 
 
 def test_transfer_across_tasks_measures_only_same_image_pairs(project):
@@ -227,31 +242,22 @@ def test_multi_image_rounds_and_their_scoring_on_a_held_out_image(project):
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
 
 
-def test_iteration_plot_matches_rows_by_iteration_when_fits_stop_early(tmp_path):
-    """fit.es_stop: the dense and LIP histories end at different iterations; rows must not shift."""
+def test_iteration_plot_holds_each_fit_to_its_own_end_with_its_es_stop(tmp_path):
+    """fit.es_stop: the dense and LIP histories end at different iterations; each fit's rows are its own."""
     dense = {"iteration": [4, 8, 12], "psnr_out": [10.0, 11.0, 12.0], "psnr_ema": [1.0, 2.0, 3.0]}
     lip = {"iteration": [4, 8], "psnr_out": [20.0, 21.0], "psnr_ema": [5.0, 6.0]}
-    for k, hist, output in ((0, dense, "raw"), (2, lip, "ema")):
+    for k, hist, output, stop in ((0, dense, "raw", 12), (2, lip, "ema", 6)):
         d = layout.round_dir(tmp_path, 0, k)
         io.write_json(d / layout.HISTORY, hist)
-        io.write_json(
-            d / layout.FIT_METRICS, {**dict.fromkeys(artifacts.FIT_METRICS_KEYS), "output": output, "round": k}
-        )
-
-    def plot_lines():
-        rows = evaluate.iteration_plot_rows(tmp_path, 0, 2)
-        artifacts.write_csv(tmp_path / "plot.csv", rows, ["iteration", "dense", "lip"])
-        return (tmp_path / "plot.csv").read_text().splitlines()
-
-    assert plot_lines() == [
-        "iteration,dense,lip",
-        "4,10,5",
-        "8,11,6",
-        "12,12,",
+        record = {**dict.fromkeys(artifacts.FIT_METRICS_KEYS), "output": output, "round": k}
+        io.write_json(d / layout.FIT_METRICS, {**record, "es": {"iteration": stop, "psnr": 0.0, "ssim": 0.0}})
+    rows = evaluate.iteration_plot_rows(tmp_path, 0, 2)
+    artifacts.write_csv(tmp_path / "plot.csv", rows, list(evaluate.ITERATION_COLUMNS))
+    assert (tmp_path / "plot.csv").read_text().splitlines() == [
+        "iteration,psnr,series,es_stop",
+        *("4,10,dense,12", "8,11,dense,12", "12,12,dense,12"),  # the raw output's PSNR
+        *("4,5,lip,6", "8,6,lip,6"),  # the EMA's
     ]
-    lip["iteration"], lip["psnr_ema"] = [4, 8, 12, 16], [5.0, 6.0, 7.0, 8.0]  # LIP runs longer than dense
-    io.write_json(layout.round_dir(tmp_path, 0, 2) / layout.HISTORY, lip)
-    assert plot_lines()[-1] == "16,,8"
 
 
 def test_es_stop_runs_through_evaluate(project):
@@ -260,12 +266,14 @@ def test_es_stop_runs_through_evaluate(project):
     write_params(project / "params.yaml", params)
     run_chain(params)
     run_evaluate("f16", "denoise")
-    rows = layout.iteration_plot("f16", "denoise").read_text().splitlines()[1:]
-    iterations = [int(r.split(",")[0]) for r in rows]
-    assert iterations == sorted(set(iterations))
-    stops = {k: fit_metrics("f16", "denoise", 0, k)["last"]["iteration"] for k in (0, 2)}
-    assert max(iterations) == max(stops.values())
-    assert min(stops.values()) < 40  # at least one fit stopped early
+    rows = [r.split(",") for r in layout.iteration_plot("f16", "denoise").read_text().splitlines()[1:]]
+    for k, name in ((0, "dense"), (2, "lip")):
+        fit = fit_metrics("f16", "denoise", 0, k)
+        iterations = [int(r[0]) for r in rows if r[2] == name and r[4] == "f16-denoise"]
+        assert iterations == sorted(set(iterations)) and max(iterations) == fit["last"]["iteration"]
+        assert {int(r[3]) for r in rows if r[2] == name} == {fit["es"]["iteration"]}
+    stops = [fit_metrics("f16", "denoise", 0, k)["last"]["iteration"] for k in (0, 2)]
+    assert min(stops) < 40  # at least one fit stopped early
 
 
 def test_super_resolution_oracle_is_picked_by_the_reported_y_psnr(project):
@@ -382,3 +390,7 @@ def test_fit_configs_carry_the_task_overrides(project):
     assert p.fit_for("denoise").ema_weight == 0.9 and p.fit_for("inpaint").ema_weight == 0.0
     assert p.fit_for("denoise", reg_noise_std=0.0).reg_noise_std == 0.0
     assert p.fit_for("denoise").iterations == 12 == p.fit.iterations
+
+
+def _leaves(tree) -> list:
+    return [v for x in tree.values() for v in (_leaves(x) if isinstance(x, dict) else [x])]

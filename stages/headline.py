@@ -1,0 +1,76 @@
+"""The few numbers an experiment is compared by (metrics/headline.json, the pipeline's only DVC metrics file), so
+that `dvc exp show` and `dvc metrics diff` answer "at this sparsity, how does LIP compare with dense and random,
+and did my change move it?" on one screen. Everything else (stds, SSIM, the other reporting points, per-seed
+values, every baseline) stays in the stages' full records (metrics/<image>-<task>.json and the outs), which are
+outputs, not DVC metrics.
+
+PSNR is at each problem's reported point (ES-WMV under the blind protocol, the oracle best under the paper's),
+in dB, averaged over seeds and then over image-tasks; `random` is the better of the random baselines of each
+image-task (the stronger opponent). The GAN numbers are the MSE at the largest measurement count, at the last
+round's sparsity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RANDOM_BASELINES = ("random_global", "random_layer")
+COLUMNS = ("dense", "lip", "random", "snip", "decoder")
+DIGITS = 4  # what a column shows: 0.1 mdB steps are noise at these run lengths
+
+
+def problem_psnr(summary: dict[str, Any]) -> dict[str, float | None]:
+    """One image-task's PSNR per column at its reported point (None where the method was not run)."""
+    point, methods = summary["shown_point"], summary["headline"]["methods"]
+
+    def psnr(method: str) -> float | None:
+        return methods[method][f"{point}_psnr"]["mean"] if method in methods else None
+
+    randoms = [v for v in map(psnr, RANDOM_BASELINES) if v is not None]
+    return {
+        "dense": psnr("dense"),
+        "lip": psnr("lip"),
+        "random": max(randoms) if randoms else None,
+        "snip": psnr("snip"),
+        "decoder": psnr("decoder"),
+    }
+
+
+def headline(summaries: dict[str, dict[str, Any]], gan: dict[str, Any] | None) -> dict[str, Any]:
+    """metrics/headline.json from evaluate's summaries ({image-task: summary}) and gan_evaluate's results (None
+    when the GAN study has not run)."""
+    rows = {pid: problem_psnr(s) for pid, s in summaries.items()}
+    out: dict[str, Any] = {
+        "sparsity": _r(_mean([s["headline"]["effective_sparsity"] for s in summaries.values()])),
+        "psnr": {c: _r(_mean([row[c] for row in rows.values()])) for c in COLUMNS},
+        "gain": {
+            "lip-dense": _r(_mean([_diff(row["lip"], row["dense"]) for row in rows.values()])),
+            "lip-random": _r(_mean([_diff(row["lip"], row["random"]) for row in rows.values()])),
+        },
+        "lip-dense": {pid: _r(_diff(row["lip"], row["dense"])) for pid, row in rows.items()},
+    }
+    if gan is not None:
+        out["gan_mse"] = gan_headline(gan)
+    return out
+
+
+def gan_headline(results: dict[str, Any]) -> dict[str, float]:
+    """Dense, LIP and random generators' MSE at the largest m, the LIP and random ones at the last round."""
+    m = max(results["m"], key=int)
+    last = results["rounds"][-1]["round"]
+    methods = results["m"][m]["methods"]
+    pick = {"dense": "dense", "lip": f"lip@{last}", "random": f"random@{last}"}
+    return {name: _r(methods[key]["all"]["mse"]["mean"]) for name, key in pick.items() if key in methods}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, DIGITS)
