@@ -53,6 +53,10 @@ from .runtime import on_device, resolve_device, resolve_precision
 __all__ = ["HISTORY_COLUMNS", "FitDiverged", "FitJob", "FitResult", "OracleBest", "StopCheck", "fit", "fit_many"]
 
 log = logging.getLogger(__name__)
+# Every log_every iterations, one DEBUG record per fit_many loop: `iteration`, and per member its `labels` entry and
+# history row (`rows`: HISTORY_COLUMNS by name). Emitted only when this logger is enabled for DEBUG (a handler
+# that shows progress live, e.g. stages/live.py): each record costs a host read of one history row.
+progress_log = logging.getLogger(__name__ + ".progress")
 
 
 @dataclass
@@ -96,6 +100,7 @@ class FitJob:
     mask: Mask | None = None
     seed: int = 0  # the reg-noise stream
     metric: Metric = psnr  # what the oracle and the history's psnr_out / psnr_ema score x_true with
+    label: str = ""  # names the fit in progress records and log lines (e.g. "f16-denoise s0 r2")
 
 
 def fit(
@@ -274,6 +279,8 @@ def _fit_members(
     final_states: dict[int, dict[str, Tensor]] = {}
 
     bar = _progress_bar(cfg.iterations) if progress else None
+    watched = progress_log.isEnabledFor(logging.DEBUG)
+    labels = [j.label for j in jobs]
     start = time.perf_counter()
     stopping.keep_rewind(0, members)
     it = 0
@@ -308,7 +315,9 @@ def _fit_members(
             if is_log:
                 history.log(step, per_image, variance, backtrack.count, scores)
 
-        # logging: the progress bar (the INFO line per member is written from the results, after the loop)
+        # logging: the progress bar and progress records (the line per member is written from the results)
+        if watched and is_log:  # host sync, every log_every steps, only while a handler watches
+            progress_log.debug("iteration %d", it, extra={"iteration": it, "labels": labels, "rows": history.latest()})
         if bar is not None:
             bar.update(1)
             if is_log:
@@ -334,7 +343,7 @@ def _fit_members(
     broken = [i for i, (j, res) in enumerate(zip(jobs, results)) if not _finite(j.net, res)]
     _raise_if_diverged(divergence, sorted(set(divergence.failed()) | set(broken)), it, backtrack, cfg, n)
     for i, res in enumerate(results):
-        _log_result(res, i, n)
+        _log_result(res, i, n, jobs[i].label)
     return results
 
 
@@ -353,18 +362,20 @@ def _raise_if_diverged(
         raise FitDiverged(i, n, divergence.first_iteration(i), it, int(backtrack.count[i]), cfg.lr)
 
 
-def _log_result(res: FitResult, i: int, n: int) -> None:
-    """One INFO line per finished fit, from its results (already on the host: no device read)."""
-    if not log.isEnabledFor(logging.INFO):
+def _log_result(res: FitResult, i: int, n: int, label: str) -> None:
+    """One DEBUG line per finished fit, from its results (already on the host: no device read). lipcore.trials
+    writes the INFO line of the fits it runs, with their scores at the reported point."""
+    if not log.isEnabledFor(logging.DEBUG):
         return
     es = f"detected at {res.es_detected}" if res.es_detected is not None else "not detected"
     oracle = ""
     if res.oracle is not None:
         o, e = res.oracle["out"], res.oracle["ema"]
         oracle = f"; oracle {o.psnr:.2f} dB at {o.iteration} (EMA {e.psnr:.2f} dB at {e.iteration})"
-    log.info(
-        "fit%s: %d iterations, %.4f s/it; ES-WMV point %d (%s); %d backtracks%s",
-        f" {i + 1}/{n}" if n > 1 else "",
+    log.debug(
+        "fit%s%s: %d iterations, %.4f s/it; ES-WMV point %d (%s); %d backtracks%s",
+        f" {label}" if label else "",
+        f" ({i + 1}/{n})" if n > 1 else "",
         res.iterations,
         res.seconds / res.iterations,
         res.es_iteration,

@@ -341,6 +341,11 @@ class History:
         )
         self.rows += 1
 
+    def latest(self) -> list[dict[str, float]]:
+        """Every member's last row, by column name. Reads the host (one small copy)."""
+        row = self.table[:, self.rows - 1].cpu().tolist()
+        return [dict(zip(HISTORY_COLUMNS, member)) for member in row]
+
     def columns(self, i: int) -> dict[str, np.ndarray]:
         """Member i's rows so far, column by column (float64). Reads the host."""
         rows = self.table[i, : self.rows].cpu().numpy().astype(np.float64)

@@ -6,6 +6,7 @@ are reported, always fits the observation.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ from .scoring import fit_scores
 from .seeding import generator
 
 PROTOCOLS = ("paper", "blind")
+
+log = logging.getLogger(__name__)
 
 
 def search_problem(problem: Problem, protocol: str) -> Problem:
@@ -78,6 +81,7 @@ class Trial:
     problem: Problem
     mask: prune.Mask | None
     seed: int  # the reg-noise stream
+    label: str = ""  # names it in progress lines and records (e.g. "f16-denoise s0 r2")
 
 
 @dataclass
@@ -109,22 +113,42 @@ def train_and_score(
     search = imp.search if imp is not None else None
     stop = early_bird_stop(net_cfg, [t.mask for t in trials], imp) if imp is not None else None
     searches = [search_problem(t.problem, protocol) for t in trials]
-    jobs = [_job(net_cfg, t, s) for t, s in zip(trials, searches)]
+    separate = search is not None and not search.is_evaluation
+    redo = [i for i, (t, s) in enumerate(zip(trials, searches)) if s is not t.problem or separate]
+    jobs = [_job(net_cfg, t, s, "search" if i in redo else "") for i, (t, s) in enumerate(zip(trials, searches))]
     search_cfg = search.fit_cfg(fit_cfg) if search is not None else fit_cfg
     results = fit_many(jobs, search_cfg, device=device, stop=stop)
     states = [{k: v.detach().cpu().clone() for k, v in job.net.state_dict().items()} for job in jobs]
     rewinds = [res.rewind_state for res in results]
     spent = [res.iterations for res in results]
-    separate = search is not None and not search.is_evaluation
-    redo = [i for i, (t, s) in enumerate(zip(trials, searches)) if s is not t.problem or separate]
     if redo:  # the search fit was not the evaluation: evaluate with a full fit on the observation
         again = fit_many([_job(net_cfg, trials[i], trials[i].problem) for i in redo], fit_cfg, device=device)
         for i, res in zip(redo, again):
             results[i] = res
-    return [
+    outcomes = [
         Outcome(state, res, fit_scores(res, t.problem, fit_cfg), rewind, n)
         for state, res, t, rewind, n in zip(states, results, trials, rewinds, spent)
     ]
+    for t, o in zip(trials, outcomes):
+        _log_outcome(t.label, o)
+    return outcomes
+
+
+def _log_outcome(label: str, o: Outcome) -> None:
+    """One INFO line per trial: what it is, its length and speed, and its PSNR at the reported points."""
+    res, scores = o.result, o.scores
+    oracle = scores.get("oracle_best")
+    best = f", oracle best {oracle['psnr']:.2f} dB (it {oracle['iteration']})" if oracle else ""
+    log.info(
+        "%s: %d iterations, %.4f s/it; PSNR %.2f dB at ES-WMV (it %d)%s, %.2f dB last",
+        label or "fit",
+        res.iterations,
+        res.seconds / max(res.iterations, 1),
+        scores["es"]["psnr"],
+        scores["es"]["iteration"],
+        best,
+        scores["last"]["psnr"],
+    )
 
 
 def imp_round(
@@ -141,8 +165,9 @@ def imp_round(
     return train_and_score(net_cfg, [trial], round_fit_cfg(fit_cfg, imp, k), protocol, imp, device)[0]
 
 
-def _job(net_cfg: NetConfig, t: Trial, fitted: Problem) -> FitJob:
+def _job(net_cfg: NetConfig, t: Trial, fitted: Problem, role: str = "") -> FitJob:
     """Trial t as a fit of problem `fitted` (its search or its observation problem), scored on t's x_true
-    with the metric t's task reports."""
+    with the metric t's task reports; `role` ("search") joins its label."""
     net = net_from_state(net_cfg, t.start)
-    return FitJob(net, t.z, fitted.op, fitted.y, t.problem.x_true, t.mask, t.seed, metric=t.problem.psnr)
+    label = " ".join(p for p in (t.label, role) if p)
+    return FitJob(net, t.z, fitted.op, fitted.y, t.problem.x_true, t.mask, t.seed, metric=t.problem.psnr, label=label)

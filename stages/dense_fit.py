@@ -13,11 +13,12 @@ from pathlib import Path
 
 from lipcore.trials import initialisation
 
-from . import artifacts, entry
+from . import artifacts, entry, live
 from .params import load_params
 from .rounds import dense_round
 
 
+@live.watches_fits
 def main(argv: list[str] | None = None) -> None:
     ap = entry.parser(__doc__)
     ap.add_argument("--obs", type=Path, required=True, help="degrade output directory")

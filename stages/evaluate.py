@@ -33,12 +33,13 @@ from lipcore.scoring import reported_images, shown_point, summarise
 from lipcore.seeding import derive_seed, generator
 from lipcore.trials import Trial, fresh_initialisation, train_and_score
 
-from . import artifacts, entry, figures, layout
+from . import artifacts, entry, figures, layout, live
 from .params import Params, load_params
 
 log = logging.getLogger(__name__)
 
 
+@live.watches_fits
 def main(argv: list[str] | None = None) -> None:
     ap = entry.parser(__doc__)
     ap.add_argument("--name", required=True)
@@ -109,7 +110,11 @@ def main(argv: list[str] | None = None) -> None:
         for method in controls:  # the LIP mask itself, from another start
             planned.append((method, head, control_start(method, params, args.rounds, seed), head_mask))
         log.info("seed %s: fitting %d baseline masks", seed, len(planned))
-        trials = [Trial(begin, z, problem, mask, fit_seed) for _, _, begin, mask in planned]
+        pid = layout.pair_id(args.name, args.task)
+        trials = [
+            Trial(begin, z, problem, mask, fit_seed, label=f"{pid} s{seed} r{k} {method}")
+            for method, k, begin, mask in planned
+        ]
         outcomes = train_and_score(params.net, trials, fit_cfg, "blind", None, params.device) if trials else []
         for (method, k, _, mask), res in zip(planned, outcomes):
             scores = {**res.scores, "sparsity": {"effective": sparsity(mask)}}
@@ -203,7 +208,7 @@ def fit_decoder(
     dec = build_net(dec_cfg, generator(params.seed, "decoder", seed))
     z_dec = make_input(dec, *problem.x_true.shape[-2:], generator(params.seed, "decoder_z", seed))
     dec_fit = params.fit_for(task, reg_noise_std=0.0)  # the deep decoder uses no input noise
-    trial = Trial(dec.state_dict(), z_dec, problem, None, derive_seed(params.seed, "fit", seed))
+    trial = Trial(dec.state_dict(), z_dec, problem, None, derive_seed(params.seed, "fit", seed), f"s{seed} decoder")
     (res,) = train_and_score(dec_cfg, [trial], dec_fit, "blind", None, params.device)
     parameters = sum(p.numel() for p in dec.parameters())
     scores = {**res.scores, "channels": dec_cfg.decoder_channels, "parameters": parameters}

@@ -22,10 +22,11 @@ from lipcore.scoring import reported_images, shown_point
 from lipcore.seeding import derive_seed
 from lipcore.trials import Trial, initialisation, train_and_score
 
-from . import artifacts, entry, gan_study, layout
+from . import artifacts, entry, gan_study, layout, live
 from .params import load_params
 
 
+@live.watches_fits
 def main(argv: list[str] | None = None) -> None:
     ap = entry.parser(__doc__)
     ap.add_argument("--m", type=int, required=True, help="measurements (one of gan.cs.m)")
@@ -51,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     y01 = (y + a.sum(dim=1)) / 2  # A (x + 1) / 2 = (A x + A 1) / 2: the same measurements in [0, 1] units
     stream = derive_seed(params.seed, "gan", "dip", seed)
     trials = [
-        Trial(start, z, Problem(op, y01[i : i + 1], (x[i : i + 1] + 1) / 2, degradation), m, stream)
-        for start, m in ((theta0, None), (ticket_start, mask))
-        for i in range(len(names))
+        Trial(start, z, Problem(op, y01[i : i + 1], (x[i : i + 1] + 1) / 2, degradation), m, stream, f"m{args.m} {n}")
+        for start, m, kind in ((theta0, None, "dip"), (ticket_start, mask, "dip_lip"))
+        for i, n in enumerate(f"{name} {kind}" for name in names)
     ]
     fit_cfg = params.gan_dip_fit()
     outcomes = train_and_score(net_cfg, trials, fit_cfg, device=params.device)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import artifacts, entry
+from . import artifacts, entry, live
 from .params import load_params
 from .rounds import pruned_round
 
 
+@live.watches_fits
 def main(argv: list[str] | None = None) -> None:
     ap = entry.parser(__doc__)
     ap.add_argument("--obs", type=Path, required=True)

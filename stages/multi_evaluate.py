@@ -23,12 +23,13 @@ from lipcore.scoring import shown_point
 from lipcore.seeding import derive_seed, generator
 from lipcore.trials import Trial, train_and_score
 
-from . import artifacts, entry, layout
+from . import artifacts, entry, layout, live
 from .params import load_params
 
 log = logging.getLogger(__name__)
 
 
+@live.watches_fits
 def main(argv: list[str] | None = None) -> None:
     ap = entry.parser(__doc__)
     ap.add_argument("--group", required=True, help="a key of multi.groups")
@@ -72,7 +73,10 @@ def main(argv: list[str] | None = None) -> None:
                 masks["random_global"] = baseline_mask("random_global", net, start, z, problem, reference, gen)
                 planned += [(k, name, mask) for name, mask in masks.items()]
             log.info("seed %s: %d masks onto held-out %s", seed, len(planned), image)
-            trials = [Trial(start, z, problem, mask, fit_seed) for _, _, mask in planned]
+            trials = [
+                Trial(start, z, problem, mask, fit_seed, label=f"{image} s{seed} r{k} {name}")
+                for k, name, mask in planned
+            ]
             outcomes = train_and_score(net, trials, fit_cfg, "blind", None, params.device)
             for (k, name, mask), outcome in zip(planned, outcomes):
                 scores = {**outcome.scores, "sparsity": {"effective": prune.sparsity(mask)}}

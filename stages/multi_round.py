@@ -18,11 +18,12 @@ from pathlib import Path
 from lipcore.multi import MODES, group_problem, group_size
 from lipcore.trials import group_initialisation
 
-from . import artifacts, entry, layout
+from . import artifacts, entry, layout, live
 from .params import Params, load_params
 from .rounds import dense_round, pruned_round
 
 
+@live.watches_fits
 def main(argv: list[str] | None = None) -> None:
     ap = entry.parser(__doc__)
     ap.add_argument("--group", required=True, help="a key of multi.groups")

@@ -27,7 +27,7 @@ def dense_round(
     """Round 0: fit the dense net from theta_0 and z = `start`; keep theta_0, z and the rewind weights."""
     theta0, z = start
     fit_cfg = params.fit_for(task)
-    trial = Trial(theta0, z, problem, None, derive_seed(params.seed, "fit", seed))
+    trial = Trial(theta0, z, problem, None, derive_seed(params.seed, "fit", seed), fit_label(out))
     outcome = imp_round(params.net, trial, fit_cfg, params.protocol, params.imp, 0, params.device)
 
     meta = {"seed": seed, "net": artifacts.cfg_dict(params.net)}
@@ -54,7 +54,7 @@ def pruned_round(
     trained = artifacts.load_weights(parent / layout.TRAINED, net_cfg)
     mask = next_mask(net_cfg, trained, parent_mask, imp)
     start, z = artifacts.load_rewind(dense, net_cfg)
-    trial = Trial(start, z, problem, mask, derive_seed(params.seed, "fit", seed))
+    trial = Trial(start, z, problem, mask, derive_seed(params.seed, "fit", seed), fit_label(out))
     outcome = imp_round(net_cfg, trial, fit_cfg, params.protocol, imp, k, params.device)
 
     sparsity = sparsity_report(mask, imp.fraction, k)
@@ -69,3 +69,8 @@ def pruned_round(
         prune.save_mask(tmp / layout.MASK, mask, {**meta, "nominal_sparsity": sparsity.nominal})
         io.save_tensors(tmp / layout.TRAINED, outcome.state, meta)
         artifacts.write_round(tmp, k, outcome, fit_cfg, sparsity.as_dict())
+
+
+def fit_label(out: Path) -> str:
+    """What a round's fit is called in progress lines: its directory's last parts (problem, seed, round)."""
+    return " ".join(Path(out).parts[-4:])

@@ -20,12 +20,13 @@ from lipcore.scoring import shown_point, summarise
 from lipcore.seeding import derive_seed
 from lipcore.trials import Trial, train_and_score
 
-from . import artifacts, entry, layout
+from . import artifacts, entry, layout, live
 from .params import Params, TransferConfig, load_params
 
 log = logging.getLogger(__name__)
 
 
+@live.watches_fits
 def main(argv: list[str] | None = None) -> None:
     ap = entry.parser(__doc__)
     ap.add_argument("--degrade", type=Path, required=True, help="directory of degrade outputs")
@@ -72,7 +73,8 @@ def measure(
             log.info("seed %s: %d masks onto %s", seed, len(sources), tgt)
             rounds = [layout.round_dir(rounds_dir / src, seed, head) for src in sources]
             trials = [
-                Trial(start, z, problem, artifacts.load_round_mask(r, params.net, head), fit_seed) for r in rounds
+                Trial(start, z, problem, artifacts.load_round_mask(r, params.net, head), fit_seed, label=f"{src}>{tgt}")
+                for r, src in zip(rounds, sources)
             ]
             outcomes = train_and_score(params.net, trials, params.fit_for(task), "blind", None, params.device)
             for src, outcome in zip(sources, outcomes):

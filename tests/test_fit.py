@@ -438,18 +438,19 @@ def test_fit_many_scores_each_member_with_its_own_metric(tiny_cfg, f16_small):
                 assert best.psnr == pytest.approx(float(job.metric(best.x, f16_small)), abs=1e-5)
 
 
-# --- logging: one INFO line per finished fit -------------------------------------------------------------------
+# --- logging: one line per finished fit, progress records while it runs ------------------------------------------
 
 
-def test_each_finished_fit_logs_one_info_line(tiny_cfg, f16_small, caplog):
-    caplog.set_level(logging.INFO, logger="lipcore.fit")
+def test_each_finished_fit_logs_one_debug_line(tiny_cfg, f16_small, caplog):
+    """lipcore.trials writes the INFO line of the fits it runs (with the reported score); fit's own is DEBUG."""
+    caplog.set_level(logging.DEBUG, logger="lipcore.fit")
     cfg = FitConfig(iterations=30, log_every=5, es_window=5, es_patience=5)
     object.__setattr__(cfg, "backtrack_db", -1e3)  # every check backtracks (see the backtracking test)
     net, z, op, y = setup(tiny_cfg, f16_small)
     res = fit(net, z, op, y, cfg, x_true=f16_small, device="cpu")
     (record,) = [r for r in caplog.records if r.name == "lipcore.fit"]
     msg = record.getMessage()
-    assert record.levelno == logging.INFO
+    assert record.levelno == logging.DEBUG
     assert f"{res.iterations} iterations" in msg and "s/it" in msg
     assert f"ES-WMV point {res.es_iteration}" in msg and f"detected at {res.es_detected}" in msg
     assert f"{res.backtracks} backtracks" in msg and f"{res.oracle['ema'].psnr:.2f} dB" in msg
@@ -458,6 +459,23 @@ def test_each_finished_fit_logs_one_info_line(tiny_cfg, f16_small, caplog):
     fit_many(jobs, replace(cfg, es_patience=100, backtrack_db=5.0), device="cpu", engine="vmap")
     msgs = [r.getMessage() for r in caplog.records if r.name == "lipcore.fit"]
     assert len(msgs) == 2 and all("not detected" in m and "oracle" not in m for m in msgs)
+
+
+def test_progress_records_carry_every_members_history_row_at_each_log_step(tiny_cfg, f16_small, caplog):
+    cfg = FitConfig(iterations=12, log_every=4, es_window=4, es_patience=4)
+    jobs = [replace(j, label=f"m{i}") for i, j in enumerate(_jobs(tiny_cfg, f16_small, 2))]
+    fit_many(jobs, cfg, device="cpu", engine="vmap")
+    assert not [r for r in caplog.records if r.name == "lipcore.fit.progress"]  # nobody watches: no host reads
+    caplog.set_level(logging.DEBUG, logger="lipcore.fit.progress")
+    jobs = [replace(j, label=f"m{i}") for i, j in enumerate(_jobs(tiny_cfg, f16_small, 2))]
+    results = fit_many(jobs, cfg, device="cpu", engine="vmap")
+    records = [r for r in caplog.records if r.name == "lipcore.fit.progress"]
+    assert [r.iteration for r in records] == [4, 8, 12] and all(r.labels == ["m0", "m1"] for r in records)
+    for step, record in enumerate(records):
+        for member, res in enumerate(results):
+            row = record.rows[member]
+            assert row["iteration"] == record.iteration
+            assert row["psnr_out"] == pytest.approx(res.history["psnr_out"][step], rel=1e-6)
 
 
 def test_channels_last_fits_the_same_noise_draw(tiny_cfg, f16_small):

@@ -394,3 +394,28 @@ def test_fit_configs_carry_the_task_overrides(project):
 
 def _leaves(tree) -> list:
     return [v for x in tree.values() for v in (_leaves(x) if isinstance(x, dict) else [x])]
+
+
+def test_a_fitting_stage_shows_each_fit_live_and_ends_it_with_one_line(project, caplog):
+    """While dense_fit runs, its fit's history goes to live/<its --out> through DVCLive, one row per log step;
+    the terminal gets one line for the fit: what it is, iterations, s/it and its PSNR at the reported points."""
+    import logging
+
+    from lipcore.fit import progress_log
+
+    params = tiny_params(images=["f16"])
+    write_params(project / "params.yaml", params)
+    caplog.set_level(logging.INFO, logger="lipcore.trials")
+    run_chain(params)
+    live = project / "live" / layout.round_dir(layout.pair_rounds("f16", "denoise"), 0, 0)
+    fit = "rounds_f16-denoise_s0_r0"  # the round's label, as a DVCLive metric folder
+    rows = (live / "plots" / "metrics" / fit / "psnr_ema.tsv").read_text().splitlines()
+    cfg = params["fit"]
+    assert rows[0].split("\t") == ["step", "psnr_ema"] and len(rows) - 1 == cfg["iterations"] // cfg["log_every"]
+    summary = json.loads((live / "metrics.json").read_text())
+    assert set(summary[fit]) == {"loss", "psnr_out", "psnr_ema"} and summary["step"] == cfg["iterations"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "lipcore.trials"]
+    (line,) = [m for m in lines if m.startswith("rounds f16-denoise s0 r0:")]
+    assert line.startswith(f"rounds f16-denoise s0 r0: {cfg['iterations']} iterations") and "s/it" in line
+    assert "dB at ES-WMV" in line and "oracle best" in line
+    assert not progress_log.handlers and not progress_log.isEnabledFor(logging.DEBUG)  # put back after the stage
