@@ -1,12 +1,17 @@
-"""Progress while a stage runs: every fit's history, through DVCLive, as the fit goes.
+"""Progress while a stage runs: every fit's history, written as the fit goes.
 
 lipcore.fit emits a progress record every `log_every` iterations (lipcore.fit.progress_log, DEBUG), and only while
 a handler listens (each record costs a host read of one history row). While a fitting stage runs, this module's
-handler writes those rows with DVCLive into live/<the stage's --out>/: metrics.json (every fit's latest values)
-and plots/metrics/<fit>/<column>.tsv (per iteration), which `dvc plots show live/...`, the VS Code DVC extension's
-plots of a path, or `tail -f` read while the stage is still running. They are scratch, not results: git ignores
-live/, and dvc.yaml does not declare them, so that `dvc exp show` and the plots page hold only the results.
-On the terminal each fit ends with one line (lipcore.trials): what it is, its length and speed, its PSNR.
+handler appends those rows to live/<the stage's --out>/<fit>.tsv (iteration, loss, psnr_out, psnr_ema; DVC's
+tabular plot format) and rewrites live/<out>/progress.json (every fit's latest row), which
+`dvc plots show live/<out>/<fit>.tsv -x iteration -y psnr_ema`, the VS Code DVC extension's plots of a path, or
+`tail -f` read while the stage is still running. They are scratch, not results: git ignores live/, and dvc.yaml
+does not declare them, so that `dvc exp show` and the plots page hold only the results. On the terminal each fit
+ends with one line (lipcore.trials): what it is, its length and speed, its PSNR.
+
+Not DVCLive: its Live() opens the DVC repository and git in every stage process (about a second, and it raises in
+a repository without commits) and is built for one training script per experiment, not dozens of concurrent
+stages; the files here are the same tabular format, without those side effects.
 """
 
 from __future__ import annotations
@@ -19,33 +24,45 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from lipcore import io
 from lipcore.fit import progress_log
 
 LIVE = Path("live")
-COLUMNS = ("loss", "psnr_out", "psnr_ema")  # per fit: the data loss, the PSNR of the output and of its average
+COLUMNS = ("iteration", "loss", "psnr_out", "psnr_ema")  # the data loss, the PSNR of the output and of its average
+PROGRESS = "progress.json"
 
 
 class LiveFits(logging.Handler):
-    """Writes each progress record of lipcore.fit to a DVCLive directory, one metric per fit and column."""
+    """Appends each progress record of lipcore.fit to its fits' TSV files in `directory`."""
 
     def __init__(self, directory: Path) -> None:
         super().__init__(logging.DEBUG)
-        from dvclive import Live  # here, not at the top: about a second of imports, for fitting stages only
-
-        # no dvc.yaml, no experiment of its own, no report: files only (a stage runs inside the user's dvc repro)
-        self.live = Live(str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+        self.directory = Path(directory)
+        if self.directory.exists():  # a rerun starts its progress afresh
+            for old in [*self.directory.glob("*.tsv"), self.directory / PROGRESS]:
+                old.unlink(missing_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.latest: dict[str, dict[str, float]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.live.step = record.iteration
         for label, row in zip(record.labels, record.rows):
-            for column in COLUMNS:
-                if row[column] == row[column]:  # NaN: not measured (no ground truth to score with)
-                    self.live.log_metric(f"{metric_name(label)}/{column}", row[column])
-        self.live.make_summary()
+            name = metric_name(label)
+            path = self.directory / f"{name}.tsv"
+            new = not path.exists()
+            with path.open("a") as f:
+                if new:
+                    f.write("\t".join(COLUMNS) + "\n")
+                f.write("\t".join(_cell(row[c]) for c in COLUMNS) + "\n")
+            self.latest[name] = {c: row[c] for c in COLUMNS}
+        io.write_json(self.directory / PROGRESS, self.latest)
+
+
+def _cell(value: float) -> str:
+    return "" if value != value else f"{value:.6g}"  # NaN (no ground truth to score with): an empty cell
 
 
 def metric_name(label: str) -> str:
-    """A fit's label as a DVCLive metric folder: no spaces or slashes."""
+    """A fit's label as a file name: no spaces or slashes."""
     return re.sub(r"[^\w.@=-]+", "_", label).strip("_") or "fit"
 
 
@@ -63,7 +80,6 @@ def watching(directory: Path) -> Iterator[None]:
         progress_log.removeHandler(handler)
         progress_log.setLevel(level)
         progress_log.propagate = propagate
-        handler.live.end()
 
 
 def watches_fits(main: Callable[[list[str] | None], None]) -> Callable[[list[str] | None], None]:

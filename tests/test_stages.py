@@ -397,8 +397,8 @@ def _leaves(tree) -> list:
 
 
 def test_a_fitting_stage_shows_each_fit_live_and_ends_it_with_one_line(project, caplog):
-    """While dense_fit runs, its fit's history goes to live/<its --out> through DVCLive, one row per log step;
-    the terminal gets one line for the fit: what it is, iterations, s/it and its PSNR at the reported points."""
+    """While dense_fit runs, its fit's history goes to live/<its --out>, one row per log step; the terminal gets
+    one line for the fit: what it is, iterations, s/it and its PSNR at the reported points."""
     import logging
 
     from lipcore.fit import progress_log
@@ -408,12 +408,15 @@ def test_a_fitting_stage_shows_each_fit_live_and_ends_it_with_one_line(project, 
     caplog.set_level(logging.INFO, logger="lipcore.trials")
     run_chain(params)
     live = project / "live" / layout.round_dir(layout.pair_rounds("f16", "denoise"), 0, 0)
-    fit = "rounds_f16-denoise_s0_r0"  # the round's label, as a DVCLive metric folder
-    rows = (live / "plots" / "metrics" / fit / "psnr_ema.tsv").read_text().splitlines()
+    fit = "rounds_f16-denoise_s0_r0"  # the round's label, as a file name
+    rows = [r.split("\t") for r in (live / f"{fit}.tsv").read_text().splitlines()]
     cfg = params["fit"]
-    assert rows[0].split("\t") == ["step", "psnr_ema"] and len(rows) - 1 == cfg["iterations"] // cfg["log_every"]
-    summary = json.loads((live / "metrics.json").read_text())
-    assert set(summary[fit]) == {"loss", "psnr_out", "psnr_ema"} and summary["step"] == cfg["iterations"]
+    assert rows[0] == ["iteration", "loss", "psnr_out", "psnr_ema"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(cfg["log_every"], cfg["iterations"] + 1, cfg["log_every"]))
+    history = json.loads((layout.round_dir(layout.pair_rounds("f16", "denoise"), 0, 0) / layout.HISTORY).read_text())
+    assert [float(r[3]) for r in rows[1:]] == pytest.approx(history["psnr_ema"], rel=1e-5)
+    latest = json.loads((live / "progress.json").read_text())
+    assert latest[fit]["iteration"] == cfg["iterations"]
     lines = [r.getMessage() for r in caplog.records if r.name == "lipcore.trials"]
     (line,) = [m for m in lines if m.startswith("rounds f16-denoise s0 r0:")]
     assert line.startswith(f"rounds f16-denoise s0 r0: {cfg['iterations']} iterations") and "s/it" in line
