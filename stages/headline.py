@@ -41,7 +41,8 @@ def headline(summaries: dict[str, dict[str, Any]], gan: dict[str, Any] | None) -
     when the GAN study has not run)."""
     rows = {pid: problem_psnr(s) for pid, s in summaries.items()}
     out: dict[str, Any] = {
-        "sparsity": _r(_mean([s["headline"]["effective_sparsity"] for s in summaries.values()])),
+        # not plain `sparsity`: that is the params key (the target), and DVC would prefix one of the two
+        "effective_sparsity": _r(_mean([s["headline"]["effective_sparsity"] for s in summaries.values()])),
         "psnr": {c: _r(_mean([row[c] for row in rows.values()])) for c in COLUMNS},
         "gain": {
             "lip-dense": _r(_mean([_diff(row["lip"], row["dense"]) for row in rows.values()])),

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument(
         "--headline",
-        type=entry.output_file(".json", ("sparsity", "psnr", "gain")),
+        type=entry.output_file(".json", ("effective_sparsity", "psnr", "gain")),
         required=True,
         help="the numbers experiments are compared by (JSON, the DVC metrics file)",
     )
