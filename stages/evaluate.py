@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     iteration_rows = iteration_plot_rows(args.rounds, first, head)  # reads histories: fails before any fit
     curve_methods = list(params.evaluate.curve_methods)
     shown = shown_point(params.protocol)
+    pid = layout.pair_id(args.name, args.task)  # names the fits and the plots
 
     controls = lottery_controls(imp.rewind_iteration) if head > 0 else ()
     curves: dict[str, dict[int, list[dict]]] = {m: {} for m in ["lip", *curve_methods]}
@@ -110,7 +111,6 @@ def main(argv: list[str] | None = None) -> None:
         for method in controls:  # the LIP mask itself, from another start
             planned.append((method, head, control_start(method, params, args.rounds, seed), head_mask))
         log.info("seed %s: fitting %d baseline masks", seed, len(planned))
-        pid = layout.pair_id(args.name, args.task)
         trials = [
             Trial(begin, z, problem, mask, fit_seed, label=f"{pid} s{seed} r{k} {method}")
             for method, k, begin, mask in planned
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                     images[method] = reported_images(res.result, fit_cfg)[shown]
         if head > 0:
             log.info("seed %s: fitting the deep decoder", seed)
-            scores, image = fit_decoder(params, args.task, head_mask, problem, seed)
+            scores, image = fit_decoder(params, args.task, head_mask, problem, seed, f"{pid} s{seed} decoder")
             headline["decoder"].append(scores)
             if seed == params.seeds[0]:
                 images["decoder"] = image[shown]
@@ -171,7 +171,6 @@ def main(argv: list[str] | None = None) -> None:
         for method, img in images.items():
             io.save_png(img, tmp / layout.method_png(method))
     io.write_json(args.metrics, summary["headline"])
-    pid = layout.pair_id(args.name, args.task)
     for path, rows, columns in (
         (args.sparsity_plot, sparsity_rows, SPARSITY_COLUMNS),
         (args.iteration_plot, iteration_rows, ITERATION_COLUMNS),
@@ -201,14 +200,14 @@ def control_start(method: str, params: Params, rounds: Path, seed: int) -> dict[
 
 
 def fit_decoder(
-    params: Params, task: str, lip_mask: Mask, problem: Problem, seed: int
+    params: Params, task: str, lip_mask: Mask, problem: Problem, seed: int, label: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The deep decoder with about as many parameters as the LIP net of `lip_mask` keeps: scores, images."""
     dec_cfg = matched_decoder(params.net, lip_mask, params.evaluate.decoder_layers)
     dec = build_net(dec_cfg, generator(params.seed, "decoder", seed))
     z_dec = make_input(dec, *problem.x_true.shape[-2:], generator(params.seed, "decoder_z", seed))
     dec_fit = params.fit_for(task, reg_noise_std=0.0)  # the deep decoder uses no input noise
-    trial = Trial(dec.state_dict(), z_dec, problem, None, derive_seed(params.seed, "fit", seed), f"s{seed} decoder")
+    trial = Trial(dec.state_dict(), z_dec, problem, None, derive_seed(params.seed, "fit", seed), label)
     (res,) = train_and_score(dec_cfg, [trial], dec_fit, "blind", None, params.device)
     parameters = sum(p.numel() for p in dec.parameters())
     scores = {**res.scores, "channels": dec_cfg.decoder_channels, "parameters": parameters}
