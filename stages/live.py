@@ -68,7 +68,7 @@ def metric_name(label: str) -> str:
 
 @contextlib.contextmanager
 def watching(directory: Path) -> Iterator[None]:
-    """While the block runs, lipcore's progress records go to DVCLive in `directory` (and not to the terminal)."""
+    """While the block runs, lipcore's progress records go to the files in `directory` (and not to the terminal)."""
     handler = LiveFits(directory)
     level, propagate = progress_log.level, progress_log.propagate
     progress_log.addHandler(handler)
@@ -97,5 +97,5 @@ def watches_fits(main: Callable[[list[str] | None], None]) -> Callable[[list[str
 
 
 def live_dir(out: str) -> Path:
-    """live/<out>, always inside live/ (DVCLive empties its directory: never the stage's output itself)."""
+    """live/<out>, always inside live/ (LiveFits deletes the files it finds there: never the stage's output)."""
     return LIVE.joinpath(*[p for p in Path(out).parts if p not in ("/", "..", ".")])
