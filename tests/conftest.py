@@ -160,14 +160,15 @@ def e2e_params() -> dict:
     return params
 
 
-def run_command(cmd: list[str], cwd: Path, env: dict, ok: bool = True) -> str:
-    """Run a command; its stdout and stderr together; with ok=True it must exit with status 0."""
+def run_command(cmd: list[str], cwd: Path, env: dict, ok: bool = True, stdout_only: bool = False) -> str:
+    """Run a command; its stdout and stderr together (stdout alone with stdout_only, e.g. DVC's --json output
+    without its log lines); with ok=True it must exit with status 0."""
     import subprocess
 
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert (proc.returncode == 0) == ok, f"{' '.join(cmd)} exited with {proc.returncode}:\n{out}"
-    return out
+    return proc.stdout if stdout_only else out
 
 
 def dvc_project(path: Path, params: dict) -> tuple[Path, dict, str]:

@@ -8,7 +8,6 @@ The tests run in file order on one worker (--dist loadfile): each builds on the 
 
 import json
 import re
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,12 +17,6 @@ import pytest
 from tests.conftest import dvc_project, e2e_params, locked_outs, ran_by_executor, run_command, run_executor
 
 N_STAGES = 27  # e2e_params(): 3 images x denoise, 2 rounds, one multi-image group, the GAN study's 6 stages
-
-
-def stdout_of(cmd: list[str], cwd: Path, env: dict) -> str:
-    """A command's standard output alone (DVC's --json output, without its log lines on stderr)."""
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=True)
-    return proc.stdout
 
 
 def data_marks(node, counts: Counter) -> Counter:
@@ -79,7 +72,7 @@ PAIRS = ("f16-denoise", "baby-denoise", "kate-denoise")
 
 def test_dvc_metrics_are_the_few_headline_numbers(built):
     path, env, dvc, _, _ = built
-    shown = json.loads(stdout_of([dvc, "metrics", "show", "--json"], path, env))
+    shown = json.loads(run_command([dvc, "metrics", "show", "--json"], path, env, stdout_only=True))
     (record,) = shown.values()
     metrics = record["data"]
     assert list(metrics) == ["metrics/headline.json"]  # the full records are outputs, not DVC metrics
@@ -96,7 +89,7 @@ def test_every_plot_is_drawn_with_its_data(built):
     import vl_convert
 
     path, env, dvc, _, _ = built
-    plots = json.loads(stdout_of([dvc, "plots", "show", "--json"], path, env))["data"]
+    plots = json.loads(run_command([dvc, "plots", "show", "--json"], path, env, stdout_only=True))["data"]
     charts = {f"plots/{kind}/{p}.csv" for kind in ("sparsity", "iteration") for p in PAIRS}
     charts |= {"plots/gan/mse_vs_sparsity.csv", "plots/gan/mse_vs_m.csv"}
     grids = {f"plots/grids/{p}.png" for p in PAIRS}
