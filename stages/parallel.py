@@ -8,7 +8,8 @@
 
 DVC stays the source of truth: DVC's own objects say which stages exist, what they depend on and which are out
 of date, and each finished stage is recorded by DVC's own save/commit/dump (stages/ledger.py), one at a time in
-this process, so dvc.lock, the cache and the run cache end as `dvc repro` leaves them and `dvc status` is clean.
+this process (the dvc.lock entries batched, every 10 s and at the end), so dvc.lock, the cache and the run cache
+end as `dvc repro` leaves them and `dvc status` is clean.
 The workers only run the stages' commands, each stage's `main(argv)` in a warm process (stages/worker.py).
 
 Each stage gets params.yaml's `executor` resources: `num_cpus` cores (its torch threads: N one-thread stages
@@ -91,21 +92,23 @@ def reproduce(
     num_cpus: int | None = None,
 ) -> int:
     """Bring the pipeline at `root` up to date on Ray; 0 when every stage is, 1 after a failure."""
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read when ray is imported
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read when ray is imported: every fit's line, not "repeated 17x"
     import ray
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo, repo.lock:
+    with Repo(str(root)) as repo, repo.lock, ledger.params_parsed_once():
         work = ledger.plan(repo, targets)
         progress = Progress(len(work.stages))
+        # the stages import from the workspace: a local cluster's workers inherit this process's environment; on
+        # an existing cluster a runtime_env carries it (which costs each worker ~1 s of setting up, so only there)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
         ray.init(
             address=address,
             num_cpus=None if address else num_cpus,
             include_dashboard=False,
             logging_level=logging.WARNING,
             object_store_memory=None if address else 128 * 1024**2,  # only small results travel
-            # the stages import from the workspace; RAY_DEDUP_LOGS=0: every fit's line shown, not "repeated 17x"
-            runtime_env={"env_vars": {"PYTHONPATH": str(root)}},
+            runtime_env={"env_vars": {"PYTHONPATH": str(root)}} if address else None,
         )
         try:
             pool = _start_workers(ray, root, resources, workers)
@@ -158,42 +161,49 @@ def _schedule(ray, repo, work: ledger.Plan, pool: list, progress: Progress) -> s
     running: dict = {}  # ray ref -> (stage, worker)
     idle = list(pool)
     failure: str | None = None
-    while True:
-        if failure is None:
-            _release_ready(repo, work, waiting, done, ready, progress, order)
-        while idle and ready and failure is None:
-            stage = ready.pop(0)
-            worker = idle.pop()
-            running[worker.run.remote(stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd))] = (
-                stage,
-                worker,
-            )
-            progress.running += 1
-            log.info(progress.line(f"started {stage.addressing}"))
-        if not running:
-            break
-        finished, _ = ray.wait(list(running), num_returns=1)
-        stage, worker = running.pop(finished[0])
-        progress.running -= 1
-        try:
-            outcome = ray.get(finished[0])
-            idle.append(worker)
-        except ray.exceptions.RayError as err:  # the worker process died (killed, out of memory, crashed)
-            outcome = Outcome(False, 0.0, "in-process", f"the worker running it died: {err}")
-        if outcome.ok:
-            ledger.record(stage)
-            done.add(stage)
-            progress.ran.append((stage.addressing, outcome.seconds, outcome.how))
-            log.info(progress.line(f"{stage.addressing} done in {outcome.seconds:.1f} s ({outcome.how})"))
-        elif failure is None:
-            failure = f"stage {stage.addressing} failed: {outcome.error}"
-            log.error(progress.line(f"{stage.addressing} FAILED; starting no further stage"))
+    lock = ledger.Lockfile()
+    try:
+        while True:
+            if failure is None:
+                _release_ready(repo, work, waiting, done, ready, progress, order, lock)
+            while idle and ready and failure is None:
+                stage = ready.pop(0)
+                worker = idle.pop()
+                cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
+                running[worker.run.remote(cmd)] = (stage, worker)
+                progress.running += 1
+                log.info(progress.line(f"started {stage.addressing}"))
+            if not running:
+                break
+            lock.write()  # if the entries waiting have waited long enough
+            finished, _ = ray.wait(list(running), num_returns=1, timeout=lock.due())
+            if not finished:
+                continue  # nothing finished before the waiting entries fell due: the next pass writes them
+            stage, worker = running.pop(finished[0])
+            progress.running -= 1
+            try:
+                outcome = ray.get(finished[0])
+                idle.append(worker)
+            except ray.exceptions.RayError as err:  # the worker process died (killed, out of memory, crashed)
+                outcome = Outcome(False, 0.0, "in-process", f"the worker running it died: {err}")
+            if outcome.ok:
+                ledger.record(stage, lock)
+                done.add(stage)
+                progress.ran.append((stage.addressing, outcome.seconds, outcome.how))
+                log.info(progress.line(f"{stage.addressing} done in {outcome.seconds:.1f} s ({outcome.how})"))
+            elif failure is None:
+                failure = f"stage {stage.addressing} failed: {outcome.error}"
+                log.error(progress.line(f"{stage.addressing} FAILED; starting no further stage"))
+    finally:
+        lock.write(force=True)  # however the run ends (a failure, Ctrl-C), every recorded stage in dvc.lock
     if failure is None and waiting:  # cannot happen in a DAG; say so rather than end silently
         failure = f"stages never became ready: {sorted(s.addressing for s in waiting)}"
     return failure
 
 
-def _release_ready(repo, work: ledger.Plan, waiting: set, done: set, ready: list, progress: Progress, order) -> None:
+def _release_ready(
+    repo, work: ledger.Plan, waiting: set, done: set, ready: list, progress: Progress, order, lock: ledger.Lockfile
+) -> None:
     """Move every waiting stage whose upstream is done: up to date or restored from the run cache -> done (which
     may release more), out of date -> ready. `ready` is kept longest-chain first, then in DVC's order."""
     released = True
@@ -207,7 +217,7 @@ def _release_ready(repo, work: ledger.Plan, waiting: set, done: set, ready: list
             if not ledger.is_out_of_date(stage, work.upstream[stage]):
                 progress.up_to_date += 1
                 done.add(stage)
-            elif ledger.start(repo, stage):
+            elif ledger.start(repo, stage, lock):
                 ready.append(stage)
             else:
                 progress.restored += 1

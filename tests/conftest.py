@@ -150,7 +150,7 @@ def run_stage_in_process(stage) -> None:
     importlib.import_module(argv[2]).main(argv[3:])
 
 
-# --- the real pipeline in a temporary git repo (tests/test_pipeline_e2e.py, tests/test_parallel.py) ---------------
+# --- the real pipeline in a temporary git repo (tests/test_pipeline_e2e.py) -----------------------------------------
 
 
 def e2e_params() -> dict:
@@ -224,8 +224,9 @@ def ran_by_executor(out: str) -> list[str]:
 
 
 # The slowest files first: with one file per worker (--dist loadfile), the real-DVC pipeline must start at once,
-# not after the quick files, or the suite waits for it at the end.
-SLOW_FIRST = ("test_pipeline_e2e.py", "test_params_deps.py", "test_parallel.py")
+# not after the quick files, or the suite waits for it at the end; the quick files last fill in whichever worker
+# is free first.
+SLOW_FIRST = ("test_pipeline_e2e.py", "test_params_deps.py", "test_stages.py", "test_bad_inputs.py", "test_fit.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

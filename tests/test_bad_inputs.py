@@ -597,12 +597,25 @@ def run_dense(obs: str, task: str, seed: int, out: str):
     dense_fit.main(["--obs", obs, "--task", task, "--seed", str(seed), "--out", out])
 
 
-@pytest.fixture
-def chained(project):
-    """A project with f16-denoise degraded and rounds 0-2 of seed 0 fitted (tiny params)."""
+@pytest.fixture(scope="module")
+def fitted_chain(tmp_path_factory) -> Path:
+    """A project with f16-denoise degraded and rounds 0-2 of seed 0 fitted (tiny params), made once."""
+    path = tmp_path_factory.mktemp("chain")
+    (path / "data").mkdir()
+    shutil.copy(DATA / "f16.png", path / "data" / "f16.png")
     params = tiny_params()
-    write_params(project / "params.yaml", params)
-    run_chain(params)
+    write_params(path / "params.yaml", params)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(path)
+        run_chain(params)
+    return path
+
+
+@pytest.fixture
+def chained(project, fitted_chain):
+    """The project holding a copy of `fitted_chain`'s params and outputs (each test may break its own copy)."""
+    shutil.copy(fitted_chain / "params.yaml", project / "params.yaml")
+    shutil.copytree(fitted_chain / "outs", project / "outs")
     return layout.pair_rounds("f16", "denoise")
 
 

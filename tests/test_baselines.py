@@ -63,8 +63,8 @@ def test_reinit_starts_from_a_theta0_no_lip_run_uses(tiny_cfg):
     from lipcore.trials import fresh_initialisation, initialisation
 
     for index in range(3):
-        fresh = fresh_initialisation(tiny_cfg, 0, index)
-        assert all(torch.equal(v, fresh_initialisation(tiny_cfg, 0, index)[k]) for k, v in fresh.items())
+        fresh, again = fresh_initialisation(tiny_cfg, 0, index), fresh_initialisation(tiny_cfg, 0, index)
+        assert fresh.keys() == again.keys() and all(torch.equal(v, again[k]) for k, v in fresh.items())
         for seed in range(3):
             lip, _ = initialisation(tiny_cfg, 0, seed, 32, 32)
             weights = [k for k in lip if k.endswith("weight") and lip[k].dim() == 4]

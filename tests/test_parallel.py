@@ -1,26 +1,16 @@
-"""The Ray executor (stages/parallel.py): its workers, and on a real DVC repo and a local Ray cluster, that it stops
-on the first failure keeping what finished. tests/test_pipeline_e2e.py builds the whole pipeline with it and checks
-that DVC agrees with what it left."""
+"""The Ray executor's parts (stages/parallel.py, stages/worker.py). tests/test_pipeline_e2e.py runs it on a real DVC
+repo and a local Ray cluster: it stops at a failing stage keeping what finished, picks up from there, builds the
+whole pipeline, and DVC agrees with what it left."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 
 import pytest
 
 from stages.params import ExecutorConfig
 from stages.worker import StageRunner, module_call
-from tests.conftest import (
-    DATA,
-    THREADS,
-    dvc_project,
-    locked_outs,
-    ran_by_executor,
-    run_command,
-    run_executor,
-    tiny_params,
-)
+from tests.conftest import THREADS
 
 pytest.importorskip("ray", reason="the parallel executor needs ray: pip install -e '.[parallel]'")
 
@@ -72,20 +62,3 @@ def test_a_worker_leaves_no_state_for_the_next_stage(project, monkeypatch):
         os.environ.pop("MEDDLED", None)
         torch.set_num_threads(THREADS)
         sys.modules.pop("stages.meddle", None)
-
-
-def test_a_failing_stage_stops_the_run_and_dvc_repro_finishes_the_rest(tmp_path):
-    """Three degrade stages (targets, as for dvc repro) on two workers, one of which fails."""
-    path, env, dvc = dvc_project(tmp_path, tiny_params(images=["f16", "baby", "kate"]))
-    (path / "data" / "baby.png").write_bytes(b"not a png")
-    out = run_executor(path, env, "degrade", ok=False)
-    assert "ERROR: stage degrade@baby-denoise failed" in out and "data/baby.png" in out, out
-    assert "FAILED; starting no further stage" in out
-    done = locked_outs(path)
-    assert "degrade@baby-denoise" not in done, out
-    assert set(ran_by_executor(out)) == set(done)  # what finished is recorded, nothing else
-    shutil.copy(DATA / "baby.png", path / "data" / "baby.png")
-    rest = run_command([dvc, "repro", "degrade"], path, env)
-    assert "Running stage 'degrade@baby-denoise'" in rest
-    assert not any(f"Running stage '{name}'" in rest for name in done), rest
-    assert "Data and pipelines are up to date" in run_command([dvc, "status", "degrade"], path, env)

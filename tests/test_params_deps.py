@@ -12,23 +12,34 @@ from tests.conftest import dvc_stages, make_project, run_stage_in_process, tiny_
 
 
 def _settings() -> dict[str, dict]:
-    """Two settings that between them take every branch that reads a key (early-bird search on and off,
-    late rewinding, the paper protocol, fits that stop at ES-WMV)."""
+    """Settings that between them take every branch that reads a key: `plain` the defaults (early-bird search
+    off, rewinding to theta_0, the blind protocol, fits that run to the end) on two tasks, so transfer crosses
+    tasks; the others early-bird search, late rewinding, the paper protocol and fits that stop at ES-WMV, on
+    three images with a multi-image group (inpainting), and on denoising, the task whose mask search the paper
+    protocol changes (it sees the clean image)."""
     plain = tiny_params(images=["f16"], tasks=["denoise", "inpaint"])
-    varied = tiny_params(images=["f16", "baby", "kate"], tasks=["denoise", "inpaint"], protocol="paper")
+    varied = _varied(images=["f16", "baby", "kate"], tasks=["inpaint"])
     varied["multi"] = {  # both modes, a subset of rounds scored
         "task": "inpaint",
         "modes": ["shared", "average"],
         "rounds": [2],
         "groups": {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}},
     }
-    varied["imp"] = {
-        **varied["imp"],
+    return {"plain": plain, "varied": varied, "varied-denoise": _varied(images=["f16"], tasks=["denoise"])}
+
+
+def _varied(**overrides) -> dict:
+    params = tiny_params(protocol="paper", **overrides)
+    params["imp"] = {
+        **params["imp"],
         "rewind_iteration": 2,
         "search": {"iterations": 8, "early_bird": 0.5, "early_bird_every": 2, "early_bird_patience": 1},
     }
-    varied["fit"] = {**varied["fit"], "es_stop": True}
-    return {"plain": plain, "varied": varied}
+    params["fit"] = {**params["fit"], "es_stop": True}
+    return params
+
+
+GAN_IN = "varied"  # the GAN study's settings are the same in every setting: its stages run in this one
 
 
 def _covers(key: str, other: str) -> bool:
@@ -46,6 +57,8 @@ def reads_and_lists(tmp_path_factory):
             project = make_project(tmp_path_factory.mktemp(name), params)
             monkeypatch.chdir(project)
             for stage in dvc_stages(project):
+                if name != GAN_IN and stage.addressing.startswith("gan_"):
+                    continue
                 keys = {p for d in stage.deps if isinstance(d, ParamsDependency) for p in d.params}
                 listed[stage.addressing] = keys
                 with recording_reads() as seen:

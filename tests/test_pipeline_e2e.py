@@ -1,8 +1,8 @@
 """The real pipeline in a temporary git repo: the Ray executor builds it from scratch (stages in warm processes,
-the cheap way to run every stage), then real DVC must agree with what it left: `dvc status` clean, `dvc repro` a
-no-op, DVC's own rerun of a stage of every training kind (each in a fresh `python -m` process) leaving every
-output byte for byte, `dvc exp run -S gan.cs.lr=...` rerunning no GAN round, and the executor rerunning only the
-scoring stages when the target sparsity changes.
+the cheap way to run every stage), stopping at a broken input and picking up after it is mended; then real DVC
+must agree with what it left: `dvc status` clean, `dvc repro` a no-op, DVC's own rerun of a stage of every
+training kind (each in a fresh `python -m` process) leaving every output byte for byte, a new target sparsity
+leaving only the scoring stages out of date, and `dvc exp run -S gan.cs.lr=...` rerunning no GAN round.
 
 The tests run in file order on one worker (--dist loadfile): each builds on the state the one before left."""
 
@@ -10,6 +10,7 @@ import json
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,19 +37,51 @@ def ran_by_dvc(out: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", out)
 
 
+@dataclass
+class Built:
+    path: Path
+    env: dict
+    dvc: str
+    failed: str  # the executor's output from the run that met the broken image
+    recorded: set  # the stages dvc.lock held after it
+    out: str  # its output from the run that finished the pipeline
+    outs: dict  # dvc.lock's outputs right after that
+
+
+BROKEN = "f16.png"  # its degrade stage is the last of the three to start, so one has finished when it fails
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The executor's run of e2e_params() from scratch, committed to git: (path, env, dvc, its output, dvc.lock's
-    outputs right after it)."""
+def built(tmp_path_factory) -> Built:
+    """The executor's run of e2e_params() from scratch with one image broken (it stops there), then again with the
+    image mended; the result committed to git."""
     path, env, dvc = dvc_project(tmp_path_factory.mktemp("lip"), e2e_params())
+    image = path / "data" / BROKEN
+    good = image.read_bytes()
+    image.write_bytes(b"not a png")
+    failed = run_executor(path, env, ok=False)
+    recorded = set(locked_outs(path))
+    image.write_bytes(good)
     out = run_executor(path, env)
     run_command(["git", "add", "-A"], path, env)
     run_command(["git", "commit", "-qm", "built"], path, env)
-    return path, env, dvc, out, locked_outs(path)
+    return Built(path, env, dvc, failed, recorded, out, locked_outs(path))
+
+
+def test_a_failing_stage_stops_the_run_keeping_what_finished(built):
+    failed = built.failed
+    assert "ERROR: stage degrade@f16-denoise failed" in failed and f"data/{BROKEN}" in failed, failed
+    assert "FAILED; starting no further stage" in failed
+    finished = ran_by_executor(failed)
+    assert finished and "degrade@f16-denoise" not in finished, failed
+    assert built.recorded == set(finished)  # what finished is recorded, nothing else
+    rerun = set(ran_by_executor(built.out)) & set(finished)
+    assert not rerun, f"the second run redid {rerun}"
+    assert f"{len(finished)} already up to date" in built.out, built.out
 
 
 def test_the_executor_builds_every_artifact_and_dvc_agrees(built):
-    path, env, dvc, out, _ = built
+    path, env, dvc, out = built.path, built.env, built.dvc, built.out
     assert "in-process" in out and f"[{N_STAGES}/{N_STAGES} done, 0 running, 0 waiting]" in out, out
     assert "imp_round@f16-denoise-0-link1" in ran_by_executor(out)
     for k in (0, 1, 2):
@@ -71,7 +104,7 @@ PAIRS = ("f16-denoise", "baby-denoise", "kate-denoise")
 
 
 def test_dvc_metrics_are_the_few_headline_numbers(built):
-    path, env, dvc, _, _ = built
+    path, env, dvc = built.path, built.env, built.dvc
     shown = json.loads(run_command([dvc, "metrics", "show", "--json"], path, env, stdout_only=True))
     (record,) = shown.values()
     metrics = record["data"]
@@ -88,7 +121,7 @@ def test_every_plot_is_drawn_with_its_data(built):
     them all with the Vega libraries inline."""
     import vl_convert
 
-    path, env, dvc, _, _ = built
+    path, env, dvc = built.path, built.env, built.dvc
     plots = json.loads(run_command([dvc, "plots", "show", "--json"], path, env, stdout_only=True))["data"]
     charts = {f"plots/{kind}/{p}.csv" for kind in ("sparsity", "iteration") for p in PAIRS}
     charts |= {"plots/gan/mse_vs_sparsity.csv", "plots/gan/mse_vs_m.csv"}
@@ -114,7 +147,7 @@ def test_every_plot_is_drawn_with_its_data(built):
 
 
 def test_dvc_repro_after_the_executor_runs_nothing(built):
-    path, env, dvc, _, _ = built
+    path, env, dvc = built.path, built.env, built.dvc
     assert ran_by_dvc(run_command([dvc, "repro"], path, env)) == []
 
 
@@ -124,29 +157,39 @@ RERUN = ["imp_round@baby-denoise-0-link1", "multi_imp_round@g-shared-0-link1", "
 
 
 def test_dvc_rerunning_a_stage_of_every_kind_reproduces_the_executors_outputs(built):
-    path, env, dvc, _, outs = built
+    path, env, dvc = built.path, built.env, built.dvc
     out = run_command([dvc, "repro", "--force", "--single-item", *RERUN], path, env)
     assert sorted(ran_by_dvc(out)) == sorted(RERUN), out
-    assert locked_outs(path) == outs  # every stage, every output md5
+    assert locked_outs(path) == built.outs  # every stage, every output md5
     assert "Data and pipelines are up to date" in run_command([dvc, "status"], path, env)
+
+
+def out_of_date(built: Built) -> set[str]:
+    """The stages `dvc status` finds out of date: those whose own inputs changed (what runs after them reruns too,
+    once their outputs change)."""
+    return set(json.loads(run_command([built.dvc, "status", "--json"], built.path, built.env, stdout_only=True)))
+
+
+def test_a_new_target_sparsity_leaves_only_the_scoring_stages_out_of_date(built):
+    """DVC's own status, which the executor and `dvc repro` both consult (stages/ledger.py): no round, dense fit
+    or degradation is out of date."""
+    params_file = built.path / "params.yaml"
+    params = params_file.read_text()
+    assert "sparsity: 0.3\n" in params
+    params_file.write_text(params.replace("sparsity: 0.3\n", "sparsity: 0.2\n"))  # reached by round 1
+    try:
+        stale = out_of_date(built)
+    finally:
+        params_file.write_text(params)
+    # the scoring stages, and the GAN study's DIP baseline, whose LIP ticket is the round at the headline sparsity;
+    # report and gan_evaluate, downstream of them, rerun once their outputs change
+    kinds = {name.split("@")[0] for name in stale}
+    assert kinds == {"evaluate", "multi_evaluate", "transfer", "gan_dip"}, stale
 
 
 def test_changing_a_cs_setting_reruns_no_gan_round(built):
-    path, env, dvc, _, _ = built
-    out = run_command([dvc, "exp", "run", "-S", "gan.cs.lr=0.1"], path, env)
-    assert sorted(ran_by_dvc(out)) == ["gan_cs@100", "gan_evaluate", "gan_robust", "report"], out
+    path, env, dvc = built.path, built.env, built.dvc
+    out = run_command([dvc, "exp", "run", "-S", "gan.cs.lr=0.1", "gan_cs@100"], path, env)
+    assert ran_by_dvc(out) == ["gan_cs@100"], out  # with every GAN round upstream of it up to date
+    assert out_of_date(built) == {"gan_robust", "gan_evaluate"}  # the other readers of gan.cs
     assert "0.1" in run_command([dvc, "exp", "show", "--json"], path, env)
-
-
-def test_the_executor_reruns_only_the_scoring_stages_when_sparsity_changes(built):
-    path, env, dvc, _, _ = built
-    params = (path / "params.yaml").read_text()
-    assert "sparsity: 0.3\n" in params
-    (path / "params.yaml").write_text(params.replace("sparsity: 0.3\n", "sparsity: 0.2\n"))  # reached by round 1
-    out = run_executor(path, env)
-    ran = ran_by_executor(out)
-    # the scoring stages, and the GAN study's DIP baseline, whose LIP ticket is the round at the headline sparsity
-    kinds = {name.split("@")[0] for name in ran}
-    assert kinds == {"evaluate", "multi_evaluate", "transfer", "report", "gan_dip", "gan_evaluate"}, ran
-    assert f"{N_STAGES - len(ran)} already up to date" in out
-    assert "Data and pipelines are up to date" in run_command([dvc, "status"], path, env)
