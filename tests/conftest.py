@@ -209,11 +209,11 @@ def locked_outs(path: Path) -> dict[str, dict[str, str]]:
     return read(path / "dvc.lock")
 
 
-def run_executor(path: Path, env: dict, *args: str, ok: bool = True) -> str:
-    """`python -m stages.parallel` (the Ray executor) in the project at `path` on a 2-core local cluster."""
+def run_executor(path: Path, env: dict, *args: str, ok: bool = True, cpus: int = 2) -> str:
+    """`python -m stages.parallel` (the Ray executor) in the project at `path` on a local cluster of `cpus` cores."""
     import sys
 
-    return run_command([sys.executable, "-m", "stages.parallel", "--num-cpus", "2", *args], path, env, ok=ok)
+    return run_command([sys.executable, "-m", "stages.parallel", "--num-cpus", str(cpus), *args], path, env, ok=ok)
 
 
 def ran_by_executor(out: str) -> list[str]:

@@ -1,7 +1,7 @@
 """The real pipeline in a temporary git repo: the Ray executor builds it from scratch (stages in warm processes,
 the cheap way to run every stage), stopping at a broken input and picking up after it is mended; then real DVC
-must agree with what it left: `dvc status` clean, `dvc repro` a no-op, DVC's own rerun of a stage of every
-training kind (each in a fresh `python -m` process) leaving every output byte for byte, a new target sparsity
+must agree with what it left: `dvc status` clean, `dvc repro` a no-op, DVC's own rerun of two training
+stages (each in a fresh `python -m` process) leaving every output byte for byte, a new target sparsity
 leaving only the scoring stages out of date, and `dvc exp run -S gan.cs.lr=...` rerunning no GAN round.
 
 The tests run in file order on one worker (--dist loadfile): each builds on the state the one before left."""
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import dvc_project, e2e_params, locked_outs, ran_by_executor, run_command, run_executor
 
@@ -48,7 +49,7 @@ class Built:
     outs: dict  # dvc.lock's outputs right after that
 
 
-BROKEN = "f16.png"  # its degrade stage is the last of the three to start, so one has finished when it fails
+BROKEN = "f16.png"  # its degrade stage is the last of the three to run, so two have finished when it fails
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def built(tmp_path_factory) -> Built:
     image = path / "data" / BROKEN
     good = image.read_bytes()
     image.write_bytes(b"not a png")
-    failed = run_executor(path, env, ok=False)
+    failed = run_executor(path, env, ok=False, cpus=1)  # one stage at a time: the order below is then fixed
     recorded = set(locked_outs(path))
     image.write_bytes(good)
     out = run_executor(path, env)
@@ -151,12 +152,14 @@ def test_dvc_repro_after_the_executor_runs_nothing(built):
     assert ran_by_dvc(run_command([dvc, "repro"], path, env)) == []
 
 
-# the stages that fit or distil, one of each kind: DVC runs each as `python -m ...` with one thread, the executor ran
-# it in a warm worker; a difference in seeding, threads or leftover state would change an output's md5
-RERUN = ["imp_round@baby-denoise-0-link1", "multi_imp_round@g-shared-0-link1", "gan_imp_round@link0"]
+# a stage that fits DIPs and one that distils the generator: DVC runs each as `python -m ...` with one thread, the
+# executor ran it in a warm worker; a difference in seeding, threads or leftover state would change an output's md5.
+# (The multi-image round, whose batched fits reduce in a thread-dependent order; the single-image rounds fit
+# through the same lipcore.trials path and stage entry.)
+RERUN = ["multi_imp_round@g-shared-0-link1", "gan_imp_round@link0"]
 
 
-def test_dvc_rerunning_a_stage_of_every_kind_reproduces_the_executors_outputs(built):
+def test_dvc_rerunning_training_stages_reproduces_the_executors_outputs(built):
     path, env, dvc = built.path, built.env, built.dvc
     out = run_command([dvc, "repro", "--force", "--single-item", *RERUN], path, env)
     assert sorted(ran_by_dvc(out)) == sorted(RERUN), out
@@ -192,4 +195,5 @@ def test_changing_a_cs_setting_reruns_no_gan_round(built):
     out = run_command([dvc, "exp", "run", "-S", "gan.cs.lr=0.1", "gan_cs@100"], path, env)
     assert ran_by_dvc(out) == ["gan_cs@100"], out  # with every GAN round upstream of it up to date
     assert out_of_date(built) == {"gan_robust", "gan_evaluate"}  # the other readers of gan.cs
-    assert "0.1" in run_command([dvc, "exp", "show", "--json"], path, env)
+    assert "Ran experiment(s): " in out, out
+    assert yaml.safe_load((path / "params.yaml").read_text())["gan"]["cs"]["lr"] == 0.1  # applied to the workspace
