@@ -102,6 +102,10 @@ class Lockfile:
         self.pending: list[Stage] = []
         self.written = time.monotonic()
 
+    def add(self, stage: Stage) -> None:
+        """A recorded stage, whose entry the next write puts in dvc.lock."""
+        self.pending.append(stage)
+
     def due(self) -> float | None:
         """Seconds until the pending entries must be written; None when there are none."""
         return max(0.0, self.written + self.every - time.monotonic()) if self.pending else None
@@ -138,7 +142,7 @@ def record(stage: Stage, lock: Lockfile) -> None:
     uncached = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
     stage.save(run_cache=not uncached)
     stage.commit()
-    lock.pending.append(stage)
+    lock.add(stage)
 
 
 def locked_outs(lock: Path) -> dict[str, dict[str, str]]:

@@ -26,7 +26,7 @@ from lipcore.nets import build_net, make_input
 from lipcore.physics import Denoise
 from stages import degrade, dense_fit, evaluate, imp_round, layout, report, transfer
 from stages.params import load_params
-from tests.conftest import DATA, ROOT, tiny_params
+from tests.conftest import DATA, ROOT, make_project, tiny_params
 from tests.test_stages import run_chain, run_evaluate, run_transfer, write_params
 
 
@@ -540,8 +540,6 @@ def test_two_dvc_repro_at_once_are_refused(tmp_path):
     """DVC's repo lock: a second `dvc repro` while one holds it fails at once instead of racing the first."""
     from dvc.lock import make_lock
 
-    from tests.conftest import make_project
-
     make_project(tmp_path, tiny_params())
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
@@ -557,8 +555,6 @@ def test_two_dvc_repro_at_once_are_refused(tmp_path):
 
 def test_dvc_repro_with_bad_params_stops_at_the_first_stage_naming_the_key(tmp_path):
     """Real DVC: a wrong type in params.yaml fails the first stage as it loads its params; nothing else runs."""
-    from tests.conftest import make_project
-
     make_project(tmp_path, tiny_params(fit={**tiny_params()["fit"], "lr": "0.01"}), code=True)
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
@@ -600,11 +596,8 @@ def run_dense(obs: str, task: str, seed: int, out: str):
 @pytest.fixture(scope="module")
 def fitted_chain(tmp_path_factory) -> Path:
     """A project with f16-denoise degraded and rounds 0-2 of seed 0 fitted (tiny params), made once."""
-    path = tmp_path_factory.mktemp("chain")
-    (path / "data").mkdir()
-    shutil.copy(DATA / "f16.png", path / "data" / "f16.png")
     params = tiny_params()
-    write_params(path / "params.yaml", params)
+    path = make_project(tmp_path_factory.mktemp("chain"), params)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(path)
         run_chain(params)
