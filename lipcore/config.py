@@ -280,9 +280,10 @@ class FitConfig(Section):
     es_patience: int = 1000  # ES-WMV patience P (scale with the run length)
     es_stop: bool = False  # actually halt at the ES-WMV point (otherwise only record it)
     rewind_iteration: int | None = None  # keep a copy of all weights at this iteration (late rewinding)
-    # auto: bf16 autocast where the device runs bf16 natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX),
-    # else fp32. fp32 | bf16 force one (bf16: autocast of the forward; weights and Adam stay fp32).
-    precision: str = "auto"
+    # fp32: the same arithmetic on every CPU, so results reproduce across machines (and bf16 was slower at 64 px
+    # even on a CPU with native bf16: README "Precision"). bf16: autocast of the forward; weights and Adam stay
+    # fp32. auto: bf16 where the device runs it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else fp32.
+    precision: str = "fp32"
     channels_last: bool = False  # NHWC activations (helps some conv backends; measure with bench/compare.py)
     # CUDA only: let cuDNN time its conv algorithms on the first steps and keep the fastest for the fixed
     # shapes of a fit. Off until measured on a GPU (bench/compare.py --variants lip lip-cudnn-benchmark).

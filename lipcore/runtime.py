@@ -56,33 +56,39 @@ def on_device(module: M, device: str | torch.device) -> M:
     return copy.deepcopy(module).to(device)
 
 
+def _cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). The probes are private torch functions:
+    if a torch version lacks them, assume no (fp32 is the safe side: emulated bf16 is tens of times slower)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe is not None and probe() for probe in probes)
+
+
 def _native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware. The CPU probes are private torch functions: if a torch
-    version lacks them, assume no (fp32 is the safe side: emulated bf16 is tens of times slower)."""
+    """Whether `device` computes bf16 in hardware: what precision 'auto' resolves by (tests/conftest.py patches
+    this one function to run a test under both answers)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return any(probe is not None and probe() for probe in probes)
+        return _cpu_bf16()
     return False
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """FitConfig.precision -> 'bf16' or 'fp32' for `device`: 'auto' is bf16 only where it runs natively.
+    """FitConfig.precision -> 'bf16' or 'fp32' for `device`. 'fp32' (the default) runs the same arithmetic on
+    every CPU; 'auto' is bf16 only where the device runs it natively, so its results depend on the machine.
 
     An explicit 'bf16' is kept, with a warning where the CPU would emulate it (measured ~60x slower on AVX2).
     """
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     device = torch.device(device)
-    native = _native_bf16(device)
     if precision == "auto":
-        return "bf16" if native else "fp32"
-    if precision == "bf16" and device.type == "cpu" and not native:
+        return "bf16" if _native_bf16(device) else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not _cpu_bf16():
         warnings.warn(
             f"precision 'bf16' on a CPU without native bf16 (torch CPU capability "
             f"{torch.backends.cpu.get_cpu_capability()}, no AVX512-BF16 or AMX): the fit runs tens of times "
-            "slower than in fp32. Use precision 'auto' or 'fp32'.",
+            "slower than in fp32. Use precision 'fp32'.",
             stacklevel=2,
         )
     return precision

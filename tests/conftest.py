@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lipcore import NetConfig
+from lipcore import NetConfig, runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -24,6 +24,39 @@ def _threads_and_seed():
     torch.set_num_threads(THREADS)
     # Tests that draw from the global generator must not depend on which tests ran before them.
     torch.manual_seed(0)
+
+
+# Precision 'auto' is bf16 on a CPU with native bf16 (Zen 4, Sapphire Rapids) and fp32 on one without (Zen 3):
+# machines of this type come with either, so a test that resolves 'auto' on the host passes on one and fails on
+# the other. Every test is run with the detection replaced: by a failure, unless the test asks for `bf16_native`
+# (it then runs under both answers, on any host) or is marked `host_precision` (it patches the probes itself).
+AUTO_ON_THE_HOST = (
+    "this test resolves precision 'auto' on the host CPU (bf16 on one with native bf16, fp32 on one without), so "
+    "it passes on one CPU of this machine type and fails on the other: name the precision (FitConfig(precision="
+    "'fp32')), or take the bf16_native fixture to run it under both resolutions"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "host_precision: the test patches the CPU's bf16 probes itself")
+
+
+@pytest.fixture(autouse=True)
+def _no_precision_from_the_host(request, monkeypatch):
+    if "bf16_native" in request.fixturenames or request.node.get_closest_marker("host_precision"):
+        return
+
+    def refuse(device: torch.device) -> bool:
+        pytest.fail(AUTO_ON_THE_HOST, pytrace=False)  # BaseException: no `except Exception` in a fit swallows it
+
+    monkeypatch.setattr(runtime, "_native_bf16", refuse)
+
+
+@pytest.fixture(params=[False, True], ids=["cpu-without-bf16", "cpu-with-bf16"])
+def bf16_native(request, monkeypatch) -> bool:
+    """The test runs twice: as on a CPU without native bf16 ('auto' -> fp32) and as on one with it (-> bf16)."""
+    monkeypatch.setattr(runtime, "_native_bf16", lambda device: request.param)
+    return request.param
 
 
 @pytest.fixture
