@@ -100,11 +100,13 @@ def save_generator(path: Path, net: DCGANGenerator, metadata: dict | None = None
 
 
 def load_generator(path: Path) -> DCGANGenerator:
-    """A generator saved by save_generator, in eval mode (strict: names and shapes must match)."""
-    from .io import load_tensors
+    """A generator saved by save_generator, in eval mode; refused (naming the tensor and both shapes) unless its
+    names and shapes are the architecture's."""
+    from .io import check_against, load_tensors
 
     state, _ = load_tensors(path)
     net = DCGANGenerator()
+    check_against(state, net.state_dict(), "generator weights", path)
     net.load_state_dict(state)
     return net.eval()
 

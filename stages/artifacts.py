@@ -104,19 +104,72 @@ def load_rewind(round0: Path, cfg: NetConfig) -> tuple[dict[str, Tensor], Tensor
     return load_weights(Path(round0) / layout.REWIND, cfg), z
 
 
-def load_round_mask(round_dir: Path, cfg: NetConfig, k: int | None = None) -> prune.Mask | None:
-    """The round's mask, or None for round 0 (the dense fit). k: the round it must be (a stale mask is refused)."""
+def load_round_mask(
+    round_dir: Path, cfg: NetConfig, k: int | None = None, parent_optional: bool = False
+) -> prune.Mask | None:
+    """The round's mask, or None for round 0 (the dense fit). k: the round it must be (a stale mask is refused).
+
+    Refused unless it is the mask its round recorded: its real sparsity (zeros over the prunable weights) is the
+    one its metadata and the round's metrics.json say, and it is nested in the mask of round k-1 beside it
+    (`<seed dir>/r<k-1>`: every weight pruned there stays pruned). parent_optional: skip the nesting check when
+    that mask is absent (imp_round, whose declared inputs are round 0 and round k-1, not round k-2)."""
     path = Path(round_dir) / layout.MASK
     if not path.exists():
         if k:
             raise FileNotFoundError(f"{path} not found: round {k} has no mask; rerun that round")
         return None
-    mask, meta = prune.load_mask(path, skeleton(cfg))
+    net = skeleton(cfg)
+    mask, meta = prune.load_mask(path, net)
     if k is not None and meta.get("round") != k:
         raise ValueError(f"{path} is the mask of round {meta.get('round')}, not of round {k}: rerun round {k}")
     if prune.count_kept(mask) == 0:
         raise ValueError(f"{path} keeps no weight at all; rerun the round that wrote it")
+    k = meta.get("round") if k is None else k
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise ValueError(f"{path}: its metadata names no round (round: {k!r}); rerun the round that wrote it")
+    check_mask_sparsity(path, mask, meta, read_fit_metrics(round_dir, k), Path(round_dir) / layout.FIT_METRICS, k)
+    if k >= 2:
+        parent = Path(round_dir).parent / f"r{k - 1}" / layout.MASK
+        if parent.exists():
+            check_nested(path, mask, parent, prune.load_mask(parent, net)[0], k)
+        elif not parent_optional:
+            raise ValueError(
+                f"{path}: cannot check that round {k}'s mask is nested in round {k - 1}'s: {parent} not found; "
+                f"rerun round {k - 1}"
+            )
     return mask
+
+
+def check_mask_sparsity(
+    path: Path, mask: prune.Mask, meta: dict[str, Any], metrics: dict[str, Any], metrics_path: Path, k: int
+) -> None:
+    """Refuse a mask whose real sparsity is not what its metadata and its round's metrics.json record (to less
+    than one weight: the records are the same count written as a fraction)."""
+    kept, total = prune.count_kept(mask), prune.count_total(mask)
+    real = 1.0 - kept / total
+    prunes = f"{path} prunes {real:.2%} of the prunable weights ({total - kept} of {total})"
+    recorded = meta.get("effective_sparsity")
+    if not (_is_number(recorded) and abs(recorded - real) * total < 0.5):  # (NaN fails too)
+        says = f"{recorded:.2%}" if _is_number(recorded) else f"{recorded!r}"
+        raise ValueError(f"{prunes}, but its metadata says {says}: the mask was edited or replaced; rerun round {k}")
+    sparsity = metrics["sparsity"]
+    if not abs(sparsity["effective"] - real) * total < 0.5 or any(
+        sparsity.get(key, value) != value for key, value in (("kept", kept), ("total", total))
+    ):
+        raise ValueError(
+            f"{prunes}, but {metrics_path} says {sparsity['effective']:.2%}: the round's files disagree; "
+            f"rerun round {k}"
+        )
+
+
+def check_nested(path: Path, mask: prune.Mask, parent_path: Path, parent: prune.Mask, k: int) -> None:
+    """Refuse a round-k mask that keeps a weight its parent (round k-1) pruned."""
+    revived = sum(int((mask[n] & ~parent[n]).sum()) for n in mask)
+    if revived:
+        raise ValueError(
+            f"{path} is not nested in round {k - 1}'s mask {parent_path}: it keeps {revived} weight(s) that round "
+            f"{k - 1} pruned (an IMP round only prunes more); rerun round {k}"
+        )
 
 
 # what the stages read of a round's metrics.json, and of its history.json
@@ -132,16 +185,84 @@ def read_record(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def read_fit_metrics(round_dir: Path, k: int | None = None) -> dict[str, Any]:
-    """A round's metrics.json, checked; k: the round it must hold."""
+    """A round's metrics.json, checked (keys and types of what the stages read); k: the round it must hold."""
     path = Path(round_dir) / layout.FIT_METRICS
     metrics = read_record(path, FIT_METRICS_KEYS)
+    check_fit_metrics(metrics, path)
     if k is not None and metrics["round"] != k:
         raise ValueError(f"{path} holds round {metrics['round']!r}, expected round {k}")
     return metrics
 
 
 def read_history(round_dir: Path) -> dict[str, list]:
-    return read_record(Path(round_dir) / layout.HISTORY, HISTORY_KEYS)
+    """A round's history.json, checked: equal-length lists of numbers (null: not measured at that row)."""
+    path = Path(round_dir) / layout.HISTORY
+    history = read_record(path, HISTORY_KEYS)
+    check_history(history, path)
+    return history
+
+
+RERUN = "rerun the stage that writes it"
+SCORED_POINTS = ("last", "es", "oracle_best")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _refuse(path: Path, key: str, value: Any, expected: str) -> ValueError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ValueError(f"{path}: {key} is {shown}, not {expected}; {RERUN}")
+
+
+def check_fit_metrics(metrics: dict[str, Any], path: Path) -> None:
+    """The types of what the stages read of a round's metrics.json: round an integer, output 'ema' or 'raw',
+    sparsity {nominal, effective: numbers; kept, total: integers, if present}, and each scored point
+    {psnr, ssim: numbers; iteration: an integer}."""
+    if not _is_int(metrics["round"]):
+        raise _refuse(path, "round", metrics["round"], "an integer")
+    if metrics["output"] not in ("ema", "raw"):
+        raise _refuse(path, "output", metrics["output"], "one of ['ema', 'raw']")
+    fields = {"sparsity": (("nominal", "effective"), ("kept", "total"))}
+    fields |= {point: (("psnr", "ssim"), ("iteration",)) for point in SCORED_POINTS}
+    for key, (numbers, integers) in fields.items():
+        value = metrics[key]
+        needed = [*numbers, *integers] if key != "sparsity" else list(numbers)
+        if not isinstance(value, dict):
+            raise _refuse(path, key, value, f"a mapping of {', '.join(needed[:-1])} and {needed[-1]}")
+        missing = [n for n in needed if n not in value]
+        if missing:
+            raise ValueError(f"{path}: {key}: missing {missing}; {RERUN}")
+        for name in numbers:
+            if not _is_number(value[name]):
+                raise _refuse(path, f"{key}.{name}", value[name], "a number")
+        for name in integers:
+            if name in value and not _is_int(value[name]):
+                raise _refuse(path, f"{key}.{name}", value[name], "an integer")
+
+
+def check_history(history: dict[str, Any], path: Path) -> None:
+    """history.json: every column a list of numbers or null (iteration: numbers only), all as long as iteration."""
+    for key, column in history.items():
+        if not isinstance(column, list):
+            raise _refuse(path, key, column, "a list of numbers")
+        for i, value in enumerate(column):
+            if key == "iteration" and not _is_number(value):
+                raise _refuse(path, f"{key}[{i}]", value, "a number")
+            if not (_is_number(value) or value is None):
+                raise _refuse(path, f"{key}[{i}]", value, "a number or null")
+    n = len(history["iteration"])
+    for key, column in history.items():
+        if len(column) != n:
+            raise ValueError(
+                f"{path}: {key} has {len(column)} entries but iteration has {n}; the columns must be equal-length "
+                f"lists; {RERUN}"
+            )
 
 
 def check_round_out(out: Path, seed: int, k: int, inputs: tuple[Path, ...] = ()) -> None:

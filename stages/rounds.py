@@ -50,7 +50,7 @@ def pruned_round(
     for given in (dense, parent):  # ... of this seed
         artifacts.check_round_seed(given, seed)
 
-    parent_mask = artifacts.load_round_mask(parent, net_cfg, k - 1)
+    parent_mask = artifacts.load_round_mask(parent, net_cfg, k - 1, parent_optional=True)  # r(k-2): no input
     trained = artifacts.load_weights(parent / layout.TRAINED, net_cfg)
     mask = next_mask(net_cfg, trained, parent_mask, imp)
     start, z = artifacts.load_rewind(dense, net_cfg)

@@ -667,7 +667,69 @@ CORRUPTIONS = {
         lambda p: io.write_json(p, {"iteration": [1], "psnr_out": [1.0]}),
         r"history\.json: missing \['psnr_ema'\]",
     ),
+    "history with a string in a psnr column": (
+        layout.HISTORY,
+        lambda p: _edit_json(p, "psnr_ema", lambda v: ["x", *v[1:]]),
+        r"history\.json: psnr_ema\[0\] is 'x', not a number or null; rerun the stage that writes it",
+    ),
+    "history with a short column": (
+        layout.HISTORY,
+        lambda p: _edit_json(p, "psnr_ema", lambda v: v[:-1]),
+        r"history\.json: psnr_ema has 2 entries but iteration has 3; the columns must be equal-length lists",
+    ),
+    "history with a column not a list": (
+        layout.HISTORY,
+        lambda p: _edit_json(p, "psnr_out", lambda v: 17.0),
+        r"history\.json: psnr_out is 17\.0, not a list of numbers",
+    ),
+    "history with a null iteration": (
+        layout.HISTORY,
+        lambda p: _edit_json(p, "iteration", lambda v: [None, *v[1:]]),
+        r"history\.json: iteration\[0\] is None, not a number",
+    ),
+    "metrics es a string": (
+        layout.FIT_METRICS,
+        lambda p: _edit_json(p, "es", lambda v: "high"),
+        r"metrics\.json: es is 'high', not a mapping of psnr, ssim and iteration; rerun the stage that writes it",
+    ),
+    "metrics es psnr a string": (
+        layout.FIT_METRICS,
+        lambda p: _edit_json(p, "es", lambda v: {**v, "psnr": "30"}),
+        r"metrics\.json: es\.psnr is '30', not a number",
+    ),
+    "metrics es without iteration": (
+        layout.FIT_METRICS,
+        lambda p: _edit_json(p, "es", lambda v: {"psnr": v["psnr"], "ssim": v["ssim"]}),
+        r"metrics\.json: es: missing \['iteration'\]",
+    ),
+    "metrics sparsity without effective": (
+        layout.FIT_METRICS,
+        lambda p: _edit_json(p, "sparsity", lambda v: {"nominal": v["nominal"]}),
+        r"metrics\.json: sparsity: missing \['effective'\]",
+    ),
+    "metrics sparsity a number": (
+        layout.FIT_METRICS,
+        lambda p: _edit_json(p, "sparsity", lambda v: 0.0),
+        r"metrics\.json: sparsity is 0\.0, not a mapping",
+    ),
+    "metrics round a string": (
+        layout.FIT_METRICS,
+        lambda p: _edit_json(p, "round", lambda v: "0"),
+        r"metrics\.json: round is '0', not an integer",
+    ),
+    "metrics output unknown": (
+        layout.FIT_METRICS,
+        lambda p: _edit_json(p, "output", lambda v: "mean"),
+        r"metrics\.json: output is 'mean', not one of \['ema', 'raw'\]",
+    ),
 }
+
+
+def _edit_json(path: Path, key: str, change) -> None:
+    """A JSON record with record[key] replaced by change(record[key])."""
+    record = io.read_json(path)
+    record[key] = change(record[key])
+    io.write_json(path, record)
 
 
 @pytest.mark.parametrize("name, change, message", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
@@ -676,6 +738,71 @@ def test_corrupted_round_records_are_refused_before_evaluate_writes_anything(cha
     with pytest.raises(ValueError, match=message):
         run_evaluate_on("f16", "denoise", "outs/degrade/f16-denoise", str(chained))
     assert not Path("outs/evaluate").exists() and not Path("metrics").exists() and not Path("plots").exists()
+
+
+def _invert_mask(rounds: Path, k: int) -> None:
+    """Round k's mask inverted in place (every kept weight pruned and back), its metadata left as it was."""
+    path = layout.round_dir(rounds, 0, k) / layout.MASK
+    tensors, meta = io.load_tensors(path)
+    io.save_tensors(path, {n: ~m for n, m in tensors.items()}, meta)
+
+
+def _unnest_mask(rounds: Path, k: int) -> None:
+    """Round k's mask with one weight its parent pruned brought back, and one it kept pruned: the same sparsity
+    (metadata and metrics still agree), but no longer nested in round k-1's mask."""
+    path = layout.round_dir(rounds, 0, k) / layout.MASK
+    parent = io.load_tensors(layout.round_dir(rounds, 0, k - 1) / layout.MASK)[0]
+    tensors, meta = io.load_tensors(path)
+    name = next(n for n in tensors if bool((~parent[n]).any()) and bool(tensors[n].any()))
+    flat = tensors[name].view(-1)
+    flat[int(torch.nonzero(~parent[name].view(-1))[0])] = True
+    flat[int(torch.nonzero(flat & parent[name].view(-1))[0])] = False
+    io.save_tensors(path, tensors, meta)
+
+
+def _edit_mask_sparsity(rounds: Path, k: int) -> None:
+    """Round k's metrics.json claiming another sparsity than its mask's."""
+    path = layout.round_dir(rounds, 0, k) / layout.FIT_METRICS
+    _edit_json(path, "sparsity", lambda v: {**v, "effective": 0.5, "kept": v["total"] // 2})
+
+
+MASK_EDITS = {
+    "inverted r2 mask": (
+        _invert_mask,
+        2,
+        r"r2/mask\.safetensors prunes 64\.00% of the prunable weights \(3574 of 5584\), but its metadata says "
+        r"36\.00%: the mask was edited or replaced; rerun round 2",
+    ),
+    "r2 mask not nested in r1's": (
+        _unnest_mask,
+        2,
+        r"r2/mask\.safetensors is not nested in round 1's mask .*r1/mask\.safetensors: it keeps 1 weight\(s\) "
+        r"that round 1 pruned \(an IMP round only prunes more\); rerun round 2",
+    ),
+    "r1 metrics claim another sparsity": (
+        _edit_mask_sparsity,
+        1,
+        r"r1/mask\.safetensors prunes 20\.00% of the prunable weights \(1117 of 5584\), but \S*/s0/r1/metrics\.json "
+        r"says 50\.00%: the round's files disagree; rerun round 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit, k, message", MASK_EDITS.values(), ids=MASK_EDITS.keys())
+def test_masks_that_disagree_with_their_round_are_refused_before_evaluate_writes_anything(chained, edit, k, message):
+    edit(chained, k)
+    with pytest.raises(ValueError, match=message):
+        run_evaluate_on("f16", "denoise", "outs/degrade/f16-denoise", str(chained))
+    assert not Path("outs/evaluate").exists() and not Path("metrics").exists() and not Path("plots").exists()
+
+
+def test_a_round_refuses_an_edited_parent_mask_and_keeps_its_output(chained):
+    _invert_mask(chained, 1)
+    r2 = layout.round_dir(chained, 0, 2)
+    before = {p.name: p.read_bytes() for p in r2.iterdir()}
+    with pytest.raises(ValueError, match=r"r1/mask\.safetensors prunes 80\.00% .* rerun round 1"):
+        run_round(2, 1)
+    assert {p.name: p.read_bytes() for p in r2.iterdir()} == before
 
 
 def test_an_observation_that_does_not_fit_its_image_shape_is_refused(project):

@@ -59,6 +59,24 @@ def test_the_safetensors_copy_makes_the_same_images(generator, tmp_path):
         assert torch.equal(copy(z), generator(z))
 
 
+def test_a_generator_file_with_a_wrong_shape_conv_is_refused_naming_the_tensor(tmp_path):
+    state = gan.DCGANGenerator().state_dict()
+    state["main.3.weight"] = torch.zeros(512, 128, 4, 4)  # 512 -> 128 where the architecture has 512 -> 256
+    from lipcore.io import save_tensors
+
+    save_tensors(tmp_path / "g.safetensors", state, {"round": 1})
+    with pytest.raises(
+        ValueError,
+        match=r"g\.safetensors: generator weights 'main\.3\.weight' has shape \(512, 128, 4, 4\), the net has "
+        r"\(512, 256, 4, 4\)",
+    ):
+        gan.load_generator(tmp_path / "g.safetensors")
+    del state["main.3.weight"]
+    save_tensors(tmp_path / "g.safetensors", state, {"round": 1})
+    with pytest.raises(ValueError, match=r"generator weights does not fit this net: missing \['main\.3\.weight'\]"):
+        gan.load_generator(tmp_path / "g.safetensors")
+
+
 def test_test_faces_are_read_in_the_generators_range(tmp_path):
     from tests.conftest import ROOT
 
