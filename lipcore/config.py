@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Iterator
@@ -67,6 +68,19 @@ def unrecorded() -> Iterator[None]:
         _reads = outer
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 100, 100
+_SHOWN.maxdict = _SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxset = 6
+SHOWN_CHARS = 120  # the most of one value an error message shows
+
+
+def shown(value: Any) -> str:
+    """repr(value) cut short for an error message: a huge value (a megabyte list, a long string) must not make
+    a megabyte message."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
 def _set_keys(section: Section, keys: dict[str, str]) -> None:
     object.__setattr__(section, "_keys", keys)  # in __dict__, not a field: eq, repr and asdict ignore it
 
@@ -87,7 +101,7 @@ def _from_dict(cls: type[T], data: dict[str, Any] | None, key: str | None) -> T:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"{key or cls.__name__}: expected a mapping of keys to values, got {data!r}")
+        raise ValueError(f"{key or cls.__name__}: expected a mapping of keys to values, got {shown(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -143,10 +157,10 @@ def _convert(value: Any, hint: Any, key: str, recorded: bool) -> Any:
                 return _convert(value, option, key, recorded)
             except ValueError as err:  # "key: expected X, got V" -> "expected X"
                 errors.append(str(err).split(": ", 1)[-1].rsplit(", got ", 1)[0].removeprefix("expected "))
-        raise ValueError(f"{key}: expected {' or '.join(errors)}, got {value!r}")
+        raise ValueError(f"{key}: expected {' or '.join(errors)}, got {shown(value)}")
     if hint is type(None):
         if value is not None:
-            raise ValueError(f"{key}: expected null, got {value!r}")
+            raise ValueError(f"{key}: expected null, got {shown(value)}")
         return None
     if isinstance(hint, type) and issubclass(hint, Section):
         if value is None:  # `fit:` with nothing under it would silently mean every default
@@ -154,24 +168,24 @@ def _convert(value: Any, hint: Any, key: str, recorded: bool) -> Any:
         return from_dict(hint, value, key if recorded else None)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
+            raise ValueError(f"{key}: expected a list, got {shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], f"{key}[{i}]", recorded) for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ValueError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+            raise ValueError(f"{key}: expected a list of {len(args)} values, got {shown(value)}")
         return tuple(_convert(v, a, f"{key}[{i}]", recorded) for i, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+            raise ValueError(f"{key}: expected a mapping, got {shown(value)}")
         return {k: _convert(v, args[1], f"{key}.{k}", recorded) for k, v in value.items()}
     if hint in _SCALARS:
         ok = isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if not ok:
-            raise ValueError(f"{key}: expected {_SCALARS[hint]}, got {value!r}")
+            raise ValueError(f"{key}: expected {_SCALARS[hint]}, got {shown(value)}")
         if hint is float and not math.isfinite(value):  # YAML's .nan / .inf
-            raise ValueError(f"{key}: expected a finite number, got {value!r}")
+            raise ValueError(f"{key}: expected a finite number, got {shown(value)}")
         return value
     return value
 

@@ -24,6 +24,9 @@ FACES = DATA / "faces"  # its real test faces, 64x64
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORT = Path("report")
+# stage check_params: written once params.yaml passes every check; degrade and gan_prepare depend on it, so DVC
+# runs that check before any command that interpolates a params value
+PARAMS_CHECKED = Path("outs/params-checked.json")
 
 # ---------------------------------------------------------------- directories
 

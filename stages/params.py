@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from lipcore.config import (
     Section,
     from_dict,
     round_chain,
+    shown,
     unrecorded,
     with_keys,
 )
@@ -70,11 +72,22 @@ def refuse_repeats(key: str, values: tuple) -> None:
         raise ValueError(f"{key}: {repeated} listed more than once (each names outputs of its own)")
 
 
-def refuse_non_names(key: str, names: tuple[str, ...]) -> None:
-    """Refuse values that cannot be file or folder names (they name outputs: data/<image>.png, report/<setting>)."""
+# Image, task, group, setting and face names: dvc.yaml puts them into shell commands and output paths
+# (`--name ${item.image}`, outs/multi/${item.group}, report/${setting}) and task and group names into params keys
+# (task_defs.${item.task}.fit), so a name is letters, digits, '_', '+' and '-', not starting with '-' or '+' (an
+# argparse option): no shell syntax, no space, no quote, no '/', no '.'.
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_+-]{0,63}")
+NAME_RULE = (
+    "a name is 1-64 letters, digits, '_', '+' or '-', not starting with '-' or '+' (names go into file names, "
+    "params keys and the shell commands of dvc.yaml)"
+)
+
+
+def refuse_non_names(key: str, names) -> None:
+    """Refuse values that are not names (NAME_RULE): strings only (a YAML int or bool key is refused too)."""
     for name in names:
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise ValueError(f"{key}: {name!r} is not a name (it names files and folders: no '/', no leading '.')")
+        if not (isinstance(name, str) and NAME.fullmatch(name)):
+            raise ValueError(f"{key}: {shown(name)} is not a name: {NAME_RULE}")
 
 
 TRANSFER_PAIRS = ("all", "across_tasks", "across_images")
@@ -133,13 +146,13 @@ class MultiConfig(Section):
     def __post_init__(self) -> None:
         from lipcore.multi import MODES
 
+        refuse_non_names("groups", tuple(self.groups))
         if not self.modes:
             raise ValueError("modes: the list is empty; give shared, average or both")
         unknown = sorted(set(self.modes) - set(MODES))
         if unknown:
             raise ValueError(f"modes: unknown mode(s) {unknown}; choose from {list(MODES)}")
         refuse_repeats("modes", self.modes)
-        refuse_non_names("groups", tuple(self.groups))
 
     def group(self, name: str) -> GroupDef:
         """groups[name]; an error naming the defined groups if there is none (a stage handed a wrong --group)."""
@@ -178,6 +191,8 @@ class GanConfig(Section):
     dip: GanDipConfig = dataclasses.field(default_factory=GanDipConfig)
 
     def __post_init__(self) -> None:
+        refuse_non_names("faces", self.faces)
+        refuse_non_names("tune_face", (self.tune_face,))
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
         object.__setattr__(self, "chain", round_chain(self.chain))
@@ -186,7 +201,6 @@ class GanConfig(Section):
         if self.in_range + len(self.faces) < 2:
             raise ValueError("in_range + faces: the study needs at least 2 test images (a paired interval)")
         refuse_repeats("faces", self.faces)
-        refuse_non_names("faces", (*self.faces, self.tune_face))
         if self.tune_face in self.faces:
             raise ValueError(f"tune_face: {self.tune_face!r} is a test face; pick FISTA's lambda on another image")
         refuse_repeats("cs.m", self.cs.m)
@@ -235,6 +249,10 @@ class Params(Section):
     executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
 
     def __post_init__(self) -> None:
+        refuse_non_names("images", self.images)  # first: no other message shows a name that is not one
+        refuse_non_names("tasks", self.tasks)
+        refuse_non_names("task_defs", tuple(self.task_defs))
+        refuse_non_names("setting", (self.setting,))
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
         if not 0.0 <= self.sparsity < 1.0:
@@ -247,9 +265,6 @@ class Params(Section):
             if not values:
                 raise ValueError(f"{key}: the list is empty; give at least one")
             refuse_repeats(key, values)
-        refuse_non_names("images", self.images)
-        refuse_non_names("tasks", self.tasks)
-        refuse_non_names("setting", (self.setting,))
         ids: dict[str, tuple[str, str]] = {}
         for pair in ((image, task) for image in self.images for task in self.tasks):
             other = ids.setdefault(layout.pair_id(*pair), pair)
@@ -376,15 +391,85 @@ class Params(Section):
         return with_keys(cfg, keys)
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML's safe loader (tags such as !!python/object are refused, not run) that also refuses anchors and
+    aliases: `&a [...]` and `*a` let a 2 KB file stand for gigabytes (a "billion laughs" alias bomb), and DVC
+    hashes what it expands to."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise _Refused(
+                f"line {event.start_mark.line + 1}, column {event.start_mark.column + 1}: "
+                f"the YAML {'alias' if sign == '*' else 'anchor'} {sign}{event.anchor[:40]}; anchors and "
+                "aliases are not allowed in a params file: write each value out"
+            )
+        return super().compose_node(parent, index)
+
+
+class _Refused(ValueError):
+    """A params file that YAML would read but lip refuses (an alias, a duplicate key)."""
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node, where: str = "") -> None:
+    """Refuse a mapping that gives a key twice (YAML would keep the last silently; DVC refuses the file)."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(loader, item, f"{where}[{i}]")
+    elif isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _Refused(f"line {line}: the YAML merge key '<<' is not allowed in a params file")
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a list or mapping as a key: the constructor refuses it (unhashable)
+            key = loader.construct_object(key_node)
+            dotted = f"{where}.{key}" if where else str(key)
+            if key in seen:
+                lines = f"line {line}" if seen[key] == line else f"lines {seen[key]} and {line}"
+                raise _Refused(
+                    f"{dotted[:200]} is given twice ({lines}); YAML would silently keep the last and DVC "
+                    "refuses the file: delete one"
+                )
+            seen[key] = line
+            _refuse_duplicate_keys(loader, value_node, dotted)
+
+
+def read_params_yaml(path: Path) -> Any:
+    """The plain data of a params file: safe YAML with no anchor, alias or duplicate key (refused naming where)."""
+    loader = _ParamsLoader(path.read_text())
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(loader, node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+MESSAGE_CHARS = 1000  # the longest error load_params gives (a huge file must not make a huge message)
+
+
+def _short(message: str) -> str:
+    if len(message) <= MESSAGE_CHARS:
+        return message
+    return f"{message[: MESSAGE_CHARS - 60]} ... ({len(message) - MESSAGE_CHARS + 60} characters cut)"
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and check the whole params file; every error names the key, the value and what is allowed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the stage from the project root")
     try:
-        data = yaml.safe_load(path.read_text())  # safe: tags such as !!python/object are refused, not run
+        data = read_params_yaml(path)
+    except _Refused as err:
+        raise ValueError(_short(f"{path}: {err}")) from None
     except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid plain YAML: {err}") from err
+        raise ValueError(_short(f"{path} is not valid plain YAML: {err}")) from None
     try:
         params = from_dict(Params, data, key="")
         with unrecorded():
@@ -396,5 +481,5 @@ def load_params(path: str | Path = "params.yaml") -> Params:
                         "remove it"
                     )
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise ValueError(_short(f"{path}: {err}")) from err
     return params

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,18 @@ def _sets(*changes):
     def change(params: dict) -> dict:
         for c in changes:
             params = c(params)
+        return params
+
+    return change
+
+
+def _task_def(name, listed: bool = True):
+    """A change of tiny_params: a denoising task named `name` (any YAML key) in task_defs, and in tasks if listed."""
+
+    def change(params: dict) -> dict:
+        params["task_defs"][name] = {"degradation": {"task": "denoise"}}
+        if listed:
+            params["tasks"] = [name]
         return params
 
     return change
@@ -139,6 +152,43 @@ PARAMS_ROWS = {
         r"transfer: pairs must be one of \['all', 'across_tasks'",
     ),
     "setting with a slash": (_set("setting", "study/one"), r"setting: 'study/one' is not a name"),
+    # names go into dvc.yaml's shell commands (--name ${item.image}): shell code, spaces, options refused at load
+    "an image name with shell substitution": (
+        _set("images", ["x$(touch PWNED)"]),
+        r"images: 'x\$\(touch PWNED\)' is not a name: a name is 1-64 letters, digits, '_', '\+' or '-'",
+    ),
+    "an image name with a space": (_set("images", ["f16 copy"]), r"images: 'f16 copy' is not a name"),
+    "an image name that is an option": (_set("images", ["-x"]), r"images: '-x' is not a name.*not starting with '-'"),
+    "an image name with a quote": (_set("images", ["f16'; touch PWNED; '"]), r"images: .*touch PWNED.* is not a name"),
+    "an image name of 65 characters": (_set("images", ["f" * 65]), r"images: 'f{65}' is not a name: a name is 1-64"),
+    "a task name with a backtick": (
+        _task_def("de`id`noise"),
+        r"tasks: 'de`id`noise' is not a name",
+    ),
+    "a task name with a dot (a params key)": (
+        _task_def("de.noise"),
+        r"tasks: 'de\.noise' is not a name",
+    ),
+    "an unlisted task_defs key with a semicolon": (
+        _task_def("a;b", listed=False),
+        r"task_defs: 'a;b' is not a name",
+    ),
+    "a task_defs key that is a number": (_task_def(7, listed=False), r"task_defs: 7 is not a name"),
+    "setting with shell substitution": (_set("setting", "$(id)"), r"setting: '\$\(id\)' is not a name"),
+    "a group name that is a number": (
+        _set("multi.groups", {123: {"train": ["f16", "baby"], "heldout": ["kate"]}}),
+        r"multi: groups: 123 is not a name",
+    ),
+    "a group name that is a bool": (
+        _set("multi.groups", {True: {"train": ["f16", "baby"], "heldout": ["kate"]}}),
+        r"multi: groups: True is not a name",
+    ),
+    "a group name with shell substitution": (
+        _set("multi.groups", {"g$(touch PWNED)": {"train": ["f16", "baby"], "heldout": ["kate"]}}),
+        r"multi: groups: 'g\$\(touch PWNED\)' is not a name",
+    ),
+    "a gan face with a space": (_set("gan", {"faces": ["baby girl"]}), r"gan: faces: 'baby girl' is not a name"),
+    "a gan tune face with a pipe": (_set("gan", {"tune_face": "man|id"}), r"gan: tune_face: 'man\|id' is not a name"),
     "multi-image group of one image": (
         _set("multi.groups", {"g": {"train": ["f16"], "heldout": ["baby"]}}),
         r"multi\.groups\.g: train: \['f16'\]; a multi-image group needs at least 2",
@@ -196,19 +246,41 @@ def test_device_cuda_without_cuda_is_refused(tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        ("!!python/object/apply:os.system ['echo pwned']\n", "not valid plain YAML"),  # never executed
-        ("sparsity: [0.3\n", "not valid plain YAML"),
-        ("- 1\n- 2\n", "expected a mapping"),
-    ],
-    ids=["python tag", "broken yaml", "not a mapping"],
+# a "billion laughs": half a KB of anchors and aliases standing for 9**9 strings, under a key whose type error showed
+# the value whole (every stage spent 52 s on the issue's one and died of a MemoryError)
+ALIAS_BOMB = "sparsity: 0.3\nfit:\n  lr:\n    - &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"    - &l{k} [{', '.join([f'*l{k - 1}'] * 9)}]\n" for k in range(1, 9)
 )
+PARAMS_FILE_ROWS = {
+    "python tag": ("!!python/object/apply:os.system ['echo pwned']\n", "not valid plain YAML"),  # never executed
+    "broken yaml": ("sparsity: [0.3\n", "not valid plain YAML"),
+    "not a mapping": ("- 1\n- 2\n", "expected a mapping"),
+    "a duplicate key": (
+        "sparsity: 0.3\nfit: {iterations: 12, iterations: 16}\n",
+        r"fit\.iterations is given twice \(line 2\); YAML would silently keep the last and DVC refuses the file",
+    ),
+    "a duplicate top-level key": (
+        "sparsity: 0.3\nseed: 0\nsparsity: 0.5\n",
+        r"sparsity is given twice \(lines 1 and 3\)",
+    ),
+    "a duplicate key in a list": ("gan:\n  cs: {m: [100]}\nimages: [{a: 1, a: 2}]\n", r"images\[0\]\.a is given twice"),
+    "an alias bomb": (ALIAS_BOMB, r"line 4, column 7: the YAML anchor &l0; anchors and aliases are not allowed"),
+    "an alias": ("fit: {iterations: 12}\nnet: *x\n", r"line 2, column 6: the YAML alias \*x; anchors and aliases"),
+    "a merge key": ("fit: {<<: {iterations: 12}}\n", r"line 1: the YAML merge key '<<' is not allowed"),
+    "a long list value": ("fit:\n  lr: [" + "0, " * 10_000 + "]\n", r"fit\.lr: expected a number, got \[0, 0, 0"),
+    "a long string value": ("sparsity: " + "x" * 100_000 + "\n", r"sparsity: expected a number, got 'xxx"),
+}
+
+
+@pytest.mark.parametrize("text, message", PARAMS_FILE_ROWS.values(), ids=PARAMS_FILE_ROWS.keys())
 def test_params_files_that_are_not_plain_yaml_mappings_are_refused(tmp_path, text, message):
+    """Refused at once, in a short message naming the file (a huge value is not shown whole)."""
     (tmp_path / "params.yaml").write_text(text)
-    with pytest.raises(ValueError, match=message):
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message) as err:
         load_params(tmp_path / "params.yaml")
+    assert time.perf_counter() - start < 2.0
+    assert str(tmp_path / "params.yaml") in str(err.value) and len(str(err.value)) < 500, str(err.value)[:2000]
 
 
 def test_a_missing_params_file_is_named(tmp_path):
@@ -553,21 +625,56 @@ def test_two_dvc_repro_at_once_are_refused(tmp_path):
     assert not (tmp_path / "outs").exists()
 
 
-def test_dvc_repro_with_bad_params_stops_at_the_first_stage_naming_the_key(tmp_path):
-    """Real DVC: a wrong type in params.yaml fails the first stage as it loads its params; nothing else runs."""
-    make_project(tmp_path, tiny_params(fit={**tiny_params()["fit"], "lr": "0.01"}), code=True)
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+SHELL_NAME = "x$(touch PWNED)"  # dvc.yaml would run it: `--name ${item.image}`
+
+
+def _bad_dvc_project(path: Path, params: dict) -> dict:
+    """A git + DVC repo of the pipeline with `params`, data/<image>.png present for every image; the env to run in."""
+    make_project(path, params, code=True)
+    for image in params["images"]:
+        if not (path / "data" / f"{image}.png").exists():
+            shutil.copy(DATA / "f16.png", path / "data" / f"{image}.png")
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=path, check=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.update(PYTHONPATH=str(tmp_path), DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=str(path), DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="1")
+    return env
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (tiny_params(fit={**tiny_params()["fit"], "lr": "0.01"}), "fit.lr: expected a number, got '0.01'"),
+        (tiny_params(images=["f16", SHELL_NAME]), f"images: '{SHELL_NAME}' is not a name: a name is 1-64 letters"),
+    ],
+    ids=["lr a string", "an image name with shell substitution"],
+)
+def test_dvc_repro_with_bad_params_stops_at_the_first_stage_naming_the_key(tmp_path, params, message):
+    """Real DVC: bad params fail check_params, the first stage, as it loads them; no other command runs (a name
+    that is shell code never reaches a shell: no PWNED file)."""
+    env = _bad_dvc_project(tmp_path, params)
     out = subprocess.run(
         [sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
     )
     text = out.stdout + out.stderr
     assert out.returncode != 0
-    assert "ERROR: stage degrade (" in text and "fit.lr: expected a number, got '0.01'" in text, text
+    assert "ERROR: stage check_params (" in text and message in text, text
     assert text.count("Running stage") == 1  # the first stage refused; DVC ran nothing after it
+    assert not (tmp_path / "PWNED").exists()
     assert not (tmp_path / "outs").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_the_executor_refuses_bad_params_up_front_in_one_line(tmp_path):
+    """python -m stages.parallel loads params.yaml before it starts Ray or any stage: one line, no traceback."""
+    env = _bad_dvc_project(tmp_path, tiny_params(images=["f16", SHELL_NAME]))
+    cmd = [sys.executable, "-m", "stages.parallel", "--num-cpus", "1"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.strip() == f"ERROR: params.yaml: images: '{SHELL_NAME}' is not a name: " + (
+        "a name is 1-64 letters, digits, '_', '+' or '-', not starting with '-' or '+' (names go into file names, "
+        "params keys and the shell commands of dvc.yaml)"
+    ), out.stderr
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "outs").exists()
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ def test_dvc_yaml_outputs_are_the_layout_paths(tmp_path):
     pairs = [(i, t) for i in params["images"] for t in params["tasks"]]
     rounds = [0] + [k for k, _ in params["imp"]["chain"]]
     expected = {layout.TRANSFER, layout.TRANSFER_METRICS, layout.report_dir(params["setting"]), layout.HEADLINE}
+    expected.add(layout.PARAMS_CHECKED)
     for image, task in pairs:
         expected |= {
             layout.degrade_dir(image, task),

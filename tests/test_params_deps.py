@@ -73,7 +73,7 @@ def test_every_stage_ran_and_read_params(reads_and_lists):
     reads, listed = reads_and_lists
     kinds = {a.split("@")[0] for a in listed}
     assert kinds == {
-        *("degrade", "dense_fit", "imp_round", "evaluate", "transfer", "report"),
+        *("check_params", "degrade", "dense_fit", "imp_round", "evaluate", "transfer", "report"),
         *("multi_dense_fit", "multi_imp_round", "multi_evaluate"),
         *("gan_prepare", "gan_imp_round", "gan_cs", "gan_robust", "gan_dip", "gan_evaluate"),
     }

@@ -18,7 +18,7 @@ import yaml
 
 from tests.conftest import dvc_project, e2e_params, locked_outs, ran_by_executor, run_command, run_executor
 
-N_STAGES = 27  # e2e_params(): 3 images x denoise, 2 rounds, one multi-image group, the GAN study's 6 stages
+N_STAGES = 28  # e2e_params(): check_params, 3 images x denoise, 2 rounds, one multi-image group, the GAN study's 6
 
 
 def data_marks(node, counts: Counter) -> Counter:
