@@ -249,8 +249,10 @@ def test_iteration_plot_holds_each_fit_to_its_own_end_with_its_es_stop(tmp_path)
     for k, hist, output, stop in ((0, dense, "raw", 12), (2, lip, "ema", 6)):
         d = layout.round_dir(tmp_path, 0, k)
         io.write_json(d / layout.HISTORY, hist)
-        record = {**dict.fromkeys(artifacts.FIT_METRICS_KEYS), "output": output, "round": k}
-        io.write_json(d / layout.FIT_METRICS, {**record, "es": {"iteration": stop, "psnr": 0.0, "ssim": 0.0}})
+        point = {"iteration": 12, "psnr": 0.0, "ssim": 0.0}
+        record = {"output": output, "round": k, "sparsity": {"nominal": 0.0, "effective": 0.0}}
+        record |= {"last": point, "oracle_best": point, "es": {**point, "iteration": stop}}
+        io.write_json(d / layout.FIT_METRICS, record)
     rows = evaluate.iteration_plot_rows(tmp_path, 0, 2)
     artifacts.write_csv(tmp_path / "plot.csv", rows, list(evaluate.ITERATION_COLUMNS))
     assert (tmp_path / "plot.csv").read_text().splitlines() == [
