@@ -4,6 +4,7 @@ under the name stages.layout gives it."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,24 +128,18 @@ def load_round_mask(
     k = meta.get("round") if k is None else k
     if not isinstance(k, int) or isinstance(k, bool):
         raise ValueError(f"{path}: its metadata names no round (round: {k!r}); rerun the round that wrote it")
-    check_mask_sparsity(path, mask, meta, read_fit_metrics(round_dir, k), Path(round_dir) / layout.FIT_METRICS, k)
-    if k >= 2:
-        parent = Path(round_dir).parent / f"r{k - 1}" / layout.MASK
-        if parent.exists():
-            check_nested(path, mask, parent, prune.load_mask(parent, net)[0], k)
-        elif not parent_optional:
-            raise ValueError(
-                f"{path}: cannot check that round {k}'s mask is nested in round {k - 1}'s: {parent} not found; "
-                f"rerun round {k - 1}"
-            )
+    metrics = read_fit_metrics(round_dir, k)
+    check_mask_sparsity(path, mask, meta, metrics["sparsity"], Path(round_dir) / layout.FIT_METRICS, k)
+    check_parent_nesting(path, mask, k, lambda parent: prune.load_mask(parent, net)[0], parent_optional)
     return mask
 
 
 def check_mask_sparsity(
-    path: Path, mask: prune.Mask, meta: dict[str, Any], metrics: dict[str, Any], metrics_path: Path, k: int
+    path: Path, mask: prune.Mask, meta: dict[str, Any], sparsity: Any, metrics_path: Path, k: int
 ) -> None:
     """Refuse a mask whose real sparsity is not what its metadata and its round's metrics.json record (to less
-    than one weight: the records are the same count written as a fraction)."""
+    than one weight: the records are the same count written as a fraction). sparsity: the metrics' record, a
+    mapping {effective, and kept, total if present} or (the GAN rounds) the effective sparsity itself."""
     kept, total = prune.count_kept(mask), prune.count_total(mask)
     real = 1.0 - kept / total
     prunes = f"{path} prunes {real:.2%} of the prunable weights ({total - kept} of {total})"
@@ -152,13 +147,29 @@ def check_mask_sparsity(
     if not (_is_number(recorded) and abs(recorded - real) * total < 0.5):  # (NaN fails too)
         says = f"{recorded:.2%}" if _is_number(recorded) else f"{recorded!r}"
         raise ValueError(f"{prunes}, but its metadata says {says}: the mask was edited or replaced; rerun round {k}")
-    sparsity = metrics["sparsity"]
-    if not abs(sparsity["effective"] - real) * total < 0.5 or any(
-        sparsity.get(key, value) != value for key, value in (("kept", kept), ("total", total))
+    counts = sparsity if isinstance(sparsity, dict) else {"effective": sparsity}
+    if not abs(counts["effective"] - real) * total < 0.5 or any(
+        counts.get(key, value) != value for key, value in (("kept", kept), ("total", total))
     ):
         raise ValueError(
-            f"{prunes}, but {metrics_path} says {sparsity['effective']:.2%}: the round's files disagree; "
-            f"rerun round {k}"
+            f"{prunes}, but {metrics_path} says {counts['effective']:.2%}: the round's files disagree; rerun round {k}"
+        )
+
+
+def check_parent_nesting(
+    path: Path, mask: prune.Mask, k: int, load: Callable[[Path], prune.Mask], parent_optional: bool = False
+) -> None:
+    """Refuse round k's mask (k >= 2) unless it is nested in the mask of round k-1 beside it (`../r<k-1>`, as
+    layout names the rounds of one chain). parent_optional: pass when that mask is absent."""
+    if k < 2:  # round 1's parent is the dense net
+        return
+    parent = path.parent.parent / f"r{k - 1}" / path.name
+    if parent.exists():
+        check_nested(path, mask, parent, load(parent), k)
+    elif not parent_optional:
+        raise ValueError(
+            f"{path}: cannot check that round {k}'s mask is nested in round {k - 1}'s: {parent} not found; "
+            f"rerun round {k - 1}"
         )
 
 
@@ -200,6 +211,17 @@ def read_history(round_dir: Path) -> dict[str, list]:
     history = read_record(path, HISTORY_KEYS)
     check_history(history, path)
     return history
+
+
+def read_gan_record(round_dir: Path) -> dict[str, Any]:
+    """A GAN round's metrics.json, checked: round an integer, sparsity a number."""
+    path = Path(round_dir) / layout.FIT_METRICS
+    record = read_record(path, ("round", "sparsity"))
+    if not _is_int(record["round"]):
+        raise _refuse(path, "round", record["round"], "an integer")
+    if not _is_number(record["sparsity"]):
+        raise _refuse(path, "sparsity", record["sparsity"], "a number")
+    return record
 
 
 RERUN = "rerun the stage that writes it"

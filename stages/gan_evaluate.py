@@ -42,10 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     gan = params.gan
     x, names, kinds = gan_study.load_testset(args.testset)
-    rounds = [
-        artifacts.read_record(layout.gan_round_dir(k, args.rounds) / layout.FIT_METRICS, ("round", "sparsity"))
-        for k in (0, *gan.rounds)
-    ]
+    rounds = [artifacts.read_gan_record(layout.gan_round_dir(k, args.rounds)) for k in (0, *gan.rounds)]
     last = gan.rounds[-1]
 
     per_m, grids, lambdas = {}, {}, {}

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     gan, device = params.gan, resolve_device(params.device)
 
     dense, _ = gan_study.load_round(args.pretrained, 0)
-    parent, parent_mask = gan_study.load_round(args.parent, k - 1)
+    parent, parent_mask = gan_study.load_round(args.parent, k - 1, parent_optional=True)  # r(k-2): no input
     mask = next_mask(parent, parent_mask, gan.fraction)
     random_mask = prune.random_mask_like(mask, generator(params.seed, "gan", "random_mask", k))
     teacher = dense.to(device)

@@ -61,10 +61,16 @@ def load_testset(testset: Path) -> tuple[Tensor, list[str], list[str]]:
 # ---------------------------------------------------------------- round directories
 
 
-def load_round(round_dir: Path, k: int, which: str = "lip") -> tuple[DCGANGenerator, prune.Mask | None]:
-    """Round k's generator and mask ('lip' or its 'random' control); round 0: the pretrained generator, no mask."""
+def load_round(
+    round_dir: Path, k: int, which: str = "lip", parent_optional: bool = False
+) -> tuple[DCGANGenerator, prune.Mask | None]:
+    """Round k's generator and mask ('lip' or its 'random' control); round 0: the pretrained generator, no mask.
+
+    The mask is refused unless its real sparsity is the one its metadata and metrics.json record, and (LIP's,
+    from round 2) it is nested in round k-1's beside it; parent_optional: skip that when round k-1's mask is
+    absent (gan_imp_round, whose inputs are round 0 and round k-1)."""
     round_dir = Path(round_dir)
-    record = artifacts.read_record(round_dir / layout.FIT_METRICS, ("round", "sparsity"))
+    record = artifacts.read_gan_record(round_dir)
     if record["round"] != k:
         raise ValueError(f"{round_dir} holds GAN round {record['round']}, expected round {k}; check the chain")
     files = {"lip": (layout.GENERATOR, layout.MASK), "random": (layout.RANDOM_GENERATOR, layout.RANDOM_MASK)}
@@ -72,7 +78,11 @@ def load_round(round_dir: Path, k: int, which: str = "lip") -> tuple[DCGANGenera
     net = load_generator(round_dir / weights)
     if k == 0:
         return net, None
-    mask, _ = prune.load_mask(round_dir / mask_file, net)
+    path = round_dir / mask_file
+    mask, meta = prune.load_mask(path, net)
+    artifacts.check_mask_sparsity(path, mask, meta, record["sparsity"], round_dir / layout.FIT_METRICS, k)
+    if which == "lip":
+        artifacts.check_parent_nesting(path, mask, k, lambda parent: prune.load_mask(parent, net)[0], parent_optional)
     return net, mask
 
 

@@ -77,6 +77,71 @@ def test_a_generator_file_with_a_wrong_shape_conv_is_refused_naming_the_tensor(t
         gan.load_generator(tmp_path / "g.safetensors")
 
 
+@pytest.fixture(scope="module")
+def gan_chain(tmp_path_factory):
+    """GAN rounds r0-r2 as gan_prepare / gan_imp_round write them (LIP's files only; no random control), of a
+    randomly initialised generator: no distillation, the files are under test, not the training."""
+    from lipcore import io, prune
+    from lipcore.gan_prune import next_mask
+    from stages import layout
+
+    rounds = tmp_path_factory.mktemp("gan_rounds")
+    net = gan.DCGANGenerator()
+    r0 = layout.gan_round_dir(0, rounds)
+    r0.mkdir()
+    gan.save_generator(r0 / layout.GENERATOR, net, {"round": 0})
+    io.write_json(r0 / layout.FIT_METRICS, {"round": 0, "sparsity": 0.0})
+    mask = None
+    for k in (1, 2):
+        mask = next_mask(net, mask, 0.2)
+        out = layout.gan_round_dir(k, rounds)
+        out.mkdir()
+        gan.save_generator(out / layout.GENERATOR, net, {"round": k})
+        prune.save_mask(out / layout.MASK, mask, {"round": k})
+        io.write_json(out / layout.FIT_METRICS, {"round": k, "sparsity": prune.sparsity(mask)})
+    return rounds
+
+
+def _gan_edit(kind: str, r2) -> None:
+    from lipcore import io
+    from stages import layout
+
+    path = r2 / layout.MASK
+    tensors, meta = io.load_tensors(path)
+    if kind == "inverted":
+        tensors = {n: ~m for n, m in tensors.items()}
+    elif kind == "not nested":  # one weight round 1 pruned comes back, one it kept goes: the same sparsity
+        parent = io.load_tensors(r2.parent / "r1" / layout.MASK)[0]["main.0.weight"].view(-1)
+        flat = tensors["main.0.weight"].view(-1)
+        flat[int(torch.nonzero(~parent)[0])] = True
+        flat[int(torch.nonzero(flat & parent)[0])] = False
+    elif kind == "sparsity a string":
+        io.write_json(r2 / layout.FIT_METRICS, {"round": 2, "sparsity": "high"})
+    if kind != "sparsity a string":
+        io.save_tensors(path, tensors, meta)
+
+
+GAN_ROUND_EDITS = {
+    "inverted": r"r2/mask\.safetensors prunes 64\.00% of the prunable weights \(2287862 of 3574784\), but its "
+    r"metadata says 36\.00%: the mask was edited or replaced; rerun round 2",
+    "not nested": r"r2/mask\.safetensors is not nested in round 1's mask \S*r1/mask\.safetensors: it keeps 1 "
+    r"weight\(s\) that round 1 pruned \(an IMP round only prunes more\); rerun round 2",
+    "sparsity a string": r"r2/metrics\.json: sparsity is 'high', not a number; rerun the stage that writes it",
+}
+
+
+@pytest.mark.parametrize("kind, message", GAN_ROUND_EDITS.items(), ids=GAN_ROUND_EDITS.keys())
+def test_gan_rounds_whose_mask_disagrees_with_the_round_are_refused(gan_chain, tmp_path, kind, message):
+    from stages import gan_study, layout
+
+    rounds = tmp_path / "rounds"
+    shutil.copytree(gan_chain, rounds)
+    gan_study.load_round(layout.gan_round_dir(2, rounds), 2)  # as written: accepted
+    _gan_edit(kind, layout.gan_round_dir(2, rounds))
+    with pytest.raises(ValueError, match=message):
+        gan_study.load_round(layout.gan_round_dir(2, rounds), 2)
+
+
 def test_test_faces_are_read_in_the_generators_range(tmp_path):
     from tests.conftest import ROOT
 
