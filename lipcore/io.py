@@ -9,6 +9,7 @@ import contextlib
 import fnmatch
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -135,11 +136,30 @@ def save_png(x: Tensor, path: PathLike) -> None:
 # ---------------------------------------------------------------- atomic writes
 
 
+def sweep_stale(path: PathLike) -> list[Path]:
+    """Remove what an earlier write of `path` left beside it when it was killed (SIGKILL, the OOM killer): the
+    temporary `.<name>.<8 random characters>.tmp` it was writing and the `.<name>.old` it was replacing. Only these
+    exact names: `.r0.x.tmp`, another output's, stays. Returns what was removed."""
+    path = Path(path)
+    stale = re.compile(rf"\.{re.escape(path.name)}\.(?:[a-z0-9_]{{8}}\.tmp|old)")
+    removed = []
+    for entry in path.parent.iterdir() if path.parent.is_dir() else ():
+        if stale.fullmatch(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds. What a killed
+    earlier write left beside `path` is swept first (sweep_stale)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -178,7 +198,8 @@ def check_replaceable(path: PathLike, signature: str, patterns: tuple[str, ...],
 
 @contextlib.contextmanager
 def atomic_dir(path: PathLike, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
-    """Yield a fresh temporary directory; it replaces `path` only if the block succeeds.
+    """Yield a fresh temporary directory; it replaces `path` only if the block succeeds. What a killed earlier
+    write left beside `path` is swept first (sweep_stale).
 
     check(path): called before an existing `path` is replaced; raises to keep it (see check_replaceable).
     """
@@ -186,6 +207,7 @@ def atomic_dir(path: PathLike, check: Callable[[Path], None] | None = None) -> I
     if check is not None:  # early too: refuse before the caller does the work
         check(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -8,12 +8,23 @@ recording a finished stage, all through DVC's own objects, in the steps `dvc rep
 so dvc.lock, the cache and the run cache end as `dvc repro` leaves them. Only running the cmd is handed to the
 workers; everything else happens here, one stage at a time, in the driver that holds the repo lock. The dumps
 alone are batched (Lockfile): DVC rewrites the whole dvc.lock for each one.
+
+Two departures from `dvc repro`, both so that a stop at any moment loses nothing: a stage's old outputs are
+removed only when a worker takes it (not when it becomes ready: a run stopped before then leaves them, and
+dvc.lock's record of them, as they were), and dvc.lock is written whole to a temporary file that replaces it,
+with SIGINT/SIGTERM held meanwhile (DVC writes it in place: a stop mid-write left half a lock that still parsed).
+
+This module calls DVC internals (the graph helpers, Stage methods, the run cache, the lockfile class): pyproject
+pins the DVC versions the tests have run on.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,11 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
+from dvc.dvcfile import Lockfile as DvcLockfile
 from dvc.repo import Repo
 from dvc.repo.graph import get_subgraph_of_nodes
 from dvc.repo.reproduce import get_active_graph
 from dvc.stage import Stage
-from dvc.stage.cache import RunCacheNotFoundError
+from dvc.stage.cache import _can_hash
+from dvc.stage.serialize import to_single_stage_lockfile
+
+from lipcore.io import atomic_path
 
 
 @dataclass
@@ -116,24 +131,84 @@ class Lockfile:
         files: dict[str, list[Stage]] = {}  # dvc.yaml path -> its stages (a repo may have several)
         for stage in self.pending:
             files.setdefault(stage.path, []).append(stage)
-        for stages in files.values():
-            stages[0].dvcfile.dump_stages(stages, update_pipeline=False)
-        self.pending.clear()
+        with signals_held():
+            for stages in files.values():
+                dump_atomically(stages)
+            self.pending.clear()
         self.written = time.monotonic()
 
 
-def start(repo: Repo, stage: Stage, lock: Lockfile) -> bool:
-    """Prepare a stage to run as `dvc repro` does: its old outputs removed, then restored from the run cache if
-    DVC has run it with these very deps before (then recorded here, and False returned), else its deps saved
-    and True returned: its cmd must run."""
-    stage.remove_outs(ignore_remove=False, force=False)
+def dump_atomically(stages: list[Stage]) -> None:
+    """DVC's dump of these stages' dvc.lock entries (one dvc.yaml's), made on a copy of dvc.lock that then replaces
+    it: a stop or a full disk mid-write leaves the old dvc.lock whole, never a cut one."""
+    dvcfile = stages[0].dvcfile
+    lock = Path(os.path.splitext(dvcfile.path)[0] + ".lock")  # where DVC keeps a dvc.yaml's lock
+    with atomic_path(lock) as tmp:
+        if lock.exists():
+            shutil.copyfile(lock, tmp)
+        DvcLockfile(dvcfile.repo, os.fspath(tmp)).dump_stages(stages)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    tracked = dvcfile.repo.scm_context.files_to_track  # DVC's "git add <file>" hint: dvc.lock, not the copy
+    if os.path.relpath(tmp) in tracked:
+        tracked.discard(os.path.relpath(tmp))
+        tracked.add(os.path.relpath(lock))
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, then take effect as they would have. (Only the main thread
+    can set handlers; elsewhere the block runs as is.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
     try:
-        repo.stage_cache.restore(stage)
-    except RunCacheNotFoundError:
-        stage.save_deps()
-        return True
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            os.kill(os.getpid(), caught[0])  # delivered now, to the handler that was in place
+
+
+def restore(repo: Repo, stage: Stage, lock: Lockfile) -> bool:
+    """If DVC ran this stage with these very deps before, bring its outputs back from the cache and record it
+    (True), as `dvc repro` does. Else False, and nothing is touched: its outputs go only when a worker takes it."""
+    cached = _cached_run(repo, stage)
+    if cached is None:
+        return False
+    stage.remove_outs(ignore_remove=False, force=False)
+    cached.checkout()
     record(stage, lock)
-    return False
+    return True
+
+
+def _cached_run(repo: Repo, stage: Stage) -> Stage | None:
+    """The run DVC's StageCache.restore would check out for this stage, or None; asked without that method's first
+    step, which removes the outputs (and, once the deps are saved, would take a stage with changed deps for one
+    without). The same two cases: a stage whose cmd and deps are as dvc.lock records them (only its outputs went
+    missing or changed) has its own entry; any other, the run cache entry of its deps' current hashes."""
+    if not _can_hash(stage):
+        return None
+    cache = repo.stage_cache
+    if not stage.changed_stage() and stage.deps_cached() and all(out.hash_info for out in stage.outs):
+        entry = to_single_stage_lockfile(stage)
+    else:
+        stage.save_deps()
+        entry = cache._load(stage)
+    if not entry:
+        return None
+    cached = cache._create_stage(entry, wdir=stage.wdir)
+    return cached if cached.outs_cached() else None
+
+
+def take(stage: Stage) -> None:
+    """Just before a worker runs the stage's cmd: its old outputs removed and its deps saved, as `dvc repro` does."""
+    stage.remove_outs(ignore_remove=False, force=False)
+    stage.save_deps()
 
 
 def record(stage: Stage, lock: Lockfile) -> None:

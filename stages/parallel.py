@@ -16,13 +16,22 @@ Each stage gets params.yaml's `executor` resources: `num_cpus` cores (its torch 
 keep N cores busy without oversubscribing them) and `num_gpus` of a GPU (fractions share one). On the first
 failure no further stage starts; the stages already running finish and are recorded; the failed stage's error
 is shown and the command exits with status 1. A later run (or `dvc repro`) picks up from there.
+
+Stopped (Ctrl-C, SIGTERM), the driver stops the running stages' workers, writes dvc.lock's entries of every
+recorded stage and exits with one line; killed outright (SIGKILL), the workers notice and end themselves. Either
+way what a stage had not finished is not recorded, the outputs of stages not yet taken by a worker are untouched,
+and a rerun finishes the pipeline byte-identically. Problems DVC or the OS report (another DVC process in the
+repo, an unknown stage, a broken dvc.lock, a full disk) end the run with one line saying what to do.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import signal
+import sqlite3
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +79,84 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
-    return reproduce(Path.cwd(), resources, args.targets, args.workers, args.address, args.num_cpus)
+    try:
+        refuse_if_dvc_is_running(Path.cwd())
+        return reproduce(Path.cwd(), resources, args.targets, args.workers, args.address, args.num_cpus)
+    except Stopped as stop:
+        print(f"ERROR: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except Exception as err:
+        message = one_line(err)
+        if message is None or os.environ.get("LIP_TRACEBACK"):
+            raise
+        print(f"ERROR: {message}", file=sys.stderr)
+        return 1
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM reached the driver (a BaseException, like KeyboardInterrupt: no `except Exception` in
+    DVC's code or ours takes it for a stage's failure)."""
+
+    def __init__(self, signum: int, recorded: int = 0, stopped: list[str] | None = None):
+        self.signum, self.recorded, self.stopped = signum, recorded, stopped or []
+        super().__init__(signum)
+
+    def __str__(self) -> str:
+        running = f"; stopped {', '.join(self.stopped)} (not recorded)" if self.stopped else ""
+        return (
+            f"stopped by {signal.Signals(self.signum).name}: {self.recorded} stages recorded in dvc.lock{running}. "
+            "Rerun to finish the pipeline"
+        )
+
+
+_stop_asked: list[int] = []  # the signals that asked the driver to stop, noted by _ask_to_stop
+
+
+def _ask_to_stop(signum: int, frame) -> None:
+    """SIGINT/SIGTERM only note the request: raised from a handler, an exception would land inside Ray's C code
+    (its wait ran the handler and broke with a SystemError); the scheduling loop acts on it within POLL seconds."""
+    _stop_asked.append(signum)
+
+
+POLL = 0.5  # seconds the scheduler waits for a stage to finish before it looks for a stop request
+
+
+def one_line(err: Exception) -> str | None:
+    """What DVC or the OS reported, as one line that says what to do; None for anything else (a bug: traceback)."""
+    from dvc.exceptions import DvcException
+    from dvc.lock import LockError
+
+    text = " ".join(str(err).split())
+    if isinstance(err, LockError):
+        return f"{text} Another DVC process (dvc repro, a second stages.parallel) holds this repo: wait for it"
+    if isinstance(err, DvcException):
+        return f"{text} (DVC {type(err).__name__}; fix the named file or stage name and rerun)"
+    if isinstance(err, (OSError, sqlite3.OperationalError)):  # sqlite: DVC's state and run-cache databases
+        return f"{text}; free disk space (or fix the path) and rerun: what was recorded is kept"
+    return None
+
+
+def refuse_if_dvc_is_running(root: Path) -> None:
+    """Refuse to start while another process runs a DVC stage here.
+
+    `dvc repro` lets go of the repo lock while a stage's command runs (so the command may call DVC); an executor
+    taking the lock then would fail on DVC's per-output locks midway, and the other run's result be thrown away.
+    DVC's per-output lock file names the processes that hold outputs: any of them alive means one is running."""
+    import psutil
+
+    path = root / ".dvc" / "tmp" / "rwlock"
+    try:
+        held = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    infos = [*held.get("write", {}).values(), *(i for infos in held.get("read", {}).values() for i in infos)]
+    for info in infos:
+        pid = info.get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and psutil.pid_exists(pid):
+            raise SystemExit(
+                f"ERROR: another DVC process runs a stage in this repo (PID {pid}: {info.get('cmd', '?')}); "
+                "wait for it to end (or stop it), then rerun"
+            )
 
 
 def _show_progress() -> None:
@@ -110,12 +196,18 @@ def reproduce(
             object_store_memory=None if address else 128 * 1024**2,  # only small results travel
             runtime_env={"env_vars": {"PYTHONPATH": str(root)}} if address else None,
         )
+        # after ray.init, which installs its own handlers (its SIGTERM one aborted the driver with a C++ stack dump)
+        _stop_asked.clear()
+        previous = {sig: signal.signal(sig, _ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            pool = _start_workers(ray, root, resources, workers)
+            pool = _start_workers(ray, root, resources, workers, local=address is None)
             log.info("%d stages in the pipeline; %d workers, each %s", progress.total, len(pool), _shape(resources))
             failure = _schedule(ray, repo, work, pool, progress)
         finally:
-            ray.shutdown()
+            with ledger.signals_held():  # a second Ctrl-C must not cut the shutdown short
+                ray.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     ran = sum(s for _, s, _ in progress.ran)
     log.info(
         "%d ran (%.0f s of stage time), %d restored from the run cache, %d already up to date",
@@ -135,8 +227,9 @@ def _shape(resources: ExecutorConfig) -> str:
     return f"{resources.num_cpus:g} CPU{gpus}"
 
 
-def _start_workers(ray, root: Path, resources: ExecutorConfig, workers: int | None) -> list:
-    """Long-lived workers, as many as the cluster's resources hold (or `workers`, if fewer)."""
+def _start_workers(ray, root: Path, resources: ExecutorConfig, workers: int | None, local: bool) -> list:
+    """Long-lived workers, as many as the cluster's resources hold (or `workers`, if fewer). On a local cluster
+    each watches this process and ends itself if it dies (SIGKILL gives no chance to stop them)."""
     free = ray.cluster_resources()
     fit = int(free.get("CPU", 0) // resources.num_cpus)
     if resources.num_gpus:
@@ -148,7 +241,14 @@ def _start_workers(ray, root: Path, resources: ExecutorConfig, workers: int | No
         )
     count = min(fit, workers) if workers else fit
     actor = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)(StageRunner)
-    return [actor.remote(str(root), int(resources.num_cpus)) for _ in range(count)]
+    driver = os.getpid() if local else None
+    pool = [actor.remote(str(root), int(resources.num_cpus), driver) for _ in range(count)]
+    if local:  # to kill them for sure on a stop (ray.kill only asks Ray to)
+        _PIDS.update(zip(map(id, pool), ray.get([worker.pid.remote() for worker in pool])))
+    return pool
+
+
+_PIDS: dict[int, int] = {}  # id(worker handle) -> its process on this machine
 
 
 def _schedule(ray, repo, work: ledger.Plan, pool: list, progress: Progress) -> str | None:
@@ -162,23 +262,29 @@ def _schedule(ray, repo, work: ledger.Plan, pool: list, progress: Progress) -> s
     idle = list(pool)
     failure: str | None = None
     lock = ledger.Lockfile()
+    recorded = 0
     try:
         while True:
+            if _stop_asked:
+                raise Stopped(_stop_asked[0])
             if failure is None:
                 _release_ready(repo, work, waiting, done, ready, progress, order, lock)
             while idle and ready and failure is None:
                 stage = ready.pop(0)
                 worker = idle.pop()
                 cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
-                running[worker.run.remote(cmd)] = (stage, worker)
+                with ledger.signals_held():  # taken whole: a stop finds it running (and stops it) or not taken
+                    ledger.take(stage)  # only now its old outputs go
+                    running[worker.run.remote(cmd)] = (stage, worker)
                 progress.running += 1
                 log.info(progress.line(f"started {stage.addressing}"))
             if not running:
                 break
             lock.write()  # if the entries waiting have waited long enough
-            finished, _ = ray.wait(list(running), num_returns=1, timeout=lock.due())
+            due = lock.due()
+            finished, _ = ray.wait(list(running), num_returns=1, timeout=POLL if due is None else min(due, POLL))
             if not finished:
-                continue  # nothing finished before the waiting entries fell due: the next pass writes them
+                continue  # the next pass looks for a stop request and writes the entries that fell due
             stage, worker = running.pop(finished[0])
             progress.running -= 1
             try:
@@ -187,15 +293,24 @@ def _schedule(ray, repo, work: ledger.Plan, pool: list, progress: Progress) -> s
             except ray.exceptions.RayError as err:  # the worker process died (killed, out of memory, crashed)
                 outcome = Outcome(False, 0.0, "in-process", f"the worker running it died: {err}")
             if outcome.ok:
-                ledger.record(stage, lock)
+                with ledger.signals_held():  # recorded whole: hashed, cached and handed to dvc.lock
+                    ledger.record(stage, lock)
+                recorded += 1
                 done.add(stage)
                 progress.ran.append((stage.addressing, outcome.seconds, outcome.how))
                 log.info(progress.line(f"{stage.addressing} done in {outcome.seconds:.1f} s ({outcome.how})"))
             elif failure is None:
                 failure = f"stage {stage.addressing} failed: {outcome.error}"
                 log.error(progress.line(f"{stage.addressing} FAILED; starting no further stage"))
+    except Stopped as stop:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the stop is under way: a second Ctrl-C must not cut it short
+            signal.signal(sig, signal.SIG_IGN)
+        names = [stage.addressing for stage, _ in running.values()]
+        _stop_workers(ray, [worker for _, worker in running.values()])
+        stop.recorded, stop.stopped = recorded + progress.restored, names
+        raise
     finally:
-        lock.write(force=True)  # however the run ends (a failure, Ctrl-C), every recorded stage in dvc.lock
+        lock.write(force=True)  # however the run ends (a failure, a stop), every recorded stage in dvc.lock
     if failure is None and waiting:  # cannot happen in a DAG; say so rather than end silently
         failure = f"stages never became ready: {sorted(s.addressing for s in waiting)}"
     return failure
@@ -217,13 +332,38 @@ def _release_ready(
             if not ledger.is_out_of_date(stage, work.upstream[stage]):
                 progress.up_to_date += 1
                 done.add(stage)
-            elif ledger.start(repo, stage, lock):
-                ready.append(stage)
-            else:
+            elif _restored(repo, stage, lock):
                 progress.restored += 1
                 done.add(stage)
                 log.info(progress.line(f"{stage.addressing} restored from the run cache"))
+            else:
+                ready.append(stage)
     ready.sort(key=lambda s: (-work.chain[s], order[s]))
+
+
+def _restored(repo, stage, lock: ledger.Lockfile) -> bool:
+    with ledger.signals_held():  # its outputs removed and restored whole, or not at all
+        return ledger.restore(repo, stage, lock)
+
+
+def _stop_workers(ray, workers: list, wait: float = 10.0) -> None:
+    """Kill the workers running stages and wait until their processes are gone, so that no stage writes an output
+    after the driver has said it stopped (an output half written stays in its temporary folder, swept later)."""
+    import psutil
+
+    procs = []
+    for worker in workers:
+        ray.kill(worker, no_restart=True)
+        try:
+            procs.append(psutil.Process(_PIDS[id(worker)]))
+        except (KeyError, psutil.NoSuchProcess):  # not on this machine, or gone already
+            pass
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=wait)
 
 
 if __name__ == "__main__":

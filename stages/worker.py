@@ -16,6 +16,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -51,9 +52,11 @@ def module_call(cmd: str) -> tuple[str, list[str]] | None:
 class StageRunner:
     """One worker: torch imported and warmed once; stages run one at a time, each from a fresh-process state."""
 
-    def __init__(self, root: str, threads: int) -> None:
+    def __init__(self, root: str, threads: int, driver: int | None = None) -> None:
         self.root = Path(root)
         self.threads = threads
+        if driver is not None:
+            threading.Thread(target=_end_with, args=(driver,), daemon=True, name="driver-watch").start()
         os.chdir(self.root)
         if str(self.root) not in sys.path:
             sys.path.insert(0, str(self.root))
@@ -71,6 +74,9 @@ class StageRunner:
         weight.sum().backward()
         torch.optim.Adam([weight]).step()
         import lipcore.fit  # noqa: F401  (the library every stage imports)
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def run(self, cmd: str) -> Outcome:
         """Run one stage command; never raises (a failure comes back as an Outcome with the error)."""
@@ -117,6 +123,19 @@ class StageRunner:
             error = f"{cmd}: exit status {proc.returncode}\n{tail}"
             return Outcome(False, time.perf_counter() - start, "subprocess", error)
         return Outcome(True, time.perf_counter() - start, "subprocess")
+
+
+def _end_with(driver: int, every: float = 0.5) -> None:
+    """End this worker process as soon as the driver's process is gone (killed with SIGKILL, it could not stop us):
+    a stage must not go on writing outputs for a run that no longer records them."""
+    while True:
+        time.sleep(every)
+        try:
+            os.kill(driver, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # a process of another user took the PID: ours is gone
+            os._exit(1)
 
 
 def _error_text(cmd: str, err: BaseException) -> str:
