@@ -125,12 +125,17 @@ def one_line(err: Exception) -> str | None:
     """What DVC or the OS reported, as one line that says what to do; None for anything else (a bug: traceback)."""
     from dvc.exceptions import DvcException
     from dvc.lock import LockError
+    from dvc.stage.exceptions import StageNotFound
 
     text = " ".join(str(err).split())
     if isinstance(err, LockError):
         return f"{text} Another DVC process (dvc repro, a second stages.parallel) holds this repo: wait for it"
+    if isinstance(err, StageNotFound):
+        return f"{text}: `dvc stage list` names them"
+    if isinstance(err, DvcException) and "dvc.lock" in text:
+        return f"{text}: restore it (git checkout dvc.lock) or delete it (then every stage reruns)"
     if isinstance(err, DvcException):
-        return f"{text} (DVC {type(err).__name__}; fix the named file or stage name and rerun)"
+        return f"{text} (DVC's {type(err).__name__}: fix what it names and rerun)"
     if isinstance(err, (OSError, sqlite3.OperationalError)):  # sqlite: DVC's state and run-cache databases
         return f"{text}; free disk space (or fix the path) and rerun: what was recorded is kept"
     return None
@@ -154,7 +159,7 @@ def refuse_if_dvc_is_running(root: Path) -> None:
         pid = info.get("pid")
         if isinstance(pid, int) and pid != os.getpid() and psutil.pid_exists(pid):
             raise SystemExit(
-                f"ERROR: another DVC process runs a stage in this repo (PID {pid}: {info.get('cmd', '?')}); "
+                f"ERROR: another DVC process runs a stage here (PID {pid}: {info.get('cmd', '?')}); "
                 "wait for it to end (or stop it), then rerun"
             )
 

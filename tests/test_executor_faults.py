@@ -32,20 +32,24 @@ pytest.importorskip("ray", reason="the parallel executor needs ray: pip install 
 TARGETS = ["imp_round"]  # check_params, 2 degrade, 2 dense fits, 4 rounds: stages of every training kind
 EXECUTOR = [sys.executable, "-m", "stages.parallel", "--num-cpus", "1", "--workers", "1", *TARGETS]
 
-# The driver with dvc.lock written after every recorded stage, and `fault` done inside its first write (between
-# DVC's dump of the entries and the file replacing dvc.lock): the moment a stop used to cut dvc.lock short.
+# The driver with dvc.lock written after every recorded stage, and a fault inside its first write (after DVC's dump
+# of the entries, before the file replaces dvc.lock): the moment a stop used to cut dvc.lock short.
 IN_LOCK_WRITE = """
-import os, signal, sys, time
+import errno, os, signal, sys, time
 from stages import ledger, parallel
 ledger.Lockfile.__init__.__defaults__ = (0.0,)
 dump = ledger.DvcLockfile.dump_stages
 def dump_then_fault(self, stages, **kwargs):
     dump(self, stages, **kwargs)
-    os.kill(os.getpid(), signal.{signal})
-    time.sleep(0.5)
+    {fault}
 ledger.DvcLockfile.dump_stages = dump_then_fault
 sys.exit(parallel.main({argv}))
 """
+FAULTS = {
+    signal.SIGTERM: "os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.5)",
+    signal.SIGKILL: "os.kill(os.getpid(), signal.SIGKILL)",
+    "ENOSPC": "raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))",  # the disk full
+}
 
 
 def outputs(path: Path, stages: dict) -> dict[str, str]:
@@ -159,6 +163,7 @@ STOPS = {
     "SIGINT to the driver after a stage is recorded": (r"done in ", signal.SIGINT),
     "SIGTERM inside the dvc.lock write": ("in the write", signal.SIGTERM),
     "SIGKILL inside the dvc.lock write": ("in the write", signal.SIGKILL),
+    "the disk full inside the dvc.lock write": ("in the write", "ENOSPC"),
     "SIGKILL to the driver mid-stage": (r"started ", signal.SIGKILL),
 }
 
@@ -168,7 +173,7 @@ def test_every_stop_leaves_what_a_rerun_finishes_byte_identically(reference):
     for name, (when, action) in STOPS.items():
         before = outputs(copy, stage_outs(copy))
         if when == "in the write":
-            code = IN_LOCK_WRITE.format(signal=action.name, argv=EXECUTOR[3:])
+            code = IN_LOCK_WRITE.format(fault=FAULTS[action], argv=EXECUTOR[3:])
             status, out = stop_at(copy, env, [sys.executable, "-c", code], "", None)
         elif action == "worker":
             status, out = stop_at(copy, env, EXECUTOR, when, kill_worker(copy))
@@ -180,8 +185,85 @@ def test_every_stop_leaves_what_a_rerun_finishes_byte_identically(reference):
         if action in (signal.SIGTERM, signal.SIGINT):  # one line, and the shell's status for that signal
             assert status == 128 + action, f"{name}: exit status {status}\n{out}"
             assert re.search(rf"ERROR: stopped by {action.name}: \d+ stages recorded", out), f"{name}:\n{out}"
+        if action == "ENOSPC":
+            assert status == 1 and "No space left on device; free disk space" in out, f"{name}:\n{out}"
         check_after_stop(copy, env, dvc, locked, before, started, killed=action == signal.SIGKILL)
     out = run_executor(copy, env, *TARGETS, cpus=1)
     assert locked_outs(copy) == locked, out
     assert run_command([dvc, "status", "--json", "--with-deps", *TARGETS], copy, env, stdout_only=True).strip() == "{}"
     assert not list(copy.glob(".dvc.lock.*.tmp")), "a copy of dvc.lock left behind"
+
+
+@pytest.fixture(scope="module")
+def unbuilt(tmp_path_factory):
+    return dvc_project(tmp_path_factory.mktemp("unbuilt"), tiny_params())
+
+
+def _hold_the_repo(path: Path, env: dict):
+    """DVC's repo lock, held as `dvc repro` holds it while it records a stage."""
+    from dvc.repo import Repo
+
+    return Repo(str(path)).lock
+
+
+def _a_running_dvc_repro(path: Path, env: dict):
+    """DVC's per-output lock as `dvc repro` leaves it while a stage's command runs (it lets go of the repo lock
+    then): this test process stands in for it."""
+    import contextlib
+    import os
+
+    rwlock = path / ".dvc" / "tmp" / "rwlock"
+    rwlock.parent.mkdir(parents=True, exist_ok=True)
+    out = str(path / "outs" / "degrade" / "f16-denoise")
+    rwlock.write_text(json.dumps({"write": {out: {"pid": os.getpid(), "cmd": "dvc repro degrade"}}, "read": {}}))
+
+    @contextlib.contextmanager
+    def held():
+        try:
+            yield
+        finally:
+            rwlock.unlink()
+
+    return held()
+
+
+def _a_broken_lockfile(path: Path, env: dict):
+    import contextlib
+
+    @contextlib.contextmanager
+    def broken():
+        (path / "dvc.lock").write_text("schema: '2.0'\nstages: [\n")
+        try:
+            yield
+        finally:
+            (path / "dvc.lock").unlink()
+
+    return broken()
+
+
+def _nothing(path: Path, env: dict):
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+REFUSALS = {
+    "a second executor (DVC's repo lock held)": (_hold_the_repo, ["degrade"], r"Unable to acquire lock.*wait for it"),
+    "dvc repro running a stage": (
+        _a_running_dvc_repro,
+        ["degrade"],
+        r"another DVC process runs a stage here \(PID \d+: dvc repro degrade\); wait",
+    ),
+    "an unparseable dvc.lock": (_a_broken_lockfile, ["degrade"], r"'dvc.lock'.*corrupted.*git checkout dvc.lock"),
+    "an unknown stage": (_nothing, ["no_such_stage"], r"Stage 'no_such_stage' not found.*dvc stage list"),
+}
+
+
+@pytest.mark.parametrize("state, targets, message", REFUSALS.values(), ids=REFUSALS.keys())
+def test_what_dvc_refuses_is_one_line_saying_what_to_do(unbuilt, state, targets, message):
+    path, env, _ = unbuilt
+    with state(path, env):
+        out = run_command([sys.executable, "-m", "stages.parallel", "--num-cpus", "1", *targets], path, env, ok=False)
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    assert re.search(f"^ERROR: .*{message}", out.strip()), out
+    assert not (path / "dvc.lock").exists() and not (path / "outs").exists()  # and nothing was run
