@@ -962,3 +962,27 @@ def test_transfer_pairs_that_select_nothing_say_so():
     pairs = [("f16", "denoise"), ("baby", "denoise")]
     assert "no two problems" in nothing_to_transfer(2, pairs, TransferConfig("across_tasks"))
     assert nothing_to_transfer(2, pairs, TransferConfig("across_images")) is None
+
+
+def test_what_a_killed_write_leaves_beside_its_output_is_ignored_by_dvc_and_swept(tmp_path):
+    """A stage killed during its output's rename (SIGKILL, the OOM killer) leaves `.r0.<random>.tmp/` or `.r0.old/`
+    beside it: DVC must not hash it into the dependents' deps (they reran for it), and the next write sweeps it."""
+    from dvc.repo import Repo
+
+    shutil.copy(ROOT / ".dvcignore", tmp_path / ".dvcignore")
+    Repo.init(str(tmp_path), no_scm=True)
+    seed = tmp_path / "outs" / "rounds" / "f16-denoise" / "s0"
+    seed.mkdir(parents=True)
+    junk = [seed / ".r0.k3j9x_a1.tmp", seed / ".r0.old", seed / ".metrics.json.0a1b2c3d.tmp"]
+    for path in junk:
+        path.mkdir()
+        (path / "weights.safetensors").write_bytes(b"half written")
+    other = seed / ".r0.x.tmp"  # not a name a write of r0 makes: left alone
+    other.write_text("keep")
+    with Repo(str(tmp_path)) as repo:
+        assert all(repo.dvcignore.is_ignored(repo.fs, str(path)) for path in junk)
+    with io.atomic_dir(seed / "r0") as tmp:
+        (tmp / "mask.safetensors").write_text("new")
+    io.write_json(seed / "metrics.json", {"new": 1})
+    assert not any(path.exists() for path in junk) and other.exists()
+    assert (seed / "r0" / "mask.safetensors").read_text() == "new"
