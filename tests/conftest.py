@@ -259,7 +259,10 @@ def ran_by_executor(out: str) -> list[str]:
 # The slowest files first: with one file per worker (--dist loadfile), the real-DVC pipeline must start at once,
 # not after the quick files, or the suite waits for it at the end; the quick files last fill in whichever worker
 # is free first.
-SLOW_FIRST = ("test_pipeline_e2e.py", "test_params_deps.py", "test_stages.py", "test_bad_inputs.py", "test_fit.py")
+SLOW_FIRST = (
+    *("test_pipeline_e2e.py", "test_executor_faults.py", "test_params_deps.py", "test_stages.py"),
+    *("test_bad_inputs.py", "test_fit.py"),
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
