@@ -146,13 +146,22 @@ def dump_atomically(stages: list[Stage]) -> None:
     with atomic_path(lock) as tmp:
         if lock.exists():
             shutil.copyfile(lock, tmp)
-        DvcLockfile(dvcfile.repo, os.fspath(tmp)).dump_stages(stages)
+        _LockfileCopy(dvcfile.repo, tmp, lock).dump_stages(stages)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-    tracked = dvcfile.repo.scm_context.files_to_track  # DVC's "git add <file>" hint: dvc.lock, not the copy
-    if os.path.relpath(tmp) in tracked:
-        tracked.discard(os.path.relpath(tmp))
-        tracked.add(os.path.relpath(lock))
+
+
+class _LockfileCopy(DvcLockfile):
+    """DVC's lockfile, written at `tmp`, that names itself `lock` (in DVC's "Updating lock file" line and its
+    `git add` hint)."""
+
+    def __init__(self, repo: Repo, tmp: Path, lock: Path):
+        super().__init__(repo, os.fspath(tmp))
+        self.shown = lock
+
+    @property
+    def relpath(self) -> str:
+        return os.path.relpath(self.shown)
 
 
 @contextmanager

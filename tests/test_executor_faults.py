@@ -190,6 +190,7 @@ def test_every_stop_leaves_what_a_rerun_finishes_byte_identically(reference):
         check_after_stop(copy, env, dvc, locked, before, started, killed=action == signal.SIGKILL)
     out = run_executor(copy, env, *TARGETS, cpus=1)
     assert locked_outs(copy) == locked, out
+    assert "Updating lock file 'dvc.lock'" in out, out  # DVC's line names dvc.lock, not the copy written first
     assert run_command([dvc, "status", "--json", "--with-deps", *TARGETS], copy, env, stdout_only=True).strip() == "{}"
     assert not list(copy.glob(".dvc.lock.*.tmp")), "a copy of dvc.lock left behind"
 
