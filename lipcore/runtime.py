@@ -67,7 +67,10 @@ def _native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bf16 in hardware: what precision 'auto' resolves by (tests/conftest.py patches
     this one function to run a test under both answers)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # Not torch.cuda.is_bf16_supported(): it counts emulated bf16 (True on V100 and T4, where bf16 runs slower
+        # than fp32) and answers for the current device. Ampere (compute capability 8.0) and later have bf16 units.
+        major, _ = torch.cuda.get_device_capability(device)
+        return major >= 8
     if device.type == "cpu":
         return _cpu_bf16()
     return False

@@ -404,6 +404,30 @@ def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16(monkeypatch, avx512_bf
 
 
 @pytest.mark.host_precision
+@pytest.mark.parametrize(
+    "device, capabilities, native",
+    [
+        ("cuda:1", {0: (7, 0), 1: (8, 0)}, True),  # the device asked for, not the current one (0)
+        ("cuda:1", {0: (8, 0), 1: (7, 0)}, False),
+        ("cuda:0", {0: (7, 0), 1: (8, 0)}, False),  # V100: is_bf16_supported() says True (emulated)
+        ("cuda:0", {0: (7, 5)}, False),  # T4
+        ("cuda:0", {0: (9, 0)}, True),  # H100
+        ("cuda", {0: (8, 6)}, True),  # no index: the current device
+    ],
+)
+def test_auto_precision_on_cuda_is_bf16_only_where_it_is_native(monkeypatch, device, capabilities, native):
+    def capability(d=None):
+        d = torch.device(d) if d is not None else torch.device("cuda")
+        return capabilities[d.index if d.index is not None else 0]
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    assert runtime._native_bf16(torch.device(device)) is native
+    assert runtime.resolve_precision("auto", device) == ("bf16" if native else "fp32")
+
+
+@pytest.mark.host_precision
 def test_auto_precision_is_fp32_on_a_cpu_without_and_explicit_bf16_warns(monkeypatch):
     _cpu_bf16(monkeypatch, False, False)
     with warnings.catch_warnings():
