@@ -13,7 +13,7 @@ from lipcore import DegradationConfig, FitConfig, build_net, fit, make_input, ru
 from lipcore import prune as P
 from lipcore.fit import FitJob, StopCheck, fit_many
 from lipcore.metrics import psnr, psnr_y
-from lipcore.physics import Inpaint, sample_operator
+from lipcore.physics import CompressiveSensing, Inpaint, sample_operator
 
 
 def setup(tiny_cfg, x, task="denoise", seed=0):
@@ -320,6 +320,23 @@ def test_fit_many_leaves_operators_and_inputs_untouched(tiny_cfg, f16_small, eng
     fit_many(jobs, FitConfig(iterations=3, log_every=3), device="cpu", engine=engine)
     for job, b in zip(jobs, before):
         _assert_untouched(job, b)
+
+
+def test_on_device_shares_one_copy_per_operator_and_device_until_the_operator_changes():
+    """gan_dip fits 46 nets to one 3000 x 12288 CS operator: one copy on the device for all, not one per fit."""
+    a = torch.randn(30, 48, generator=torch.Generator().manual_seed(0))
+    op = CompressiveSensing((3, 4, 4), 0.0, a)
+    moved = runtime.on_device(op, "meta")
+    assert moved is not op and moved.matrix.device.type == "meta" and op.matrix.device.type == "cpu"
+    assert runtime.on_device(op, "meta") is moved  # shared
+    assert runtime.on_device(op, torch.device("meta")) is moved
+    op.matrix.mul_(2.0)  # changed in place: a fresh copy
+    again = runtime.on_device(op, "meta")
+    assert again is not moved and runtime.on_device(op, "meta") is again
+    op.matrix = torch.zeros(30, 48)  # replaced: a fresh copy
+    assert runtime.on_device(op, "meta") is not again
+    other = CompressiveSensing((3, 4, 4), 0.0, a)
+    assert runtime.on_device(other, "meta") is not runtime.on_device(op, "meta")  # per operator
 
 
 def test_on_device_moves_a_copy_and_keeps_what_is_already_there():
