@@ -506,6 +506,51 @@ def test_fit_many_scores_each_member_with_its_own_metric(tiny_cfg, f16_small):
                 assert best.psnr == pytest.approx(float(job.metric(best.x, f16_small)), abs=1e-5)
 
 
+_HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy")
+_HOST_COPIES = ("tensor", "as_tensor", "from_numpy")  # torch.*, and Tensor.new_tensor: Python data to the device
+
+
+def _count_host_syncs(monkeypatch) -> dict[str, int]:
+    """Spies on what makes a CUDA run wait for the device: reads of tensor values on the host, and tensors built
+    from host data (a blocking copy to the device). Counts calls from anywhere (lipcore, torch, the test)."""
+    counts: dict[str, int] = {}
+
+    def spy(owner, name):
+        original = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+    for name in _HOST_READS:
+        spy(torch.Tensor, name)
+    for name in _HOST_COPIES:
+        spy(torch, name)
+    spy(torch.Tensor, "new_tensor")
+    return counts
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vmap"])
+def test_the_loop_syncs_with_the_host_only_at_log_steps(tiny_cfg, f16_small, monkeypatch, engine):
+    """'No per-step host sync', checked: the same fit over 2 and over 5 iterations, each with one log step (the
+    last), reads the host and copies from it exactly as often. Reg noise, backtracking, EMA, ES-WMV and the oracle
+    with SR's Y-channel metric are all on; a host read or host-data tensor in any per-step path adds 3 calls or more.
+    (On the CPU a read costs nothing and the loop reads at log steps; a CUDA run makes the same calls.)"""
+    metric, x = partial(psnr_y, shave=2), f16_small[..., :16, :16]
+    metric(x, x)  # its weights made on the CPU once, before the count (lipcore.metrics)
+    counts = {}
+    for iterations in (2, 5):
+        cfg = FitConfig(iterations=iterations, log_every=iterations, es_window=2, ema_weight=0.5)
+        jobs = [replace(j, metric=metric) for j in _jobs(tiny_cfg, x, 2)]
+        with monkeypatch.context() as m:
+            calls = _count_host_syncs(m)
+            fit_many(jobs, cfg, device="cpu", engine=engine)
+        counts[iterations] = calls
+    assert counts[2] == counts[5]
+
+
 # --- logging: one line per finished fit, progress records while it runs ------------------------------------------
 
 
