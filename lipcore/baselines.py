@@ -18,6 +18,7 @@ from . import prune
 from .config import NetConfig
 from .nets import net_from_state, skeleton
 from .physics import Problem
+from .runtime import on_device, resolve_device
 
 MASK_BASELINES = ("random_global", "random_layer", "snip", "snip_layer", "snip_iterative")
 SNIP_STEPS = 5  # iterative SNIP: prune in this many geometric steps
@@ -31,6 +32,7 @@ def baseline_mask(
     problem: Problem,
     reference: prune.Mask,
     generator: torch.Generator,
+    device: str | torch.device | None = "cpu",
 ) -> prune.Mask:
     """A baseline mask pruning exactly as many weights as `reference` (the LIP mask it is compared with).
 
@@ -38,6 +40,9 @@ def baseline_mask(
     snip: the smallest |w * dL/dw| at `start` on the problem's loss, ranked globally; snip_layer: the same
     scores ranked within each layer, as many per layer as `reference` (SNIP's criterion at LIP's allocation:
     no layer collapse); snip_iterative: global SNIP in SNIP_STEPS steps, re-scored on the net pruned so far.
+    device: where SNIP's forward and backward passes run (the fits' device: a paper-scale net's gradient on one
+    CPU thread is slow); the random masks are drawn on the CPU (their numbers do not depend on it). The mask is
+    returned on the CPU.
     """
     if method not in MASK_BASELINES:
         raise ValueError(f"unknown baseline {method!r}; choose from {MASK_BASELINES}")
@@ -49,14 +54,20 @@ def baseline_mask(
     if method == "random_layer":
         return prune.random_mask_like(reference, generator)
 
+    dev = resolve_device(device)
+    net = net.to(dev)  # its own copy of `start` (net_from_state): moved in place
+    z, op, y = z.to(dev), on_device(problem.op, dev), problem.y.to(dev)
+
     def loss(m: torch.nn.Module) -> Tensor:
-        return (problem.op(m(z)) - problem.y).pow(2).mean()
+        return (op(m(z)) - y).pow(2).mean()
 
     if method == "snip":
-        return prune.snip_mask(net, loss, fraction)
-    if method == "snip_layer":
-        return prune.keep_top_like(prune.snip_scores(net, loss), reference)
-    return prune.snip_iterative_mask(net, loss, fraction, SNIP_STEPS)
+        mask = prune.snip_mask(net, loss, fraction)
+    elif method == "snip_layer":
+        mask = prune.keep_top_like(prune.snip_scores(net, loss), reference)
+    else:
+        mask = prune.snip_iterative_mask(net, loss, fraction, SNIP_STEPS)
+    return {n: m.cpu() for n, m in mask.items()}
 
 
 def nonzero_parameters(net_cfg: NetConfig, mask: prune.Mask) -> int:

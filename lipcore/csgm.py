@@ -146,5 +146,6 @@ def recover(
         x = generator(z)
         final = measurement_loss(x.flatten(1) @ a.T - targets, loss, block).view(b, restarts)
         best = final.argmin(dim=1)
-        pick = torch.arange(b) * restarts + best
-        return Recovery(x[pick], z.detach()[pick], final[torch.arange(b), best])
+        rows = torch.arange(b, device=best.device)  # on best's device: a CPU index would not meet a CUDA one
+        pick = rows * restarts + best
+        return Recovery(x[pick], z.detach()[pick], final[rows, best])

@@ -11,10 +11,11 @@ the statistics the dense model was trained with; BatchNorm's affine weights stil
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .config import Section
 from .prune import Mask, apply_mask, dense_mask, magnitude_prune, prunable
@@ -50,8 +51,7 @@ def distill(
     masked = [(weights[n], mask[n].to(weights[n])) for n in mask]
     opt = torch.optim.Adam(list(student.parameters()), lr=cfg.lr)
     losses = []
-    for _ in range(cfg.steps):
-        z = torch.randn(cfg.batch, latent_dim, generator=gen).to(device)  # drawn on the CPU: the same on any device
+    for z in _latents(gen, cfg.steps, cfg.batch, latent_dim, device):
         with torch.no_grad():
             target = teacher(z)
         loss = (student(z) - target).square().mean()
@@ -61,7 +61,18 @@ def distill(
             w.grad.mul_(m)
         opt.step()
         losses.append(loss.detach())
-    return [float(v) for v in torch.stack(losses)] if losses else []
+    return torch.stack(losses).tolist() if losses else []  # one copy to the host (float() of each: one per step)
+
+
+LATENT_BLOCK = 100  # distillation steps whose latents are drawn, and copied to the device, at once
+
+
+def _latents(gen: torch.Generator, steps: int, batch: int, latent_dim: int, device: torch.device) -> Iterator[Tensor]:
+    """Each step's latents (batch, latent_dim), drawn on the CPU from `gen` one step after the other (the same
+    numbers on any device), and copied to `device` a block of LATENT_BLOCK steps at a time, not once a step."""
+    for start in range(0, steps, LATENT_BLOCK):
+        n = min(LATENT_BLOCK, steps - start)
+        yield from torch.stack([torch.randn(batch, latent_dim, generator=gen) for _ in range(n)]).to(device)
 
 
 def rewound(pretrained: nn.Module, mask: Mask) -> nn.Module:

@@ -107,11 +107,13 @@ class EarlyBird:
         self.distances: dict[int, list[float]] = {}  # per member, every check: the record of the drawing
 
     def __call__(self, member: int, state: dict[str, Tensor]) -> bool:
-        if not all(bool(torch.isfinite(v).all()) for v in state.values()):  # the fit is backtracking a NaN:
+        # Drawn where the weights are (the fit's device), with a few host reads per check: the finite check, the
+        # count to remove, the pruning's own check and the distance, each one copy (prune._read_counts).
+        if not bool(torch.stack([torch.isfinite(v).all() for v in state.values()]).all()):  # backtracking a NaN:
             self.previous.pop(member, None)  # no mask to draw from these weights; start the drawing over
             self.calm[member] = 0
             return False
-        mask = next_mask(self.net_cfg, state, self.parents[member], self.imp)
+        mask = next_mask(self.net_cfg, state, self._parent(member, next(iter(state.values())).device), self.imp)
         before = self.previous.get(member)
         self.previous[member] = mask
         if before is None:
@@ -121,6 +123,13 @@ class EarlyBird:
         calm = self.calm.get(member, 0) + 1 if distance < self.imp.search.early_bird else 0
         self.calm[member] = calm
         return calm >= self.imp.search.early_bird_patience
+
+    def _parent(self, member: int, device: torch.device) -> prune.Mask | None:
+        """The member's parent mask on `device`, moved there once (the drawn masks then stay there too)."""
+        parent = self.parents[member]
+        if parent is not None and any(m.device != device for m in parent.values()):
+            parent = self.parents[member] = {n: m.to(device) for n, m in parent.items()}
+        return parent
 
 
 def early_bird_stop(net_cfg: NetConfig, parents: list[prune.Mask | None], imp: ImpConfig) -> StopCheck | None:

@@ -1,5 +1,6 @@
 """Image quality metrics. Images are (B, C, H, W) or (C, H, W) in [0, 1]; every metric returns one value
-per image, shape (B,), and never synchronises with the host except `ssim` (computed by scikit-image)."""
+per image, shape (B,), and never synchronises with the host except `ssim` (computed by scikit-image); nor does a
+metric copy from the host, but the first time it meets a device and dtype."""
 
 from __future__ import annotations
 
@@ -46,8 +47,20 @@ def rgb_to_y(x: Tensor) -> Tensor:
         return x
     if x.shape[1] != 3:
         raise ValueError(f"rgb_to_y needs 1 or 3 channels, got {x.shape[1]}")
-    w = x.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1) / 255.0
-    return (x * w).sum(1, keepdim=True) + 16.0 / 255.0
+    return (x * _y_weights(x.device, x.dtype)).sum(1, keepdim=True) + 16.0 / 255.0
+
+
+_Y_WEIGHTS: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _y_weights(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """rgb_to_y's weights (1, 3, 1, 1), made once per device and dtype: building them from a Python list at every
+    call is a host-to-device copy, which on CUDA waits for the device (the SR oracle scores twice a step)."""
+    w = _Y_WEIGHTS.get((device, dtype))
+    if w is None:  # computed as x.new_tensor([...]) / 255.0 was, in the images' dtype: the same numbers
+        w = torch.tensor([65.481, 128.553, 24.966], dtype=dtype).view(1, 3, 1, 1) / 255.0
+        w = _Y_WEIGHTS.setdefault((device, dtype), w.to(device))
+    return w
 
 
 def psnr_y(x: Tensor, ref: Tensor, shave: int = 4) -> Tensor:

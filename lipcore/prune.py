@@ -54,7 +54,18 @@ def sparsity(mask: Mask) -> float:
 def mask_distance(a: Mask, b: Mask) -> float:
     """The fraction of prunable weights on which two masks disagree (normalised Hamming distance)."""
     _check_names(a, b)
-    return sum(int((a[n] != b[n]).sum()) for n in a) / count_total(a)
+    return sum(_read_counts({n: (a[n] != b[n]).sum() for n in a}).values()) / count_total(a)
+
+
+def _read_counts(counts: dict[str, Tensor]) -> dict[str, int]:
+    """0-dim integer tensors -> ints, read in one host copy per device they live on (not one sync each)."""
+    by_device: dict[torch.device, list[str]] = {}
+    for name, c in counts.items():
+        by_device.setdefault(c.device, []).append(name)
+    read: dict[str, int] = {}
+    for names in by_device.values():
+        read.update(zip(names, torch.stack([counts[n] for n in names]).tolist()))
+    return {name: int(read[name]) for name in counts}
 
 
 def _remove_smallest(scores: Tensor, alive: Tensor, n_remove: int) -> Tensor:
@@ -68,11 +79,14 @@ def _remove_smallest(scores: Tensor, alive: Tensor, n_remove: int) -> Tensor:
     return keep
 
 
-def _flat(tensors: dict[str, Tensor], names: list[str]) -> Tensor:
-    return torch.cat([tensors[n].detach().reshape(-1).cpu() for n in names])
+def _flat(tensors: dict[str, Tensor], names: list[str], device: torch.device) -> Tensor:
+    return torch.cat([tensors[n].detach().reshape(-1).to(device) for n in names])
 
 
 def _unflat(flat: Tensor, like: Mask) -> Mask:
+    devices = {m.device for m in like.values()}
+    if len(devices) == 1:  # one copy to where the masks live, not one per layer
+        flat = flat.to(devices.pop())
     out, i = {}, 0
     for name, m in like.items():
         out[name] = flat[i : i + m.numel()].view(m.shape).to(m.device)
@@ -94,22 +108,26 @@ def prune_by_score(
     so fewer weights than the fraction are removed (effective < nominal sparsity).
     """
     names = list(mask)
-    broken = [n for n in names if not bool(torch.isfinite(scores[n].detach()).all())]
+    # Ranked where the scores are (the fit's device: no copy of the weights to the host); one host read each for
+    # the finite check and the count. A stable sort orders the same values the same way on every device.
+    device = scores[names[0]].device if names else torch.device("cpu")
+    finite = _read_counts({n: torch.isfinite(scores[n].detach()).all() for n in names})
+    broken = [n for n in names if not finite[n]]
     if broken:  # NaN sorts last and inf ties with the padding of pruned weights: the mask would remove too few
         raise ValueError(
             f"cannot rank weights of {broken[:3]}{' ...' if len(broken) > 3 else ''}: their scores are NaN/inf "
             "(weights of a diverged fit?), so the mask could not remove its share; refit the round they come from"
         )
     if scope == "global":
-        alive = _flat(mask, names)
+        alive = _flat(mask, names, device)
         n_remove = round_count(fraction, int(alive.sum()))
-        new = _unflat(_remove_smallest(_flat(scores, names), alive, n_remove), mask)
+        new = _unflat(_remove_smallest(_flat(scores, names, device), alive, n_remove), mask)
     elif scope == "layer":
         new = {}
         for n in names:
-            alive = mask[n].reshape(-1).cpu()
+            alive = mask[n].reshape(-1).to(scores[n].device)
             k = round_count(fraction, int(alive.sum()))
-            new[n] = _remove_smallest(scores[n].detach().reshape(-1).cpu(), alive, k).view(mask[n].shape)
+            new[n] = _remove_smallest(scores[n].detach().reshape(-1), alive, k).view(mask[n].shape)
             new[n] = new[n].to(mask[n].device)
     else:
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
@@ -122,9 +140,11 @@ def prune_by_score(
 def _check_removed(old: Mask, new: Mask, fraction: float, scope: str) -> None:
     """The new mask removed exactly round_count(fraction) of the weights `old` kept (globally or per layer)."""
     groups = [list(old)] if scope == "global" else [[n] for n in old]
+    old_kept = _read_counts({n: m.sum() for n, m in old.items()})
+    new_kept = _read_counts({n: m.sum() for n, m in new.items()})
     for names in groups:
-        alive = sum(int(old[n].sum()) for n in names)
-        kept = sum(int(new[n].sum()) for n in names)
+        alive = sum(old_kept[n] for n in names)
+        kept = sum(new_kept[n] for n in names)
         if alive - kept != round_count(fraction, alive):
             raise RuntimeError(
                 f"pruning {names[:3]} removed {alive - kept} weights, not {round_count(fraction, alive)}"

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             methods = set(curve_methods) | (set(baselines) if k == head else set())
             for method in sorted(methods):
                 gen = generator(params.seed, method, args.name, args.task, seed, k)
-                mask = baseline_mask(method, params.net, start, z, problem, lip_mask, gen)
+                mask = baseline_mask(method, params.net, start, z, problem, lip_mask, gen, params.device)
                 planned.append((method, k, start, mask))
         for method in controls:  # the LIP mask itself, from another start
             planned.append((method, head, control_start(method, params, args.rounds, seed), head_mask))

@@ -52,6 +52,34 @@ def test_baseline_masks_remove_exactly_as_many_weights_as_lip(method, tiny_cfg, 
     assert any(not torch.equal(mask[n], lip[n]) for n in lip)  # not LIP's mask itself
 
 
+@pytest.mark.parametrize("method", ["snip", "snip_layer", "snip_iterative"])
+def test_snip_scores_on_the_fits_device_and_returns_the_mask_on_the_cpu(method, tiny_cfg, f16_small, monkeypatch):
+    """SNIP's forward and backward ran on one CPU thread whatever the fits' device. On `meta` (a CPU tensor
+    meeting a meta one raises) the loss SNIP differentiates sees the net, z, the operator and y all there."""
+    g = torch.Generator().manual_seed(0)
+    net = build_net(tiny_cfg, g)
+    z = make_input(net, 32, 32, g)
+    problem = make_problem(f16_small, DegradationConfig(task="inpaint"), g)
+    lip = P.magnitude_prune(net, P.dense_mask(net), 0.36, scope="layer")
+    seen = []
+
+    def scored(m, loss_fn):
+        seen.append({p.device.type for p in m.parameters()} | {loss_fn(m).device.type})
+        return {n: torch.rand(w.shape) for n, w in P.prunable(m).items()}
+
+    kept = P.count_kept  # (iterative SNIP counts its meta mask: nothing to read there, say all kept)
+    monkeypatch.setattr(P, "count_kept", lambda m: P.count_total(m) if next(iter(m.values())).is_meta else kept(m))
+    monkeypatch.setattr(P, "snip_scores", scored)
+    monkeypatch.setattr(
+        P,
+        "prune_by_score",
+        lambda scores, mask, *a: {n: torch.ones_like(v, dtype=torch.bool) for n, v in scores.items()},
+    )
+    mask = baseline_mask(method, tiny_cfg, net.state_dict(), z, problem, lip, g, device="meta")
+    assert seen and all(devices == {"meta"} for devices in seen)
+    assert {m.device.type for m in mask.values()} == {"cpu"}
+
+
 def test_unknown_baselines_are_named():
     with pytest.raises(ValueError, match="choose from"):
         baseline_mask("magnitude", NetConfig(), {}, torch.zeros(1), None, {}, torch.Generator())

@@ -75,6 +75,15 @@ def test_the_batched_solver_equals_one_image_at_a_time():
         assert torch.allclose(alone.loss, together.loss[i : i + 1], rtol=1e-4)
 
 
+def test_the_solver_runs_on_a_non_cpu_device():
+    """On `meta` (shapes and devices, no data) any CPU tensor meeting the device's raises, as on CUDA."""
+    g = TinyGenerator().to("meta")
+    a, y = torch.empty(20, 192, device="meta"), torch.empty(2, 20, device="meta")
+    got = csgm.recover(g, a, y, latent_dim=8, restarts=3, iterations=2, lr=0.1, z0=torch.empty(6, 8, device="meta"))
+    assert got.x.device.type == got.z.device.type == got.loss.device.type == "meta"
+    assert got.x.shape == (2, 3, 8, 8) and got.loss.shape == (2,)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -13,7 +13,7 @@ from lipcore import DegradationConfig, FitConfig, build_net, fit, make_input, ru
 from lipcore import prune as P
 from lipcore.fit import FitJob, StopCheck, fit_many
 from lipcore.metrics import psnr, psnr_y
-from lipcore.physics import Inpaint, sample_operator
+from lipcore.physics import CompressiveSensing, Inpaint, sample_operator
 
 
 def setup(tiny_cfg, x, task="denoise", seed=0):
@@ -322,6 +322,23 @@ def test_fit_many_leaves_operators_and_inputs_untouched(tiny_cfg, f16_small, eng
         _assert_untouched(job, b)
 
 
+def test_on_device_shares_one_copy_per_operator_and_device_until_the_operator_changes():
+    """gan_dip fits 46 nets to one 3000 x 12288 CS operator: one copy on the device for all, not one per fit."""
+    a = torch.randn(30, 48, generator=torch.Generator().manual_seed(0))
+    op = CompressiveSensing((3, 4, 4), 0.0, a)
+    moved = runtime.on_device(op, "meta")
+    assert moved is not op and moved.matrix.device.type == "meta" and op.matrix.device.type == "cpu"
+    assert runtime.on_device(op, "meta") is moved  # shared
+    assert runtime.on_device(op, torch.device("meta")) is moved
+    op.matrix.mul_(2.0)  # changed in place: a fresh copy
+    again = runtime.on_device(op, "meta")
+    assert again is not moved and runtime.on_device(op, "meta") is again
+    op.matrix = torch.zeros(30, 48)  # replaced: a fresh copy
+    assert runtime.on_device(op, "meta") is not again
+    other = CompressiveSensing((3, 4, 4), 0.0, a)
+    assert runtime.on_device(other, "meta") is not runtime.on_device(op, "meta")  # per operator
+
+
 def test_on_device_moves_a_copy_and_keeps_what_is_already_there():
     op = Inpaint((3, 8, 8), 0.0, torch.ones(1, 1, 8, 8))
     assert runtime.on_device(op, torch.device("cpu")) is op and runtime.on_device(op, "cpu") is op
@@ -404,6 +421,30 @@ def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16(monkeypatch, avx512_bf
 
 
 @pytest.mark.host_precision
+@pytest.mark.parametrize(
+    "device, capabilities, native",
+    [
+        ("cuda:1", {0: (7, 0), 1: (8, 0)}, True),  # the device asked for, not the current one (0)
+        ("cuda:1", {0: (8, 0), 1: (7, 0)}, False),
+        ("cuda:0", {0: (7, 0), 1: (8, 0)}, False),  # V100: is_bf16_supported() says True (emulated)
+        ("cuda:0", {0: (7, 5)}, False),  # T4
+        ("cuda:0", {0: (9, 0)}, True),  # H100
+        ("cuda", {0: (8, 6)}, True),  # no index: the current device
+    ],
+)
+def test_auto_precision_on_cuda_is_bf16_only_where_it_is_native(monkeypatch, device, capabilities, native):
+    def capability(d=None):
+        d = torch.device(d) if d is not None else torch.device("cuda")
+        return capabilities[d.index if d.index is not None else 0]
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    assert runtime._native_bf16(torch.device(device)) is native
+    assert runtime.resolve_precision("auto", device) == ("bf16" if native else "fp32")
+
+
+@pytest.mark.host_precision
 def test_auto_precision_is_fp32_on_a_cpu_without_and_explicit_bf16_warns(monkeypatch):
     _cpu_bf16(monkeypatch, False, False)
     with warnings.catch_warnings():
@@ -463,6 +504,51 @@ def test_fit_many_scores_each_member_with_its_own_metric(tiny_cfg, f16_small):
         for job, res in zip(jobs, fit_many(jobs, cfg, device="cpu", engine=engine)):
             for best in res.oracle.values():
                 assert best.psnr == pytest.approx(float(job.metric(best.x, f16_small)), abs=1e-5)
+
+
+_HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy")
+_HOST_COPIES = ("tensor", "as_tensor", "from_numpy")  # torch.*, and Tensor.new_tensor: Python data to the device
+
+
+def _count_host_syncs(monkeypatch) -> dict[str, int]:
+    """Spies on what makes a CUDA run wait for the device: reads of tensor values on the host, and tensors built
+    from host data (a blocking copy to the device). Counts calls from anywhere (lipcore, torch, the test)."""
+    counts: dict[str, int] = {}
+
+    def spy(owner, name):
+        original = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+    for name in _HOST_READS:
+        spy(torch.Tensor, name)
+    for name in _HOST_COPIES:
+        spy(torch, name)
+    spy(torch.Tensor, "new_tensor")
+    return counts
+
+
+@pytest.mark.parametrize("engine", ["sequential", "vmap"])
+def test_the_loop_syncs_with_the_host_only_at_log_steps(tiny_cfg, f16_small, monkeypatch, engine):
+    """'No per-step host sync', checked: the same fit over 2 and over 5 iterations, each with one log step (the
+    last), reads the host and copies from it exactly as often. Reg noise, backtracking, EMA, ES-WMV and the oracle
+    with SR's Y-channel metric are all on; a host read or host-data tensor in any per-step path adds 3 calls or more.
+    (On the CPU a read costs nothing and the loop reads at log steps; a CUDA run makes the same calls.)"""
+    metric, x = partial(psnr_y, shave=2), f16_small[..., :16, :16]
+    metric(x, x)  # its weights made on the CPU once, before the count (lipcore.metrics)
+    counts = {}
+    for iterations in (2, 5):
+        cfg = FitConfig(iterations=iterations, log_every=iterations, es_window=2, ema_weight=0.5)
+        jobs = [replace(j, metric=metric) for j in _jobs(tiny_cfg, x, 2)]
+        with monkeypatch.context() as m:
+            calls = _count_host_syncs(m)
+            fit_many(jobs, cfg, device="cpu", engine=engine)
+        counts[iterations] = calls
+    assert counts[2] == counts[5]
 
 
 # --- logging: one line per finished fit, progress records while it runs ------------------------------------------

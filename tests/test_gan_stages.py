@@ -88,3 +88,28 @@ def test_a_test_face_of_another_size_is_refused_and_nothing_is_written(project, 
     with pytest.raises(ValueError, match="baby.png is 64x48; the generator's test faces must be 64x64"):
         gan_prepare.main(args)
     assert (project / "outs/gan/testset/testset.safetensors").read_bytes() == before
+
+
+def test_fista_runs_on_the_params_device_and_returns_to_the_cpu(monkeypatch):
+    """FISTA ran on one CPU thread whatever params.device; on `meta` every tensor it iterates on is there."""
+    from types import SimpleNamespace
+
+    from lipcore.fista import FistaConfig
+
+    seen = []
+
+    def pick(a, y, x, lambdas, iterations):
+        seen.append({a.device.type, y.device.type, x.device.type})
+        return lambdas[0], [0.0]
+
+    def fista(a, y, shape, lam, iterations):
+        seen.append({a.device.type, y.device.type})
+        return torch.zeros(y.shape[0], *shape, device=y.device)
+
+    monkeypatch.setattr(gan_cs, "pick_lambda", pick)
+    monkeypatch.setattr(gan_cs, "fista_dct", fista)
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t: torch.zeros(t.shape))  # meta holds no data to copy
+    params = SimpleNamespace(device="meta", gan=SimpleNamespace(fista=FistaConfig(iterations=2, lambdas=(0.1,))))
+    a, y = torch.randn(5, 12), torch.randn(2, 5)
+    lam, tried, x = gan_cs.fista_baseline(params, a, y, (3, 2, 2), (a, y[:1], torch.rand(1, 3, 2, 2)))
+    assert seen == [{"meta"}, {"meta"}] and lam == 0.1 and x.device.type == "cpu" and x.shape == (2, 3, 2, 2)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lipcore import DegradationConfig, FitConfig, build_net, fit, make_input
+from lipcore import DegradationConfig, FitConfig, build_net, fit, make_input, prune
 from lipcore.config import ImpConfig, SearchConfig
 from lipcore.imp import EarlyBird, find_ticket, headline_round, nominal_sparsity, rounds_needed
 from lipcore.physics import Problem, sample_operator
@@ -99,6 +99,38 @@ def test_early_bird_measures_the_distance_between_successive_draws(tiny_cfg):
     other = build_net(tiny_cfg, torch.Generator().manual_seed(1)).state_dict()  # other weights, another mask
     assert not rule(0, other) and rule.distances[0][-1] > 0.01
     assert rule.calm[0] == 0
+
+
+def test_early_bird_draws_where_the_weights_are_with_a_few_host_reads(tiny_cfg, monkeypatch):
+    """Every check drew the mask on the host: each layer's weights copied there (.cpu()) and sorted, with a host
+    read per layer and count (~60 syncs on the paper net). Now no copy to the host and a handful of reads, however
+    many layers (fits on CPU cannot see a device copy: the spy counts the explicit ones and every read)."""
+    net = build_net(tiny_cfg, torch.Generator().manual_seed(0))
+    imp = ImpConfig(search=SearchConfig(early_bird=0.01, early_bird_patience=2))
+    parent = prune.magnitude_prune(net, prune.dense_mask(net), 0.2)
+    rule = EarlyBird(tiny_cfg, [parent], imp)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    counts = {"reads": 0, "to_host": 0}
+
+    def spy(name, key):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, **kwargs):
+            counts[key] += 1
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    for name in ("__bool__", "__int__", "__float__", "item", "tolist"):
+        spy(name, "reads")
+    for name in ("cpu", "numpy"):
+        spy(name, "to_host")
+    assert not rule(0, state)
+    assert not rule(0, state)
+    monkeypatch.undo()
+    assert rule.distances[0] == [0.0]
+    assert counts["to_host"] == 0
+    assert len(parent) > 10 and counts["reads"] <= 2 * 6  # per check: finite, count, 2 pruning checks, distance
 
 
 def test_find_ticket_prunes_the_schedule_and_rewinds_late(tiny_cfg, f16_small):

@@ -32,6 +32,27 @@ def test_rgb_to_y_is_bt601_luma():
     assert torch.equal(rgb_to_y(gray), gray)  # already one channel: unchanged
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rgb_to_y_copies_nothing_from_the_host_after_its_first_call(monkeypatch, dtype):
+    """The SR oracle scores with psnr_y every step: a tensor built from a Python list is a host-to-device copy,
+    which on CUDA blocks until the device is done. The weights are made once per device and dtype, to the bit."""
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    old = (x * (x.new_tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1) / 255.0)).sum(1, keepdim=True) + 16.0 / 255.0
+    assert torch.equal(rgb_to_y(x), old)
+
+    def copy_from_host(*args, **kwargs):
+        raise AssertionError("a tensor copied from the host")
+
+    monkeypatch.setattr(torch.Tensor, "new_tensor", copy_from_host)
+    monkeypatch.setattr(torch, "tensor", copy_from_host)
+    monkeypatch.setattr(torch, "as_tensor", copy_from_host)
+    assert torch.equal(rgb_to_y(x), old)
+    psnr_y(x, x.flip(0), shave=2)
+    meta = x.to("meta")  # another device: its own weights, made there
+    monkeypatch.undo()
+    assert rgb_to_y(meta).device == meta.device
+
+
 def test_psnr_y_shaves_exactly_the_border():
     ref = torch.zeros(1, 3, 16, 16)
     x = ref.clone()
