@@ -91,6 +91,11 @@ class NetEngine:
         """The net was trained in place."""
 
 
+def _autocast_on(device: str) -> bool:
+    """Whether autocast is on for tensors of this device type (meta, the memory estimate's, has no autocast)."""
+    return device != "meta" and torch.is_autocast_enabled(device)
+
+
 def _autocast_output(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
     """Under autocast, a conv's or BatchNorm's output in autocast's dtype, as in a plain fit.
 
@@ -101,7 +106,7 @@ def _autocast_output(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor)
     engine (tests/test_fit.py traces both). No-op without autocast: fp32 fits are untouched.
     """
     device = out.device.type
-    if torch.is_autocast_enabled(device) and out.dtype == torch.float32:
+    if _autocast_on(device) and out.dtype == torch.float32:
         return out.to(torch.get_autocast_dtype(device))
     return None
 
@@ -111,7 +116,7 @@ def _fp32_input(module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, 
     running statistics (a plain fit's BN takes that mix, reads bf16 and computes in fp32); exact, as bf16 -> fp32
     is. The output goes back to bf16 (_autocast_output), as a plain fit's does."""
     (x,) = inputs
-    if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float32:
+    if _autocast_on(x.device.type) and x.dtype != torch.float32:
         return (x.float(),)
     return None
 
