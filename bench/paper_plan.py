@@ -1,8 +1,11 @@
 """The paper-scale run on paper: its stages (DVC's own graph of params.paper.yaml), the fits and FLOPs of each,
-the critical path, and the wall time the Ray executor would need on 1, 8 and 64 GPUs at a given throughput.
+the critical path, the wall time the Ray executor would need on 1, 8 and 64 GPUs at a given throughput, and the
+peak GPU memory of each stage's fits on 80 and 141 GB cards (lipcore.memory: the estimate fit_many caps its vmap
+batches by, with this params file's executor.num_gpus share of the card).
 
     python bench/paper_plan.py                             # params.paper.yaml, 30 TFLOP/s achieved per GPU
     python bench/paper_plan.py --tflops 40 --gpus 1 8 64 --params params.cpu-study.yaml
+    python bench/paper_plan.py --gpu-memory 40 80 --precision fp32
 
 FLOPs per iteration are counted by torch.utils.flop_counter on the meta device (nothing is computed): one
 forward and backward of the net at the image size; a mask skips no FLOPs, so every fit of a stage costs the
@@ -28,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lipcore import memory  # noqa: E402
 from lipcore.nets import skeleton  # noqa: E402
 from stages import ledger  # noqa: E402
 from stages.params import Params, load_params  # noqa: E402
@@ -119,6 +123,54 @@ def stage_iterations(kind: str, cmd: str, params: Params) -> int:
     return 0  # degrade, report: no fit; the GAN stages: gan_stage_flops
 
 
+def stage_batch(kind: str, cmd: str, params: Params) -> tuple[int, int, int] | None:
+    """(members of the stage's largest fit_many call, images per member's z, image size), following the stage code;
+    None: no DIP fit (degrade, report, the GAN stages but gan_dip). The deep decoder's fit (evaluate) is far smaller."""
+    rounds = len(params.imp.chain)
+    if kind in ("dense_fit", "imp_round"):
+        return 1, 1, params.image_size
+    if kind in ("multi_dense_fit", "multi_imp_round"):  # one member, the group's images as one batch (mode shared)
+        return 1, len(params.multi.groups[argument(cmd, "--group")].train), params.image_size
+    if kind == "evaluate":  # one call per seed: the curve methods at every round, the other baselines, controls
+        curves = set(params.evaluate.curve_methods)
+        controls = 2 if params.imp.rewind_iteration else 1
+        return len(curves) * rounds + len(set(params.evaluate.baselines) - curves) + controls, 1, params.image_size
+    if kind == "transfer":  # one call per seed and target: the sources it measures onto it
+        pairs = [(i, t) for i in params.images for t in params.tasks]
+        most = max(sum(params.transfer.measures(s, t) for s in pairs if s != t) for t in pairs)
+        return (most, 1, params.image_size) if most else None
+    if kind == "multi_evaluate":  # one call per seed and held-out image: every scored round's masks
+        group = params.multi.groups[argument(cmd, "--group")]
+        scored = len(params.multi.rounds or range(1, rounds + 1))
+        return (len(params.multi.modes) + len(group.train) + 1) * scored, 1, params.image_size
+    if kind == "gan_dip":  # the dense DIP and its ticket on every test image, one call
+        from lipcore.gan import IMAGE_SIZE
+
+        return 2 * (params.gan.in_range + len(params.gan.faces)), 1, IMAGE_SIZE
+    return None
+
+
+def stage_memory(kind: str, cmd: str, params: Params, precision: str, cards: list[float]) -> dict | None:
+    """Per member and peak GPU memory of a stage's fits (lipcore.memory, as fit_many caps its batches), and the
+    batches of its largest call on each card (the stage's executor.num_gpus share of it)."""
+    batch = stage_batch(kind, cmd, params)
+    if batch is None:
+        return None
+    members, images, size = batch
+    net = skeleton(params.net)
+    z = (images, params.net.in_channels, size, size)
+    fit = params.gan_dip_fit() if kind == "gan_dip" else params.fit_for(argument(cmd, "--task") or params.tasks[0])
+    engine = "vmap" if members > 1 else "sequential"
+    need = memory.estimate(net, z, fit.es_window, precision, engine).per_member
+    share = params.executor.num_gpus if 0 < params.executor.num_gpus <= 1 else 1.0
+    out = {"members": members, "per_member": need, "all": members * need}
+    for card in cards:
+        budget = int(card * 1e9 * share * memory.HEADROOM - memory.RESERVED)
+        most = min(memory.cap(need, budget), members)
+        out[card] = (len(memory.batches(members, most)), most * need + memory.RESERVED, most * need <= budget)
+    return out
+
+
 def dvc_plan(params_file: Path) -> ledger.Plan:
     """DVC's own graph of the pipeline with `params_file` as params.yaml (a scratch copy of the project)."""
     from dvc.repo import Repo
@@ -168,6 +220,8 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=ROOT / "params.paper.yaml")
     ap.add_argument("--tflops", type=float, default=30.0, help="achieved TFLOP/s per GPU (assumed, not measured)")
     ap.add_argument("--gpus", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--gpu-memory", type=float, nargs="+", default=[80, 141], help="GB per card")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), help="default: fit.precision ('auto': bf16, CUDA's)")
     args = ap.parse_args()
     params = load_params(args.params)
     plan = dvc_plan(args.params)
@@ -204,6 +258,37 @@ def main() -> None:
     for g in args.gpus:
         wall = schedule(plan, seconds, g)
         print(f"| {g} | {wall / 3600:.1f} | {one / wall:.1f}x |")
+
+    precision = args.precision or ("bf16" if params.fit.precision == "auto" else params.fit.precision)
+    share = params.executor.num_gpus if 0 < params.executor.num_gpus <= 1 else 1.0
+    cards = args.gpu_memory
+    print(
+        f"\nGPU memory ({precision}; each stage gets {share:g} of a card, executor.num_gpus; peak: the largest "
+        f"fit_many call, in batches of what the budget holds, + {memory.RESERVED / 1e9:.1f} GB reserved)\n"
+    )
+    print(
+        "| stage | members per call | GB per member | GB in one batch | "
+        + " | ".join(f"{c:g} GB card" for c in cards)
+        + " |"
+    )
+    print("|---|---|---|---|" + "---|" * len(cards))
+    done: set = set()
+    for s in plan.stages:
+        if kinds[s] in done:
+            continue
+        done.add(kinds[s])
+        m = stage_memory(kinds[s], s.cmd, params, precision, cards)
+        if m is None:
+            continue
+        cells = []
+        for c in cards:
+            n, peak, fits = m[c]
+            cells.append(f"{n} batch{'es' if n > 1 else ''}, peak {peak / 1e9:.1f} GB" + ("" if fits else " (too big)"))
+        print(
+            f"| {kinds[s]} | {m['members']} | {m['per_member'] / 1e9:.2f} | {m['all'] / 1e9:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import memory
 from .config import FitConfig
 from .fit_state import (
     HISTORY_COLUMNS,
@@ -142,6 +143,7 @@ def fit_many(
     engine: str = "auto",
     progress: bool = False,
     stop: StopCheck | None = None,
+    max_members: int | None = None,
 ) -> list[FitResult]:
     """Fit N independent nets with one config; results equal N calls of `fit` (the nets train in place).
 
@@ -150,6 +152,8 @@ def fit_many(
     CPU, where neither batching scheme is faster (measured; see lipcore.members).
     With cfg.es_stop a member stops at its own ES-WMV detection, and with `stop` when its rule says so
     (its results and weights are those of that point); the loop runs until every member has stopped.
+    max_members: the most members of one vmap batch; None: as many as the device's memory holds (lipcore.memory:
+    LIP_GPU_MEMORY_GB, or the GPU's memory and this process's share of it; no cap on CPU). More run in batches.
     """
     if not jobs:
         raise ValueError("fit_many needs at least one job")
@@ -163,7 +167,31 @@ def fit_many(
                 _fit_members([j], cfg, dev, precision, "sequential", progress, _for_member(stop, i))[0]
                 for i, j in enumerate(jobs)
             ]
-        return _fit_members(jobs, cfg, dev, precision, "vmap", progress, stop)
+        most = max_members if max_members is not None else _batch_cap(jobs, cfg, dev, precision)
+        results: list[FitResult] = []
+        for batch in memory.batches(len(jobs), most):
+            part = jobs[batch.start : batch.stop]
+            results += _fit_members(part, cfg, dev, precision, "vmap", progress, _for_members(stop, batch.start))
+        return results
+
+
+def _batch_cap(jobs: Sequence[FitJob], cfg: FitConfig, dev: torch.device, precision: str) -> int | None:
+    """The most members of one vmap batch that the memory budget of `dev` holds (None: no budget, no cap)."""
+    budget = memory.budget(dev)
+    if budget is None:
+        return None
+    z_shape = tuple(max((j.z for j in jobs), key=lambda z: z.numel()).shape)
+    need = memory.estimate(jobs[0].net, z_shape, cfg.es_window, precision, "vmap")
+    most = memory.cap(need.per_member, budget)
+    if most < len(jobs):
+        log.info(
+            "%d fits in batches of at most %d: %.2f GB each (estimated), %.1f GB for a batch",
+            len(jobs),
+            most,
+            need.per_member / 1e9,
+            budget / 1e9,
+        )
+    return most
 
 
 @contextlib.contextmanager
@@ -175,6 +203,13 @@ def _cudnn_benchmark(on: bool):
         yield
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+def _for_members(stop: StopCheck | None, first: int) -> StopCheck | None:
+    """`stop` as seen by a loop that fits the members from `first` on of a larger set."""
+    if stop is None or first == 0:
+        return stop
+    return StopCheck(stop.every, lambda i, state: stop.rule(first + i, state))
 
 
 def _for_member(stop: StopCheck | None, member: int) -> StopCheck | None:

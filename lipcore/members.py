@@ -91,6 +91,36 @@ class NetEngine:
         """The net was trained in place."""
 
 
+def _autocast_on(device: str) -> bool:
+    """Whether autocast is on for tensors of this device type (meta, the memory estimate's, has no autocast)."""
+    return device != "meta" and torch.is_autocast_enabled(device)
+
+
+def _autocast_output(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
+    """Under autocast, a conv's or BatchNorm's output in autocast's dtype, as in a plain fit.
+
+    vmap runs a batched conv as a grouped conv without its bias (bf16 under autocast) and adds the stacked fp32
+    bias after it, outside autocast, and a batched BatchNorm applies its stacked fp32 affine weights after the
+    normalisation: type promotion then makes the outputs fp32, and every layer behind them runs in fp32 (traced on
+    CPU: all convs and BNs). Cast back, so that every fit runs at the precision it was asked for whatever its
+    engine (tests/test_fit.py traces both). No-op without autocast: fp32 fits are untouched.
+    """
+    device = out.device.type
+    if _autocast_on(device) and out.dtype == torch.float32:
+        return out.to(torch.get_autocast_dtype(device))
+    return None
+
+
+def _fp32_input(module: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
+    """Under autocast, a BatchNorm's input in fp32: vmap's batched BatchNorm refuses a bf16 input with fp32
+    running statistics (a plain fit's BN takes that mix, reads bf16 and computes in fp32); exact, as bf16 -> fp32
+    is. The output goes back to bf16 (_autocast_output), as a plain fit's does."""
+    (x,) = inputs
+    if _autocast_on(x.device.type) and x.dtype != torch.float32:
+        return (x.float(),)
+    return None
+
+
 class VmapEngine:
     def __init__(self, nets: Sequence[nn.Module], masks: Sequence[Mask | None]) -> None:
         _check_same_architecture(nets)
@@ -117,6 +147,12 @@ class VmapEngine:
             for n in names
         ]
         base = copy.deepcopy(self.nets[0]).to("meta")  # the architecture only; weights come from `stacked`
+        for module in base.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.register_forward_pre_hook(_fp32_input)
+            if isinstance(module, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)):
+                module.register_forward_hook(_autocast_output)
+        self.base = base
 
         def call(p: dict[str, Tensor], b: dict[str, Tensor], z: Tensor) -> Tensor:
             return functional_call(base, (p, b), (z,))
