@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and args.workers < 1:
         ap.error(f"--workers {args.workers}: give at least 1")
     try:
-        resources = load_params(args.params).executor
+        params = load_params(args.params)
+        resources = params.executor
+        refuse_hidden_gpus(params.device, resources, args.address)
     except (ValueError, FileNotFoundError) as err:
         print(f"ERROR: {err}", file=sys.stderr)
         return 1
@@ -139,6 +141,25 @@ def one_line(err: Exception) -> str | None:
     if isinstance(err, (OSError, sqlite3.OperationalError)):  # sqlite: DVC's state and run-cache databases
         return f"{text}; free disk space (or fix the path) and rerun: what was recorded is kept"
     return None
+
+
+def refuse_hidden_gpus(device: str, resources: ExecutorConfig, address: str | None) -> None:
+    """Refuse a run whose stages would not see the GPU that `dvc repro` uses.
+
+    Ray gives an actor that asks for no GPU an empty CUDA_VISIBLE_DEVICES: with executor.num_gpus 0 on a machine
+    with a GPU, `device: auto` would run every stage on the CPU inside the workers while `dvc repro` runs them on
+    the GPU: two runners, two results (and `device: cuda` would fail in every worker). Only a local cluster is
+    checked: this process sees the machine its workers run on."""
+    if resources.num_gpus or address is not None or str(device) == "cpu":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} with executor.num_gpus 0 on a machine with a GPU: Ray hides the GPU from workers "
+            "that ask for none, so the stages would run on the CPU (dvc repro uses the GPU). Give each stage a "
+            "share (executor.num_gpus: 0.5, or 1) or set device: cpu"
+        )
 
 
 def refuse_if_dvc_is_running(root: Path) -> None:

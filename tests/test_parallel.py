@@ -62,3 +62,25 @@ def test_a_worker_leaves_no_state_for_the_next_stage(project, monkeypatch):
         os.environ.pop("MEDDLED", None)
         torch.set_num_threads(THREADS)
         sys.modules.pop("stages.meddle", None)
+
+
+def test_a_gpu_the_workers_would_not_see_is_refused(tmp_path, monkeypatch, capsys):
+    """Ray hides the GPU from actors that ask for none: with executor.num_gpus 0 on a GPU machine, `device: auto`
+    would run the stages on the CPU in the workers while `dvc repro` runs them on the GPU."""
+    import torch
+    import yaml
+
+    from stages import parallel
+    from tests.conftest import tiny_params
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.chdir(tmp_path)
+    for device in ("auto", "cuda"):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({**tiny_params(), "device": device}))
+        assert parallel.main([]) == 1
+        assert "executor.num_gpus 0 on a machine with a GPU" in capsys.readouterr().err
+    parallel.refuse_hidden_gpus("auto", ExecutorConfig(num_gpus=0.5), None)  # a share: the workers see it
+    parallel.refuse_hidden_gpus("cpu", ExecutorConfig(), None)  # asked for the CPU: nothing hidden
+    parallel.refuse_hidden_gpus("auto", ExecutorConfig(), "auto")  # another cluster: its nodes, not this one
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    parallel.refuse_hidden_gpus("auto", ExecutorConfig(), None)
