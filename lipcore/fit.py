@@ -130,7 +130,7 @@ def fit(
     """
     dev = resolve_device(device)
     precision = resolve_precision(cfg.precision, dev)
-    with _cudnn_benchmark(cfg.cudnn_benchmark):
+    with _cuda_backend_flags(cfg.cudnn_benchmark):
         job = FitJob(net, z, op, y, x_true, mask, seed, metric)
         return _fit_members([job], cfg, dev, precision, "sequential", progress, stop)[0]
 
@@ -161,7 +161,7 @@ def fit_many(
         raise ValueError("give x_true for every job or for none (the oracle is tracked for all members)")
     dev = resolve_device(device)
     precision = resolve_precision(cfg.precision, dev)  # once: one warning, not one per member
-    with _cudnn_benchmark(cfg.cudnn_benchmark):
+    with _cuda_backend_flags(cfg.cudnn_benchmark):
         if choose_engine(engine, len(jobs), dev) == "sequential":
             return [
                 _fit_members([j], cfg, dev, precision, "sequential", progress, _for_member(stop, i))[0]
@@ -195,14 +195,21 @@ def _batch_cap(jobs: Sequence[FitJob], cfg: FitConfig, dev: torch.device, precis
 
 
 @contextlib.contextmanager
-def _cudnn_benchmark(on: bool):
-    """torch.backends.cudnn.benchmark is process-wide: set it for this fit only and put it back after."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on
+def _cuda_backend_flags(on: bool):
+    """The process-wide CUDA backend flags, set for this fit only and put back after: cuDNN's algorithm search
+    (`cudnn_benchmark`), and TF32 off for every conv and matmul. torch's defaults allow TF32 in cuDNN convs but
+    not in matmuls, so on an Ampere or later GPU the 3x3 convs and the 1x1 / matmul paths of one net would round
+    differently; fp32 means fp32 (bf16 is the fast opt-in). No effect on CPU."""
+    flags = (torch.backends.cudnn, "benchmark", on), (torch.backends.cudnn, "allow_tf32", False)
+    flags += ((torch.backends.cuda.matmul, "allow_tf32", False),)
+    before = [getattr(owner, name) for owner, name, _ in flags]
+    for owner, name, value in flags:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        torch.backends.cudnn.benchmark = before
+        for (owner, name, _), value in zip(flags, before, strict=True):
+            setattr(owner, name, value)
 
 
 def _for_members(stop: StopCheck | None, first: int) -> StopCheck | None:

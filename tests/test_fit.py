@@ -162,6 +162,28 @@ def test_cudnn_benchmark_is_set_for_the_fit_only(tiny_cfg, f16_small):
     assert torch.backends.cudnn.benchmark is before
 
 
+def test_tf32_is_off_for_every_conv_and_matmul_during_a_fit_and_restored_after(tiny_cfg, f16_small):
+    """torch's defaults allow TF32 in cuDNN convs but not in matmuls: on an Ampere GPU one net's 3x3 convs and
+    its matmul paths would round differently. A fit sets one choice for all (off) and puts the flags back."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32  # (no monkeypatch:
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # cuBLAS flags can't be deleted)
+    seen = []
+
+    def flags(i, state) -> bool:
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return False
+
+    net, z, op, y = setup(tiny_cfg, f16_small)
+    cfg = FitConfig(iterations=2, log_every=2)
+    try:
+        fit(net, z, op, y, cfg, device="cpu", stop=StopCheck(2, flags))
+        fit_many([FitJob(net, z, op, y)], cfg, device="cpu", stop=StopCheck(2, flags))
+        assert seen == [(False, False)] * 2
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
 def _jobs(tiny_cfg, x, n, task="inpaint"):
     """n problems of one architecture: different seeds, masks (the first dense) and observations."""
     jobs = []
