@@ -11,6 +11,7 @@ reference's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -75,13 +76,22 @@ def stage_outs(path: Path) -> dict[str, list[str]]:
 def run_processes(path: Path) -> list[psutil.Process]:
     """Processes working in `path` (the driver, its Ray cluster, the workers), other than this test's."""
     left = []
-    for proc in psutil.process_iter(["cwd", "pid"]):
+    for proc in psutil.process_iter(["cwd", "pid", "status"]):
         try:
-            if proc.info["cwd"] == str(path) and proc.pid != psutil.Process().pid:
+            alive = proc.info["status"] != psutil.STATUS_ZOMBIE  # a zombie is dead: it only waits to be reaped
+            if alive and proc.info["cwd"] == str(path) and proc.pid != psutil.Process().pid:
                 left.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return left
+
+
+def command_line(proc: psutil.Process) -> str:
+    """The process's command line; "" once it has ended (or become a zombie) since it was listed."""
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return ""
 
 
 def wait_until_gone(path: Path, workers_only: bool, seconds: float = 20.0) -> None:
@@ -90,14 +100,15 @@ def wait_until_gone(path: Path, workers_only: bool, seconds: float = 20.0) -> No
 
     def left() -> list[psutil.Process]:
         procs = run_processes(path)
-        return [p for p in procs if "StageRunner" in " ".join(p.cmdline())] if workers_only else procs
+        return [p for p in procs if "StageRunner" in command_line(p)] if workers_only else procs
 
     deadline = time.monotonic() + seconds
     while (procs := left()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not procs, f"{path.name}: still running after the stop: {[p.cmdline()[:1] for p in procs if p.is_running()]}"
+    assert not procs, f"{path.name}: still running after the stop: {[command_line(p)[:60] for p in procs]}"
     for proc in run_processes(path):  # Ray's leftovers after a SIGKILL: not to pile up over the runs
-        proc.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 def stop_at(path: Path, env: dict, cmd: list[str], when: str, how) -> tuple[int, str]:
@@ -117,10 +128,11 @@ def stop_at(path: Path, env: dict, cmd: list[str], when: str, how) -> tuple[int,
 
 def kill_worker(path: Path):
     def how(driver: subprocess.Popen) -> None:
-        workers = [p for p in run_processes(path) if "StageRunner" in " ".join(p.cmdline())]
+        workers = [p for p in run_processes(path) if "StageRunner" in command_line(p)]
         assert workers, "no worker process found"
         for worker in workers:
-            worker.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
 
     return how
 
