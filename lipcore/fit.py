@@ -171,7 +171,10 @@ def fit_many(
         results: list[FitResult] = []
         for batch in memory.batches(len(jobs), most):
             part = jobs[batch.start : batch.stop]
-            results += _fit_members(part, cfg, dev, precision, "vmap", progress, _for_members(stop, batch.start))
+            try:
+                results += _fit_members(part, cfg, dev, precision, "vmap", progress, _for_members(stop, batch.start))
+            except FitDiverged as err:  # name the member by its place in `jobs`, not in its batch
+                raise err.in_set(batch.start, len(jobs)) from err
         return results
 
 

@@ -255,6 +255,7 @@ class FitDiverged(RuntimeError):
 
     def __init__(self, member: int, members: int, iteration: int | None, end: int, backtracks: int, lr: float):
         self.member, self.iteration = member, iteration
+        self._facts = (iteration, end, backtracks, lr)
         who = f"member {member + 1} of {members}: " if members > 1 else ""
         when = (
             f"the loss became NaN/inf at iteration {iteration}"
@@ -265,6 +266,11 @@ class FitDiverged(RuntimeError):
             f"fit diverged ({who}{when}; {backtracks} backtracks did not recover it). "
             f"Nothing was written: lower fit.lr (now {lr:g}) or check the observation for NaN/inf values"
         )
+
+    def in_set(self, first: int, members: int) -> FitDiverged:
+        """The same divergence told of the whole set, for a fit of members `first`, `first + 1`, ... of `members`
+        run as one batch of several (fit_many's memory-capped vmap batches)."""
+        return FitDiverged(first + self.member, members, *self._facts)
 
 
 class Divergence:

@@ -70,3 +70,17 @@ def test_budget_from_the_environment_and_none_on_cpu(monkeypatch):
     monkeypatch.setenv(M.ENV, "lots")
     with pytest.raises(ValueError, match="LIP_GPU_MEMORY_GB"):
         M.budget(torch.device("cpu"))
+
+
+def test_a_divergence_in_a_later_batch_names_the_member_of_the_whole_set(tiny_cfg, f16_small):
+    """Split into batches, a diverging fit must still be named by its place among all the jobs."""
+    from dataclasses import replace
+
+    from lipcore.fit import FitDiverged
+
+    jobs = _jobs(tiny_cfg, f16_small, 3)
+    jobs[2] = replace(jobs[2], y=torch.full_like(jobs[2].y, float("nan")))  # a NaN observation: a NaN loss
+    cfg = FitConfig(iterations=6, log_every=2, es_window=2, precision="fp32")
+    with pytest.raises(FitDiverged, match=r"member 3 of 3") as err:
+        fit_many(jobs, cfg, device="cpu", engine="vmap", max_members=2)
+    assert err.value.member == 2
