@@ -288,7 +288,6 @@ def _schedule(ray, repo, work: ledger.Plan, pool: list, progress: Progress) -> s
     idle = list(pool)
     failure: str | None = None
     lock = ledger.Lockfile()
-    recorded = 0
     try:
         while True:
             if _stop_asked:
@@ -321,7 +320,6 @@ def _schedule(ray, repo, work: ledger.Plan, pool: list, progress: Progress) -> s
             if outcome.ok:
                 with ledger.signals_held():  # recorded whole: hashed, cached and handed to dvc.lock
                     ledger.record(stage, lock)
-                recorded += 1
                 done.add(stage)
                 progress.ran.append((stage.addressing, outcome.seconds, outcome.how))
                 log.info(progress.line(f"{stage.addressing} done in {outcome.seconds:.1f} s ({outcome.how})"))
@@ -333,7 +331,7 @@ def _schedule(ray, repo, work: ledger.Plan, pool: list, progress: Progress) -> s
             signal.signal(sig, signal.SIG_IGN)
         names = [stage.addressing for stage, _ in running.values()]
         _stop_workers(ray, [worker for _, worker in running.values()])
-        stop.recorded, stop.stopped = recorded + progress.restored, names
+        stop.recorded, stop.stopped = len(progress.ran) + progress.restored, names
         raise
     finally:
         lock.write(force=True)  # however the run ends (a failure, a stop), every recorded stage in dvc.lock

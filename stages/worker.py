@@ -132,9 +132,7 @@ def _end_with(driver: int, every: float = 0.5) -> None:
         time.sleep(every)
         try:
             os.kill(driver, 0)
-        except ProcessLookupError:
-            os._exit(1)
-        except PermissionError:  # a process of another user took the PID: ours is gone
+        except (ProcessLookupError, PermissionError):  # gone (PermissionError: another user's process took the PID)
             os._exit(1)
 
 
