@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .config import Section
 from .gan import IMAGE_SIZE
+from .runtime import cuda_flags
 
 N_PIXELS = 3 * IMAGE_SIZE * IMAGE_SIZE  # n: the generator's RGB output, 12,288 values
 
@@ -105,8 +106,12 @@ class Recovery:
     x: Tensor  # (B, C, H, W)
     z: Tensor  # (B, latent)
     loss: Tensor  # (B,)
+    # (iterations, B): the chosen restart's measurement loss before each Adam step, to show that the search
+    # has flattened before its end; None for a search of 0 iterations
+    curve: Tensor | None = None
 
 
+@cuda_flags()  # TF32 off on CUDA, as in every DIP fit: one rounding for the whole study
 def recover(
     generator: nn.Module,
     a: Tensor,
@@ -136,11 +141,14 @@ def recover(
     generator.eval()
     for p in generator.parameters():
         p.requires_grad_(False)
+    steps = []  # each step's per-latent losses, on the device: read once, after the search
     for _ in range(iterations):
         opt.zero_grad(set_to_none=True)
         residual = generator(z).flatten(1) @ a.T - targets
+        per_latent = measurement_loss(residual, loss, block)
         # a sum over latents: each latent's gradient is its own loss's (Adam is elementwise), as if solved alone
-        measurement_loss(residual, loss, block).sum().backward()
+        per_latent.sum().backward()
+        steps.append(per_latent.detach())
         opt.step()
     with torch.no_grad():
         x = generator(z)
@@ -148,4 +156,5 @@ def recover(
         best = final.argmin(dim=1)
         rows = torch.arange(b, device=best.device)  # on best's device: a CPU index would not meet a CUDA one
         pick = rows * restarts + best
-        return Recovery(x[pick], z.detach()[pick], final[rows, best])
+        curve = torch.stack(steps)[:, pick] if steps else None
+        return Recovery(x[pick], z.detach()[pick], final[rows, best], curve)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .config import Section
+from .runtime import cuda_flags
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def soft_threshold(c: Tensor, t: float) -> Tensor:
     return c.sign() * (c.abs() - t).clamp_min(0.0)
 
 
+@cuda_flags()  # TF32 off on CUDA for its matrix products, whatever the caller's torch flags
 def fista_dct(a: Tensor, y: Tensor, shape: tuple[int, int, int], lam: float, iterations: int) -> Tensor:
     """Recover images (B, *shape) from y (B, m) = A x.flatten() + noise; lam >= 0."""
     if lam < 0 or iterations < 1:

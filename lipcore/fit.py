@@ -49,7 +49,7 @@ from .members import choose_engine, make_engine
 from .metrics import psnr
 from .physics import Operator
 from .prune import Mask
-from .runtime import on_device, resolve_device, resolve_precision
+from .runtime import cuda_flags, on_device, resolve_device, resolve_precision
 
 __all__ = ["HISTORY_COLUMNS", "FitDiverged", "FitJob", "FitResult", "OracleBest", "StopCheck", "fit", "fit_many"]
 
@@ -130,7 +130,7 @@ def fit(
     """
     dev = resolve_device(device)
     precision = resolve_precision(cfg.precision, dev)
-    with _cuda_backend_flags(cfg.cudnn_benchmark):
+    with cuda_flags(cfg.cudnn_benchmark):
         job = FitJob(net, z, op, y, x_true, mask, seed, metric)
         return _fit_members([job], cfg, dev, precision, "sequential", progress, stop)[0]
 
@@ -161,7 +161,7 @@ def fit_many(
         raise ValueError("give x_true for every job or for none (the oracle is tracked for all members)")
     dev = resolve_device(device)
     precision = resolve_precision(cfg.precision, dev)  # once: one warning, not one per member
-    with _cuda_backend_flags(cfg.cudnn_benchmark):
+    with cuda_flags(cfg.cudnn_benchmark):
         if choose_engine(engine, len(jobs), dev) == "sequential":
             return [
                 _fit_members([j], cfg, dev, precision, "sequential", progress, _for_member(stop, i))[0]
@@ -195,24 +195,6 @@ def _batch_cap(jobs: Sequence[FitJob], cfg: FitConfig, dev: torch.device, precis
             budget / 1e9,
         )
     return most
-
-
-@contextlib.contextmanager
-def _cuda_backend_flags(on: bool):
-    """The process-wide CUDA backend flags, set for this fit only and put back after: cuDNN's algorithm search
-    (`cudnn_benchmark`), and TF32 off for every conv and matmul. torch's defaults allow TF32 in cuDNN convs but
-    not in matmuls, so on an Ampere or later GPU the 3x3 convs and the 1x1 / matmul paths of one net would round
-    differently; fp32 means fp32 (bf16 is the fast opt-in). No effect on CPU."""
-    flags = (torch.backends.cudnn, "benchmark", on), (torch.backends.cudnn, "allow_tf32", False)
-    flags += ((torch.backends.cuda.matmul, "allow_tf32", False),)
-    before = [getattr(owner, name) for owner, name, _ in flags]
-    for owner, name, value in flags:
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for (owner, name, _), value in zip(flags, before, strict=True):
-            setattr(owner, name, value)
 
 
 def _for_members(stop: StopCheck | None, first: int) -> StopCheck | None:

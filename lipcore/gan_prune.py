@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .config import Section
 from .prune import Mask, apply_mask, dense_mask, magnitude_prune, prunable
+from .runtime import cuda_flags
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class DistillConfig(Section):
             raise ValueError(f"distillation needs steps >= 0, batch >= 1 and lr > 0, got {self}")
 
 
+@cuda_flags()  # TF32 off on CUDA, as in every DIP fit: one rounding for the whole study
 def distill(
     student: nn.Module, teacher: nn.Module, mask: Mask, cfg: DistillConfig, latent_dim: int, gen: torch.Generator
 ) -> list[float]:

@@ -3,13 +3,14 @@ and the process-wide CPU allocator setting that makes DIP fast (for entry points
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import ctypes.util
 import os
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
@@ -118,6 +119,52 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
             stacklevel=2,
         )
     return precision
+
+
+# On CUDA, one choice for every conv and matmul: no TF32. torch's defaults allow TF32 in cuDNN convs but not in
+# matmuls, so on an Ampere or later GPU a net's 3x3 convs and its 1x1 / matmul paths would round differently; fp32
+# means fp32 (bf16 is the fast opt-in). Recorded in every CUDA run's outputs (cuda_numerics).
+TF32 = False
+
+
+@contextlib.contextmanager
+def cuda_flags(cudnn_benchmark: bool = False) -> Iterator[None]:
+    """The process-wide CUDA backend flags, set for a block and put back after: TF32 (off, see TF32) for cuDNN
+    convs and for matmuls, and cuDNN's algorithm search (`cudnn_benchmark`). Nothing they change runs on CPU."""
+    flags = (torch.backends.cudnn, "benchmark", cudnn_benchmark), (torch.backends.cudnn, "allow_tf32", TF32)
+    flags += ((torch.backends.cuda.matmul, "allow_tf32", TF32),)
+    before = [getattr(owner, name) for owner, name, _ in flags]
+    for owner, name, value in flags:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(flags, before, strict=True):
+            setattr(owner, name, value)
+
+
+def cuda_numerics(device: str | torch.device, precision: str, cudnn_benchmark: bool = False) -> dict | None:
+    """What decides a CUDA run's rounding, for its outputs to record: the GPU, the torch / CUDA / cuDNN versions,
+    the precision ('fp32' or 'bf16', as resolved), TF32 and cuDNN's algorithm search, and that reruns agree to
+    rounding only (bilinear upsampling and reflection padding have non-deterministic CUDA backward kernels, which
+    torch cannot make deterministic). None on CPU: a CPU run's outputs stay as they were (and CPU has no TF32)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    device = _concrete(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    return {
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device),
+        "compute_capability": f"{major}.{minor}",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "precision": precision,
+        "tf32": TF32,
+        "cudnn_benchmark": cudnn_benchmark,
+        "deterministic": False,
+    }
 
 
 def _glibc_mallopt() -> Callable[[int, int], int] | None:

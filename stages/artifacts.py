@@ -16,6 +16,7 @@ from lipcore.config import DegradationConfig, FitConfig, NetConfig, from_dict, u
 from lipcore.fit import FitResult
 from lipcore.nets import skeleton
 from lipcore.physics import Problem, operator_from_state
+from lipcore.runtime import cuda_numerics, resolve_device, resolve_precision
 from lipcore.scoring import reported_images
 from lipcore.trials import Outcome
 
@@ -311,6 +312,15 @@ def check_round_seed(round_dir: Path, seed: int) -> None:
     recorded = io.read_metadata(path).get("seed")
     if recorded != seed:
         raise ValueError(f"{path} belongs to seed {recorded}, not seed {seed}; check --dense / --parent / --seed")
+
+
+def write_numerics(out: Path, device: str, precision: str = "fp32", cudnn_benchmark: bool = False) -> None:
+    """numerics.json in an output directory, for a stage that ran on CUDA: the GPU, versions, precision, TF32 and
+    cuDNN settings its numbers were computed with. Nothing on CPU, whose outputs stay byte for byte as before."""
+    dev = resolve_device(device)
+    record = cuda_numerics(dev, resolve_precision(precision, dev), cudnn_benchmark)
+    if record is not None:
+        io.write_json(out / layout.NUMERICS, record)
 
 
 def history_dict(res: FitResult) -> dict[str, list[float]]:

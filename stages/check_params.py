@@ -34,6 +34,8 @@ def interpolated(params: Params) -> dict[str, object]:
         "tasks": params.tasks,
         "seeds": params.seeds,
         "imp.chain": params.imp.chain,
+        "multi.task": multi.task,
+        "multi.images": multi.images,
         "multi.modes": multi.modes,
         # a group's params are its images (reading one records multi.groups.<name>.train)
         "multi.groups": {name: (group.train, group.heldout) for name, group in groups.items()} if groups else {},

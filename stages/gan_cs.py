@@ -20,7 +20,7 @@ from lipcore.fista import fista_dct, pick_lambda
 from lipcore.gan import face_image
 from lipcore.runtime import resolve_device
 
-from . import entry, gan_study, layout
+from . import artifacts, entry, gan_study, layout
 from .params import Params, load_params
 
 
@@ -38,11 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     nets = gan_study.generators(params, args.rounds)
     z0 = gan_study.start_latents(params, args.m, len(names))
 
-    recovered, rows = {}, {}
+    recovered, rows, curves = {}, {}, {}
     for method, net in nets.items():
         got = gan_study.search(params, net, a, y, z0)
         recovered[method] = got.x
         rows[method] = gan_study.per_image(got.x, x, names, {"measurement_loss": got.loss})
+        curves[method] = gan_study.search_curve(got, gan_study.curve_every(params))
 
     fista = params.gan.fista
     tune = face_image(args.faces / f"{params.gan.tune_face}.png")[None]
@@ -58,8 +59,11 @@ def main(argv: list[str] | None = None) -> None:
         "kinds": kinds,
         "fista": {"lambda": lam, "lambdas": list(fista.lambdas), "tune_mse": tried, "tune_face": params.gan.tune_face},
         "methods": rows,
+        # has the search flattened before its end? each generator's mean measurement loss over the test images
+        "search_curve": {"every": gan_study.curve_every(params), "methods": curves},
     }
     with layout.GAN_CS_OUT.write(args.out) as tmp:
+        artifacts.write_numerics(tmp, params.device)  # the latent search and FISTA: fp32
         gan_study.write_recoveries(tmp, recovered, results)
 
 

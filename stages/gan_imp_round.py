@@ -24,7 +24,7 @@ from lipcore.imp import nominal_sparsity
 from lipcore.runtime import resolve_device
 from lipcore.seeding import generator
 
-from . import entry, gan_study, layout
+from . import artifacts, entry, gan_study, layout
 from .params import load_params
 
 HELD_OUT = 64  # latents of the fixed distillation-error batch
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
     meta = {"round": k, "parent": str(args.parent), "fraction": gan.fraction}
     with layout.GAN_ROUND_OUT.write(args.out) as tmp:
+        artifacts.write_numerics(tmp, params.device)  # distillation: fp32
         save_generator(tmp / layout.GENERATOR, nets["lip"], meta)
         prune.save_mask(tmp / layout.MASK, mask, meta)
         save_generator(tmp / layout.RANDOM_GENERATOR, nets["random"], {**meta, "control": "random, layer-matched"})

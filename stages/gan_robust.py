@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import entry, gan_study, layout
+from . import artifacts, entry, gan_study, layout
 from .params import load_params
 
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         "methods": rows,
     }
     with layout.GAN_CS_OUT.write(args.out) as tmp:
+        artifacts.write_numerics(tmp, params.device)  # the latent search and FISTA: fp32
         gan_study.write_recoveries(tmp, recovered, results)
 
 

@@ -154,7 +154,24 @@ def search(params: Params, net: nn.Module, a: Tensor, y: Tensor, z0: Tensor, los
         block=cs.mom_block,
         z0=z0.to(device),
     )
-    return Recovery(got.x.cpu(), got.z.cpu(), got.loss.cpu())
+    return Recovery(got.x.cpu(), got.z.cpu(), got.loss.cpu(), got.curve.cpu() if got.curve is not None else None)
+
+
+CURVE_POINTS = 100  # points of a search's loss curve kept in results.json
+
+
+def curve_every(params: Params) -> int:
+    """The steps between two kept points of a search curve."""
+    return max(1, params.gan.cs.iterations // CURVE_POINTS)
+
+
+def search_curve(got: Recovery, every: int | None = None) -> list[float]:
+    """The mean over images of the kept restarts' measurement loss, before every `every`-th Adam step and after
+    the last (got.loss): the curve that shows whether the search had flattened."""
+    if got.curve is None:
+        return [float(got.loss.mean())]
+    every = every or max(1, got.curve.shape[0] // CURVE_POINTS)
+    return [float(v) for v in got.curve[::every].mean(dim=1)] + [float(got.loss.mean())]
 
 
 def per_image(x_hat: Tensor, x: Tensor, names: list[str], extra: dict[str, Tensor] | None = None) -> list[dict]:

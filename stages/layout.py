@@ -156,6 +156,8 @@ TRAINED = "trained.safetensors"  # weights after the search fit (what the next r
 MASK = "mask.safetensors"  # absent in round 0
 HISTORY = "history.json"
 FIT_METRICS = "metrics.json"
+# in the output directory of a stage that ran on CUDA only: what decided its rounding (lipcore.runtime.cuda_numerics)
+NUMERICS = "numerics.json"
 
 
 def output_png(point: str) -> str:
@@ -210,15 +212,15 @@ class OutputDir:
 
 DEGRADE_OUT = OutputDir("degrade", OBSERVATION, (OBSERVATION, CLEAN, CLEAN_PNG, DEGRADED_PNG))
 ROUND_OUT = OutputDir(
-    "dense_fit / imp_round", FIT_METRICS, (INIT, REWIND, TRAINED, MASK, HISTORY, FIT_METRICS, output_png("*"))
+    "dense_fit / imp_round", FIT_METRICS, (INIT, REWIND, TRAINED, MASK, HISTORY, FIT_METRICS, output_png("*"), NUMERICS)
 )
-EVALUATE_OUT = OutputDir("evaluate", RESULTS, (RESULTS, method_png("*")))
-TRANSFER_OUT = OutputDir("transfer", MATRIX, (MATRIX,))
-MULTI_EVALUATE_OUT = OutputDir("multi_evaluate", RESULTS, (RESULTS,))
+EVALUATE_OUT = OutputDir("evaluate", RESULTS, (RESULTS, method_png("*"), NUMERICS))
+TRANSFER_OUT = OutputDir("transfer", MATRIX, (MATRIX, NUMERICS))
+MULTI_EVALUATE_OUT = OutputDir("multi_evaluate", RESULTS, (RESULTS, NUMERICS))
 GAN_ROUND_OUT = OutputDir(
-    "gan_prepare / gan_imp_round", FIT_METRICS, (GENERATOR, MASK, RANDOM_GENERATOR, RANDOM_MASK, FIT_METRICS)
+    "gan_prepare / gan_imp_round", FIT_METRICS, (GENERATOR, MASK, RANDOM_GENERATOR, RANDOM_MASK, FIT_METRICS, NUMERICS)
 )
 GAN_TESTSET_OUT = OutputDir("gan_prepare", TESTSET, (TESTSET, TESTSET_PNG))
-GAN_CS_OUT = OutputDir("gan_cs / gan_robust / gan_dip", RESULTS, (RESULTS, RECOVERED))
+GAN_CS_OUT = OutputDir("gan_cs / gan_robust / gan_dip", RESULTS, (RESULTS, RECOVERED, NUMERICS))
 GAN_EVALUATE_OUT = OutputDir("gan_evaluate", RESULTS, (RESULTS, GAN_GRID.format(m="*")))
 REPORT_OUT = OutputDir("report", REPORT_MD, (REPORT_MD, CURVES_PNG, grid_png("*"), "gan_*.png"))

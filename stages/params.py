@@ -142,11 +142,16 @@ class MultiConfig(Section):
     modes: tuple[str, ...] = ("shared",)  # shared | average (lipcore.multi)
     rounds: tuple[int, ...] | None = None  # rounds scored on the held-out images; null: every round
     groups: dict[str, GroupDef] = dataclasses.field(default_factory=dict)
+    # images of the groups fitted one by one on `task` only (not on every task, as `images` are): e.g. a face
+    # group's faces, whose single-image rounds the group's masks are compared with
+    images: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from lipcore.multi import MODES
 
         refuse_non_names("groups", tuple(self.groups))
+        refuse_non_names("multi.images", self.images)
+        refuse_repeats("multi.images", self.images)
         if not self.modes:
             raise ValueError("modes: the list is empty; give shared, average or both")
         unknown = sorted(set(self.modes) - set(MODES))
@@ -328,14 +333,23 @@ class Params(Section):
                 return
             if multi.task not in self.tasks:
                 raise ValueError(f"multi.task: {multi.task!r} is not one of tasks {list(self.tasks)}")
+            both = [i for i in multi.images if i in self.images]
+            if both:
+                raise ValueError(
+                    f"multi.images: {both} are in images too (fitted on every task already); list each image once"
+                )
+            members = (*self.images, *multi.images)
+            problems = {layout.pair_id(i, t) for i in self.images for t in self.tasks}
+            problems |= {layout.pair_id(i, multi.task) for i in multi.images}
             for name, group in multi.groups.items():
-                missing = [i for i in (*group.train, *group.heldout) if i not in self.images]
+                missing = [i for i in (*group.train, *group.heldout) if i not in members]
                 if missing:
                     raise ValueError(
-                        f"multi.groups.{name}: {missing} not in images {list(self.images)}; a group's images are "
-                        "also fitted one by one (its masks are compared with theirs): add them to images"
+                        f"multi.groups.{name}: {missing} not in images {list(self.images)} or multi.images "
+                        f"{list(multi.images)}; a group's images are also fitted one by one (its masks are compared "
+                        "with theirs): add them to images, or to multi.images to fit them on multi.task only"
                     )
-                if layout.multi_id(name) in {layout.pair_id(i, t) for i in self.images for t in self.tasks}:
+                if layout.multi_id(name) in problems:
                     clash = layout.multi_id(name)
                     raise ValueError(f"multi.groups.{name}: its outputs {clash!r} collide with a problem's; rename it")
             if multi.rounds is not None:

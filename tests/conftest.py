@@ -117,7 +117,7 @@ def tiny_params(**overrides) -> dict:
         },
         "transfer": {"pairs": "all"},
         # dvc.yaml interpolates multi.*: every key present (no group: no multi-image stage)
-        "multi": {"task": "denoise", "modes": ["shared"], "rounds": None, "groups": {}},
+        "multi": {"task": "denoise", "modes": ["shared"], "rounds": None, "groups": {}, "images": []},
         # the GAN study at its smallest: one round, one image of each kind, a few steps (the generator is real)
         "gan": {
             "fraction": 0.2,
@@ -140,7 +140,16 @@ def tiny_params(**overrides) -> dict:
 
 
 PROJECT_FILES = [
-    *("dvc.yaml", ".dvcignore", "data/f16.png", "data/baby.png", "data/kate.png", "data/masks", "data/faces"),
+    *(
+        "dvc.yaml",
+        ".dvcignore",
+        "data/f16.png",
+        "data/baby.png",
+        "data/kate.png",
+        "data/zebra.png",
+        "data/masks",
+        "data/faces",
+    ),
 ]
 
 

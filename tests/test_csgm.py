@@ -99,3 +99,36 @@ def test_cs_settings_are_checked(change, message):
 
     with pytest.raises(ValueError, match=message):
         from_dict(csgm.CsgmConfig, change, key="gan.cs")
+
+
+def test_the_search_curve_is_the_chosen_restarts_loss_at_every_step():
+    """Recovery.curve shows whether a search has flattened (issue 26): one row per Adam step, one column per image,
+    the measurement loss of the restart that was kept, as that restart alone would have traced it."""
+    g = TinyGenerator()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = g(torch.randn(2, 8, generator=gen))
+    a = csgm.gaussian_matrix(60, 192, gen)
+    y = csgm.measure(a, x, 0.01, gen)
+    z0 = torch.randn(2 * 3, 8, generator=torch.Generator().manual_seed(5))
+    got = csgm.recover(g, a, y, latent_dim=8, restarts=3, iterations=40, lr=0.05, z0=z0)
+    assert got.curve.shape == (40, 2)
+    assert (got.curve[-1] < got.curve[0]).all()
+    for i in range(2):
+        kept = next(
+            r
+            for r in range(3 * i, 3 * i + 3)
+            if torch.allclose(
+                got.z[i],
+                csgm.recover(g, a, y[i : i + 1], latent_dim=8, restarts=1, iterations=40, lr=0.05, z0=z0[r : r + 1]).z[
+                    0
+                ],
+                atol=1e-5,
+            )
+        )
+        alone = csgm.recover(
+            g, a, y[i : i + 1], latent_dim=8, restarts=1, iterations=40, lr=0.05, z0=z0[kept : kept + 1]
+        )
+        torch.testing.assert_close(got.curve[:, i], alone.curve[:, 0], rtol=1e-4, atol=1e-6)
+    empty = csgm.recover(g, a, y, latent_dim=8, restarts=3, iterations=0, lr=0.05, z0=z0)
+    assert empty.curve is None

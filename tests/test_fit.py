@@ -8,6 +8,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from lipcore import DegradationConfig, FitConfig, build_net, fit, make_input, runtime
 from lipcore import prune as P
@@ -650,3 +651,53 @@ def test_channels_last_fits_the_same_noise_draw(tiny_cfg, f16_small):
         net, z, op, y = setup(tiny_cfg, f16_small)
         outs.append(fit(net, z, op, y, replace(cfg, channels_last=channels_last), device="cpu", seed=3).x_last)
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)
+
+
+def test_cuda_numerics_record_the_gpu_precision_and_tf32_choice_and_nothing_on_cpu(monkeypatch):
+    """A CUDA run's outputs say what decided their rounding (the issue: 'set TF32 explicitly ... and record it in
+    outputs'); on CPU there is no record, so CPU outputs keep their bytes."""
+    assert runtime.cuda_numerics("cpu", "fp32") is None
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    record = runtime.cuda_numerics("cuda", "bf16", cudnn_benchmark=True)
+    assert record["device"] == "cuda:0" and record["gpu"] == "NVIDIA H200" and record["compute_capability"] == "9.0"
+    assert record["precision"] == "bf16" and record["cudnn_benchmark"] is True
+    assert record["tf32"] is False and record["tf32"] is runtime.TF32 and record["deterministic"] is False
+    assert record["torch"] == torch.__version__
+
+
+def test_the_gan_search_distillation_and_fista_run_with_tf32_off_and_restore_the_flags(monkeypatch):
+    """One rounding for the whole study: the generator's latent search, its distillation and FISTA's matrix
+    products see TF32 off, as every DIP fit does, whatever the caller set."""
+    from lipcore import csgm, fista, gan_prune
+    from lipcore.prune import dense_mask
+
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    seen = []
+
+    class Seeing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(4, 12), nn.Unflatten(1, (3, 2, 2)), nn.Conv2d(3, 3, 1), nn.Tanh())
+
+        def forward(self, z):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return self.net(z)
+
+    real_dct2 = fista.dct2
+    monkeypatch.setattr(fista, "dct2", lambda x, d: seen.append((torch.backends.cudnn.allow_tf32,)) or real_dct2(x, d))
+    try:
+        g = Seeing()
+        a = torch.randn(6, 12, generator=torch.Generator().manual_seed(1))
+        csgm.recover(g, a, torch.randn(1, 6), latent_dim=4, restarts=2, iterations=2, lr=0.1, gen=torch.Generator())
+        student = Seeing()
+        cfg = gan_prune.DistillConfig(steps=2, batch=2)
+        gan_prune.distill(student, Seeing(), dense_mask(student), cfg, 4, torch.Generator())
+        fista.fista_dct(torch.randn(5, 12), torch.randn(1, 5), (3, 2, 2), lam=1e-3, iterations=2)
+        assert seen and all(not any(flags) for flags in seen), seen
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul

@@ -58,7 +58,16 @@ def test_fit_many_splits_the_vmap_batch_by_the_memory_budget(tiny_cfg, f16_small
         for k in ("x_last", "x_ema", "x_es"):
             if i < 2:
                 assert torch.equal(getattr(res, k), getattr(first[i], k)), k
-            torch.testing.assert_close(getattr(res, k), getattr(whole[i], k), atol=1e-4, rtol=0)
+            # Up to rounding: a batch of 3 runs other grouped-conv kernels than one of 2 (on Zen 4 and AVX512 CPUs
+            # at least), and Adam's first steps move every weight by +-lr whatever its gradient's size, so a
+            # near-zero gradient rounded to the other sign moves a weight by 2 lr: measured, pixels differ by 1.5e-4 on
+            # average and 2.2e-3 at most (Zen 4); a member mixed up with another would differ by ~0.1 on average.
+            diff = (getattr(res, k) - getattr(whole[i], k)).abs()
+            assert float(diff.mean()) < 1e-3 and float(diff.max()) < 4 * cfg.lr, (
+                k,
+                float(diff.mean()),
+                float(diff.max()),
+            )
     assert sizes == [2, 1, 2, 3]
 
 

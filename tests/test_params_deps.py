@@ -23,7 +23,8 @@ def _settings() -> dict[str, dict]:
         "task": "inpaint",
         "modes": ["shared", "average"],
         "rounds": [2],
-        "groups": {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}},
+        "groups": {"g": {"train": ["f16", "baby"], "heldout": ["kate", "zebra"]}},
+        "images": ["zebra"],  # a member fitted on multi.task only: the member_* stages
     }
     return {"plain": plain, "varied": varied, "varied-denoise": _varied(images=["f16"], tasks=["denoise"])}
 
@@ -74,6 +75,7 @@ def test_every_stage_ran_and_read_params(reads_and_lists):
     kinds = {a.split("@")[0] for a in listed}
     assert kinds == {
         *("check_params", "degrade", "dense_fit", "imp_round", "evaluate", "transfer", "report"),
+        *("member_degrade", "member_dense_fit", "member_imp_round"),
         *("multi_dense_fit", "multi_imp_round", "multi_evaluate"),
         *("gan_prepare", "gan_imp_round", "gan_cs", "gan_robust", "gan_dip", "gan_evaluate"),
     }

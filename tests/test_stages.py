@@ -424,3 +424,23 @@ def test_a_fitting_stage_shows_each_fit_live_and_ends_it_with_one_line(project, 
     assert line.startswith(f"rounds f16-denoise s0 r0: {cfg['iterations']} iterations") and "s/it" in line
     assert "dB at ES-WMV" in line and "oracle best" in line
     assert not progress_log.handlers and not progress_log.isEnabledFor(logging.DEBUG)  # put back after the stage
+
+
+def test_a_cuda_round_records_its_numerics_and_a_cpu_round_does_not(project, monkeypatch):
+    """numerics.json (GPU, versions, precision, TF32) lands in a round run on CUDA, and a rerun may replace that
+    directory; on CPU nothing is added, so the committed CPU outputs keep their bytes."""
+    write_params(project / "params.yaml", tiny_params())
+    degrade.main(["--image", "data/f16.png", "--name", "f16", "--task", "denoise", "--out", "outs/degrade/a"])
+    dense = ["--obs", "outs/degrade/a", "--task", "denoise", "--seed", "0", "--out", "outs/r0"]
+    dense_fit.main(dense)
+    assert not (project / "outs/r0" / layout.NUMERICS).exists()
+    seen = []
+    record = {"gpu": "a fake one", "tf32": False}
+    with monkeypatch.context() as patched:
+        patched.setattr(artifacts, "resolve_device", lambda name: torch.device("meta"))  # a non-CPU device
+        patched.setattr(artifacts, "cuda_numerics", lambda *a: seen.append(a) or record)
+        dense_fit.main(dense)  # replaces the CPU round's directory
+    assert json.loads((project / "outs/r0" / layout.NUMERICS).read_text()) == record
+    assert seen == [(torch.device("meta"), "fp32", False)]
+    dense_fit.main(dense)  # and a CPU rerun replaces the CUDA one
+    assert not (project / "outs/r0" / layout.NUMERICS).exists()

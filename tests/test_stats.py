@@ -2,9 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from lipcore import stats
 from lipcore.stats import paired, verdict
 
 # A hand-made table: PSNR of LIP and of a baseline on four (image, task, seed) pairs.
@@ -59,3 +61,35 @@ def test_mismatched_or_broken_pairs_are_refused():
         paired([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="NaN"):
         paired([1.0, math.nan], [1.0, 2.0])
+
+
+def test_detectable_difference_has_80_percent_power_by_simulation():
+    """The difference `detectable` returns is found by the same t-test in 80% of simulated studies (normal
+    differences, n pairs, that spread), and not at half of it: it is the design's minimal detectable effect."""
+    rng = np.random.default_rng(0)
+    for n, sd in ((6, 1.0), (18, 2.5)):
+        delta = stats.detectable(sd, n)
+        for true, expected in ((delta, 0.80), (delta / 2, None)):
+            draws = rng.normal(true, sd, size=(20000, n))
+            t = draws.mean(axis=1) / (draws.std(axis=1, ddof=1) / np.sqrt(n))
+            crit = scipy_stats.t.ppf(0.975, n - 1)
+            found = float(np.mean(np.abs(t) > crit))
+            if expected is not None:
+                assert abs(found - expected) < 0.015, (n, sd, found)
+            else:
+                assert found < 0.5
+
+
+def test_a_hand_made_table_of_pairs_gives_its_interval_and_detectable_difference():
+    """Six pairs with differences 1, 2, 0, 3, 1, 5: mean 2, sd sqrt(3.2) = 1.789; the 95% t interval is
+    2 +- 2.571 * 1.789 / sqrt(6) = [0.123, 3.877], and 80% power needs a true difference of 2.566 dB (noncentral t,
+    5 degrees of freedom): 1.434 standard deviations, where a z-test would need (1.96 + 0.84) / sqrt(6) = 1.144."""
+    a = [31.0, 30.0, 29.0, 33.0, 28.0, 35.0]
+    b = [30.0, 28.0, 29.0, 30.0, 27.0, 30.0]
+    p = stats.paired(a, b)
+    assert p.n == 6 and p.mean == pytest.approx(2.0) and p.verdict == "better"
+    assert (p.low, p.high) == pytest.approx((0.1225, 3.8775), abs=1e-3)
+    assert p.detectable == pytest.approx(2.566, abs=2e-3)
+    assert p.detectable / np.sqrt(3.2) > (1.96 + 0.8416) / np.sqrt(6)  # t's heavier tails need more than z's
+    assert stats.paired([1.0], [0.0]).detectable != stats.paired([1.0], [0.0]).detectable  # nan: one pair
+    assert stats.detectable(0.0, 5) == 0.0
