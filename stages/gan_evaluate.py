@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     gan = params.gan
     x, names, kinds = gan_study.load_testset(args.testset)
-    rounds = [artifacts.read_gan_record(layout.gan_round_dir(k, args.rounds)) for k in (0, *gan.rounds)]
-    last = gan.rounds[-1]
+    scored = gan.scored_rounds
+    rounds = [artifacts.read_gan_record(layout.gan_round_dir(k, args.rounds)) for k in (0, *scored)]
+    last = scored[-1]
 
     per_m, grids, lambdas = {}, {}, {}
     for m in gan.cs.m:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             "paired_vs_dense": {
                 f"{kind}@{k}": paired_mse(methods[f"{kind}@{k}"], methods["dense"], kinds)
                 for kind in ("lip", "random", "rewind")
-                for k in gan.rounds
+                for k in scored
             },
         }
         images = {**cs_x, **dip_x}

@@ -194,6 +194,9 @@ class GanConfig(Section):
     tune_face: str = "man"  # data/faces/<name>.png, not a test face: picks FISTA's lambda per m
     fista: FistaConfig = dataclasses.field(default_factory=FistaConfig)
     dip: GanDipConfig = dataclasses.field(default_factory=GanDipConfig)
+    # the rounds whose generators compressive sensing scores (gan_cs, gan_evaluate); null: every round of the chain.
+    # A latent search costs the same for every generator, so scoring only the last round cuts gan_cs by the rest.
+    scored: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         refuse_non_names("faces", self.faces)
@@ -209,10 +212,20 @@ class GanConfig(Section):
         if self.tune_face in self.faces:
             raise ValueError(f"tune_face: {self.tune_face!r} is a test face; pick FISTA's lambda on another image")
         refuse_repeats("cs.m", self.cs.m)
+        if self.scored is not None:
+            bad = sorted(set(self.scored) - set(self.rounds))
+            if bad or not self.scored:
+                raise ValueError(f"scored: {bad or '[]'} not rounds of gan.chain {list(self.rounds)}")
+            refuse_repeats("scored", self.scored)
 
     @property
     def rounds(self) -> tuple[int, ...]:
         return tuple(k for k, _ in self.chain)
+
+    @property
+    def scored_rounds(self) -> tuple[int, ...]:
+        """The rounds compressive sensing scores, in chain order."""
+        return self.rounds if self.scored is None else tuple(k for k in self.rounds if k in self.scored)
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,7 @@ def tiny_params(**overrides) -> dict:
             },
             "fista": {"iterations": 3, "lambdas": [0.01, 0.1]},
             "dip": {"ticket": None, "seed": None, "fit": {"iterations": 6}},
+            "scored": None,
         },
     }
     params.update(overrides)
