@@ -52,6 +52,9 @@ def fit_scores(res: FitResult, problem: Problem, fit_cfg: FitConfig) -> dict[str
     }
     # no wall time here: stage outputs must be byte-deterministic
     out.update(output="ema" if fit_cfg.ema_weight > 0 else "raw", backtracks=res.backtracks)
+    # when ES-WMV's patience ran out (None: never within the run): with fit.es_stop the fit ended there, so the
+    # report can tell a fit that stopped itself from one that reached its cap
+    out["es_detected"] = res.es_detected
     return out
 
 

@@ -113,3 +113,21 @@ def test_fista_runs_on_the_params_device_and_returns_to_the_cpu(monkeypatch):
     a, y = torch.randn(5, 12), torch.randn(2, 5)
     lam, tried, x = gan_cs.fista_baseline(params, a, y, (3, 2, 2), (a, y[:1], torch.rand(1, 3, 2, 2)))
     assert seen == [{"meta"}, {"meta"}] and lam == 0.1 and x.device.type == "cpu" and x.shape == (2, 3, 2, 2)
+
+
+def test_gan_scored_picks_the_rounds_compressive_sensing_scores(tmp_path):
+    """gan.scored names the rounds gan_cs scores (null: all, in chain order); a round outside the chain is refused
+    before any stage runs."""
+    import yaml
+
+    from stages.params import load_params
+
+    params = tiny_params()
+    params["gan"] = {**params["gan"], "chain": [[1, 0], [2, 1], [3, 2]]}
+    path = tmp_path / "params.yaml"
+    for scored, expected in ((None, (1, 2, 3)), ([3, 1], (1, 3))):
+        path.write_text(yaml.safe_dump({**params, "gan": {**params["gan"], "scored": scored}}))
+        assert load_params(path).gan.scored_rounds == expected
+    path.write_text(yaml.safe_dump({**params, "gan": {**params["gan"], "scored": [4]}}))
+    with pytest.raises(ValueError, match=r"scored: \[4\] not rounds of gan.chain \[1, 2, 3\]"):
+        load_params(path)

@@ -276,6 +276,13 @@ def test_es_stop_runs_through_evaluate(project):
         assert {int(r[3]) for r in rows if r[2] == name} == {fit["es"]["iteration"]}
     stops = [fit_metrics("f16", "denoise", 0, k)["last"]["iteration"] for k in (0, 2)]
     assert min(stops) < 40  # at least one fit stopped early
+    # each round records when ES-WMV detected its point: a fit that stopped itself, told from one at its cap
+    for k in (0, 2):
+        fit = fit_metrics("f16", "denoise", 0, k)
+        if fit["last"]["iteration"] < 40:
+            assert 0 <= fit["last"]["iteration"] - fit["es_detected"] < 2
+        else:
+            assert fit["es_detected"] is None or fit["es_detected"] > 38
 
 
 def test_super_resolution_oracle_is_picked_by_the_reported_y_psnr(project):
