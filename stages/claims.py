@@ -98,11 +98,12 @@ def transfer_pairs(
     return out
 
 
-def multi_comparisons(result: dict[str, Any], point: str) -> list[dict[str, Any]]:
-    """Per scored round and search mode: the group's mask on held-out images against the single-image masks
-    (their mean per held-out image and seed), a random mask of the same sparsity, and the image's own LIP."""
+def multi_values(result: dict[str, Any], point: str) -> dict[tuple[int, str], dict[str, list[float]]]:
+    """Per scored round and search mode, one value per held-out (image, seed) pair, in the same order for every
+    method: the group's mask ('multi'), the mean of the members' single-image masks ('single'), a random mask of
+    the same sparsity ('random_global') and the image's own LIP mask ('own')."""
     rows = result["rows"]
-    out = []
+    out: dict[tuple[int, str], dict[str, list[float]]] = {}
     for k in sorted({r["round"] for r in rows if r["round"] > 0}):
         at_k = [r for r in rows if r["round"] == k]
         keys = sorted({(r["heldout"], r["seed"]) for r in at_k})
@@ -110,20 +111,57 @@ def multi_comparisons(result: dict[str, Any], point: str) -> list[dict[str, Any]
         def value(heldout: str, seed: int, match, at_k=at_k) -> float:
             return mean(psnr(r, point) for r in at_k if (r["heldout"], r["seed"]) == (heldout, seed) and match(r))
 
+        others = {
+            "single": lambda r: r["method"].startswith("single_"),
+            "random_global": lambda r: r["method"] == "random_global",
+            "own": lambda r: r["method"] == "own",
+        }
         for mode in result["summary"]["modes"]:
             name = f"multi_{mode}"
-            multi = [value(h, s, lambda r, n=name: r["method"] == n) for h, s in keys]
-            row: dict[str, Any] = {"round": k, "mode": mode, "n": len(keys), "multi": mean(multi)}
-            for other, match in (
-                ("single", lambda r: r["method"].startswith("single_")),
-                ("random_global", lambda r: r["method"] == "random_global"),
-                ("own", lambda r: r["method"] == "own"),
-            ):
-                ref = [value(h, s, match) for h, s in keys]
-                row[other] = mean(ref)
-                row[f"vs_{other}"] = paired(multi, ref)
-            out.append(row)
+            entry = {"multi": [value(h, s, lambda r, n=name: r["method"] == n) for h, s in keys]}
+            entry |= {other: [value(h, s, match) for h, s in keys] for other, match in others.items()}
+            out[(k, mode)] = entry
     return out
+
+
+def multi_comparisons(result: dict[str, Any], point: str) -> list[dict[str, Any]]:
+    """Per scored round and search mode: the group's mask on held-out images against the single-image masks
+    (their mean per held-out image and seed), a random mask of the same sparsity, and the image's own LIP."""
+    return [compared(k, mode, v) for (k, mode), v in multi_values(result, point).items()]
+
+
+def compared(k: int, mode: str, values: dict[str, list[float]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"round": k, "mode": mode, "n": len(values["multi"]), "multi": mean(values["multi"])}
+    for other in ("single", "random_global", "own"):
+        row[other] = mean(values[other])
+        row[f"vs_{other}"] = paired(values["multi"], values[other])
+    return row
+
+
+def cross_scored(multi: dict[str, dict]) -> list[tuple[str, str]]:
+    """Pairs of groups scored on each other's images (A's training images are B's held-out ones and back): two
+    disjoint halves of one set of images, whose held-out pairs pool into one comparison."""
+    sets = {g: (frozenset(r["summary"]["train"]), frozenset(r["summary"]["heldout"])) for g, r in multi.items()}
+    names = sorted(sets)
+    return [
+        (a, b)
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+        if sets[a][0] == sets[b][1]
+        and sets[a][1] == sets[b][0]
+        and multi[a]["summary"]["task"] == multi[b]["summary"]["task"]
+    ]
+
+
+def pooled_comparisons(multi: dict[str, dict], groups: tuple[str, ...], point: str) -> list[dict[str, Any]]:
+    """multi_comparisons over several groups at once: their held-out (image, seed) pairs side by side."""
+    pooled: dict[tuple[int, str], dict[str, list[float]]] = {}
+    for g in groups:
+        for key, values in multi_values(multi[g], point).items():
+            into = pooled.setdefault(key, {name: [] for name in values})
+            for name, v in values.items():
+                into[name] += v
+    return [compared(k, mode, v) for (k, mode), v in sorted(pooled.items())]
 
 
 def mean(values: Iterable[float]) -> float:
@@ -141,14 +179,20 @@ def fmt_paired(p: Paired) -> str:
     return f"{p.mean:+.2f} dB [{p.low:+.2f}, {p.high:+.2f}]"
 
 
+def fmt_detectable(p: Paired) -> str:
+    """The smallest difference the design detects with 80% power (lipcore.stats.detectable), e.g. '±0.45 dB'."""
+    return "–" if p.n < 2 else f"±{p.detectable:.2f} dB"
+
+
 def comparison_table(compared: dict[str, Paired]) -> list[str]:
     lines = [
-        "| LIP vs | what it is | pairs | LIP − X, mean [95% CI] | LIP wins | verdict |",
-        "|---|---|---|---|---|---|",
+        "| LIP vs | what it is | pairs | LIP − X, mean [95% CI] | detectable (80% power) | LIP wins | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method, p in compared.items():
         lines.append(
-            f"| {method} | {OPPONENTS[method]} | {p.n} | {fmt_paired(p)} | {p.wins}/{p.n} | LIP {verdict_words(p)} |"
+            f"| {method} | {OPPONENTS[method]} | {p.n} | {fmt_paired(p)} | {fmt_detectable(p)} | {p.wins}/{p.n} | "
+            f"LIP {verdict_words(p)} |"
         )
     return lines
 
@@ -157,8 +201,10 @@ def verdict_words(p: Paired) -> str:
     return {"better": "better", "worse": "worse", "no difference": "no different"}.get(p.verdict, "not decided")
 
 
-def claim_row(claim: str, found: str, status: str) -> str:
-    return f"| {claim} | {found} | **{status}** |"
+def claim_row(claim: str, found: str, status: str, p: Paired | None = None) -> str:
+    """One claim; with `p`, the difference its design could detect, so that 'not shown' says whether it could have."""
+    power = f" | {fmt_detectable(p)}" if p is not None else " | –"
+    return f"| {claim} | {found}{power} | **{status}** |"
 
 
 def superiority(p: Paired | None) -> str:
@@ -197,10 +243,12 @@ def claims_section(records: dict[str, dict], transfer: dict[str, Any], multi: di
         f"Each claim of the LIP paper, checked on this run at the headline round {head['round']} (nominal sparsity "
         f"{head['nominal_sparsity']:.1%}), PSNR at **{point}**. Differences are paired per (image, task, seed), "
         "mean and 95% Student-t interval over the pairs; 'X > Y' *holds* when the interval lies above 0, "
-        f"'X ≈ Y' (no loss) when it lies above -{MARGIN_DB} dB.",
+        f"'X ≈ Y' (no loss) when it lies above -{MARGIN_DB} dB. *Detectable*: the smallest true difference the "
+        "claim's pairs would show with 80% power (two-sided paired t-test at 95%, from the spread of the pairs): "
+        "a 'not shown' with a large detectable difference says the design could not have shown a smaller one.",
         "",
-        "| claim | this run | verdict |",
-        "|---|---|---|",
+        "| claim | this run | detectable | verdict |",
+        "|---|---|---|---|",
     ]
     if head["round"] == 0:
         why = "sparsity 0: the headline is the dense net, nothing to compare"
@@ -219,7 +267,7 @@ def claims_section(records: dict[str, dict], transfer: dict[str, Any], multi: di
     else:
         found += f"; no round shown within {MARGIN_DB} dB of dense (95%)"
     found += f" (rounds measured up to {curve[-1][1]:.1%})"
-    lines.append(claim_row("LIP ≈ dense DIP up to high sparsity", found, parity(dense)))
+    lines.append(claim_row("LIP ≈ dense DIP up to high sparsity", found, parity(dense), dense))
     for method, claim in (
         ("random_global", "LIP > random pruning (global) at the same sparsity"),
         ("random_layer", "LIP > random pruning (layer-matched, = shuffled LIP mask)"),
@@ -232,7 +280,8 @@ def claims_section(records: dict[str, dict], transfer: dict[str, Any], multi: di
     ):
         p = compared.get(method)
         if p is not None:
-            lines.append(claim_row(claim, f"LIP − {method} {fmt_paired(p)}, LIP wins {p.wins}/{p.n}", superiority(p)))
+            found = f"LIP − {method} {fmt_paired(p)}, LIP wins {p.wins}/{p.n}"
+            lines.append(claim_row(claim, found, superiority(p), p))
     lines += multi_claims(multi, point, head["round"])
     for across in ("task", "image"):
         lines.append(transfer_claim(records, transfer, point, across, multi, head["round"]))
@@ -247,20 +296,25 @@ def scored_round(rows: list[dict[str, Any]], head: int) -> int:
 
 
 def multi_claims(multi: dict[str, dict], point: str, head: int) -> list[str]:
+    """One row per group and mode at the claim's round; a pair of groups scored on each other's images gives one
+    pooled row instead (its held-out pairs side by side: twice the pairs of either)."""
     claim = "Multi-image masks transfer to unseen images better than single-image masks"
     if not multi:
         return [claim_row(claim, "no multi-image group in this run (params: multi.groups)", "not measured")]
+    pairs = cross_scored(multi)
+    units = [(f"groups {a} + {b} (each scored on the other's images)", (a, b)) for a, b in pairs]
+    paired_up = {g for pair in pairs for g in pair}
+    units += [(f"group {g}", (g,)) for g in multi if g not in paired_up]
     lines = []
-    for group, result in multi.items():
-        rows = multi_comparisons(result, point)
-        k = scored_round(result["rows"], head)
-        for r in (r for r in rows if r["round"] == k):
+    for name, groups in units:
+        k = min(scored_round(multi[g]["rows"], head) for g in groups)
+        for r in (r for r in pooled_comparisons(multi, groups, point) if r["round"] == k):
             p = r["vs_single"]
             found = (
-                f"group {group}, {r['mode']} mode, round {k}: multi − single {fmt_paired(p)} on "
-                f"{r['n']} held-out (image, seed) pairs"
+                f"{name}, {r['mode']} mode, round {k}: multi − single {fmt_paired(p)} on {r['n']} held-out "
+                f"(image, seed) pairs; multi − random {fmt_paired(r['vs_random_global'])}"
             )
-            lines.append(claim_row(claim, found, superiority(p)))
+            lines.append(claim_row(claim, found, superiority(p), p))
     return lines
 
 
@@ -280,7 +334,7 @@ def transfer_claim(
     rand_moved, rand = pairs["random_global"]
     if len(rand_moved) >= 2:
         found += f"; transferred − random_global {fmt_paired(paired(rand_moved, rand))}"
-    return claim_row(claim, found, parity(p))
+    return claim_row(claim, found, parity(p), p)
 
 
 def multi_transfer_claim(claim: str, multi: dict[str, dict], point: str, head: int) -> str:
@@ -297,34 +351,59 @@ def multi_transfer_claim(claim: str, multi: dict[str, dict], point: str, head: i
                 own.append(mine[(r["heldout"], r["seed"])])
     p = paired(moved, own)
     found = f"(from the multi-image scoring, round {k}) single-image mask − held-out image's own {fmt_paired(p)}"
-    return claim_row(claim, f"{found} over {p.n} (member, held-out image, seed)", parity(p))
+    return claim_row(claim, f"{found} over {p.n} (member, held-out image, seed)", parity(p), p)
 
 
-def run_length_lines(records: dict[str, dict]) -> list[str]:
-    """Where the dense DIP's oracle-best iteration falls in its run, per task: a peak inside the run says the
-    run is long enough; a peak at its end says it was still improving (under-trained)."""
-    by_task: dict[str, list[tuple[int, int]]] = {}
+# The run-length rule (issue 26): a task's fits are long enough when the dense DIP's oracle best falls before
+# RUN_EARLY of the iterations it ran in at least RUN_SHARE of its fits (a peak later than that: still improving).
+RUN_EARLY, RUN_SHARE = 0.8, 0.9
+
+
+def run_length_check(records: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """Per task, over the dense fits of every (image, seed): where the oracle best fell in the run, how long the
+    runs were, how many stopped at their own ES-WMV detection (with fit.es_stop; the others ran to their cap), and
+    whether the rule holds."""
+    fits: dict[str, list[dict[str, Any]]] = {}
     for rec in records.values():
         for s in rec["per_seed"]["dense"]:
             if "oracle_best" in s:
-                by_task.setdefault(rec["summary"]["task"], []).append(
-                    (s["oracle_best"]["iteration"], s["last"]["iteration"])
-                )
+                fits.setdefault(rec["summary"]["task"], []).append(s)
+    out = {}
+    for task, dense in fits.items():
+        best = [s["oracle_best"]["iteration"] for s in dense]
+        ran = [s["last"]["iteration"] for s in dense]
+        stopped = sum(s.get("es_detected") is not None and s["last"]["iteration"] < max(ran) for s in dense)
+        early = sum(b <= RUN_EARLY * n for b, n in zip(best, ran))
+        out[task] = {
+            "fits": len(dense),
+            "best": sorted(best),
+            "ran": sorted(ran),
+            "stopped_by_es": stopped,
+            "peak_early": early,
+            "holds": early >= RUN_SHARE * len(dense),
+        }
+    return out
+
+
+def run_length_lines(records: dict[str, dict]) -> list[str]:
+    """The run-length check as a table, one row per task."""
     lines = [
         "## Run length",
         "",
-        "The dense DIP's oracle-best iteration (picked with the ground truth) within its run of each task:",
+        f"The dense DIP's oracle-best iteration (picked with the ground truth) within the iterations each fit ran. "
+        f"A task's runs are long enough when the peak falls before {RUN_EARLY:.0%} of the run in at least "
+        f"{RUN_SHARE:.0%} of its fits; a later peak says the fit was still improving when it ended. *Stopped by "
+        "ES-WMV*: fits that ended at their own ES-WMV detection before the longest run of the task (fit.es_stop).",
         "",
-        "| task | fits | oracle best at: min / median / max | run length | fits peaking in the last 10% |",
-        "|---|---|---|---|---|",
+        "| task | fits | oracle best at: min / median / max | iterations run: min / median / max | "
+        f"stopped by ES-WMV | peak before {RUN_EARLY:.0%} of the run | check |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for task, points in by_task.items():
-        best = sorted(b for b, _ in points)
-        late = sum(b > 0.9 * n for b, n in points)
-        lengths = sorted({n for _, n in points})
+    for task, c in run_length_check(records).items():
+        best, ran, n = c["best"], c["ran"], c["fits"]
         lines.append(
-            f"| {task} | {len(points)} | {best[0]} / {best[len(best) // 2]} / {best[-1]} | "
-            f"{', '.join(map(str, lengths))} | {late} of {len(points)} |"
+            f"| {task} | {n} | {best[0]} / {best[n // 2]} / {best[-1]} | {ran[0]} / {ran[n // 2]} / {ran[-1]} | "
+            f"{c['stopped_by_es']} of {n} | {c['peak_early']} of {n} | **{'passes' if c['holds'] else 'fails'}** |"
         )
     return lines
 
@@ -351,23 +430,42 @@ def collapse_lines(records: dict[str, dict]) -> list[str]:
 
 
 def multi_section(multi: dict[str, dict], point: str) -> list[str]:
+    """A table per pair of cross-scored groups (their held-out pairs pooled), then one per group."""
     lines = []
+    for a, b in cross_scored(multi):
+        s = multi[a]["summary"]
+        intro = (
+            f"Groups {a} (masks searched on {s['train']}) and {b} (on {s['heldout']}), {s['task']}: each group's "
+            f"masks retrained from theta_0 on the other group's images, the held-out (image, seed) pairs of both "
+            f"side by side. PSNR at {point}, mean over the pairs. *single*: the mean of the members' own masks."
+        )
+        lines += multi_table(
+            f"## Multi-image LIP: groups {a} + {b}, pooled", intro, pooled_comparisons(multi, (a, b), point)
+        )
     for group, result in multi.items():
         s = result["summary"]
-        lines += [
-            f"## Multi-image LIP: group {group}",
-            "",
+        intro = (
             f"Masks searched on {s['train']} ({s['task']}), retrained from theta_0 on the held-out {s['heldout']}; "
-            f"PSNR at {point}, mean over held-out images and seeds. *single*: the mean of the members' own masks.",
-            "",
-            "| round | mode | multi | single | random | own LIP | multi − single [95% CI] | multi − random [95% CI] |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in multi_comparisons(result, point):
-            lines.append(
-                f"| {r['round']} | {r['mode']} | {r['multi']:.2f} | {r['single']:.2f} | {r['random_global']:.2f} | "
-                f"{r['own']:.2f} | {fmt_paired(r['vs_single'])} {r['vs_single'].verdict} | "
-                f"{fmt_paired(r['vs_random_global'])} {r['vs_random_global'].verdict} |"
-            )
-        lines.append("")
+            f"PSNR at {point}, mean over held-out images and seeds. *single*: the mean of the members' own masks."
+        )
+        lines += multi_table(f"## Multi-image LIP: group {group}", intro, multi_comparisons(result, point))
     return lines
+
+
+def multi_table(title: str, intro: str, rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        title,
+        "",
+        intro,
+        "",
+        "| round | mode | pairs | multi | single | random | own LIP | multi − single [95% CI] | detectable | "
+        "multi − random [95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['round']} | {r['mode']} | {r['n']} | {r['multi']:.2f} | {r['single']:.2f} | "
+            f"{r['random_global']:.2f} | {r['own']:.2f} | {fmt_paired(r['vs_single'])} {r['vs_single'].verdict} | "
+            f"{fmt_detectable(r['vs_single'])} | {fmt_paired(r['vs_random_global'])} {r['vs_random_global'].verdict} |"
+        )
+    return [*lines, ""]

@@ -46,32 +46,51 @@ def headline_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+HEADLINE_POINTS = ("random_layer", "random_global", "snip_layer", "snip", "reinit", "decoder")  # marked at the headline
+
+
 def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
-    fig, axes = plt.subplots(1, len(summaries), figsize=(4.2 * len(summaries), 3.4), squeeze=False)
-    for ax, s in zip(axes[0], summaries):
+    """PSNR vs sparsity as a grid, one row per image and one column per task: LIP (and any curve baseline) along
+    the rounds, the dense fit's level as a dashed line, the headline baselines as markers at LIP's sparsity."""
+    images = list(dict.fromkeys(s["image"] for s in summaries))
+    tasks = list(dict.fromkeys(s["task"] for s in summaries))
+    fig, axes = plt.subplots(
+        len(images), len(tasks), figsize=(3.6 * len(tasks), 2.6 * len(images)), squeeze=False, sharex=True
+    )
+    for s in summaries:
+        ax = axes[images.index(s["image"])][tasks.index(s["task"])]
         point = s["shown_point"]
         dense = s["curves"]["lip"][0]  # round 0: every method starts from the dense net
+        ax.axhline(dense[f"{point}_psnr"]["mean"], color="grey", ls="--", lw=1, label="dense")
         for method, pts in s["curves"].items():
             pts = pts if pts[0]["round"] == 0 else [dense, *pts]
             x = [p["effective_sparsity"] for p in pts]
             y = [p[f"{point}_psnr"]["mean"] for p in pts]
             e = [p[f"{point}_psnr"]["std"] for p in pts]
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=method)
-        dec = s["headline"]["methods"].get("decoder")
-        if dec:
-            ax.errorbar(
-                [s["headline"]["effective_sparsity"]],
-                [dec[f"{point}_psnr"]["mean"]],
-                yerr=[dec[f"{point}_psnr"]["std"]],
-                marker="s",
-                ls="none",
-                label="deep decoder",
-            )
-        ax.set_title(f"{s['image']} / {s['task']}", fontsize=10)
-        ax.set_xlabel("sparsity (effective)")
-        ax.set_ylabel(f"PSNR at {point} (dB)")
+            ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, label=method)
+        head = s["headline"]
+        for method in HEADLINE_POINTS:
+            m = head["methods"].get(method)
+            if m:
+                stat = m[f"{point}_psnr"]
+                ax.errorbar(
+                    [head["effective_sparsity"]],
+                    [stat["mean"]],
+                    yerr=[stat["std"]],
+                    marker="s",
+                    ms=4,
+                    ls="none",
+                    capsize=2,
+                    label=method,
+                )
+        ax.set_title(f"{s['image']} / {s['task']}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("sparsity (effective)", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel(f"PSNR at {summaries[0]['shown_point']} (dB)", fontsize=8)
+    axes[0][0].legend(fontsize=6)  # the same methods in every panel
     figures.save(fig, path)
 
 

@@ -101,3 +101,63 @@ def test_a_parity_claim_needs_a_tight_interval_not_just_one_that_holds_zero():
     wide = paired([30.0, 33.0, 27.0], [30.0, 30.0, 30.0])  # mean 0, interval about +-7 dB
     assert wide.verdict == "no difference" and claims.parity(wide).startswith("not shown")
     assert claims.parity(paired([29.0, 28.0, 28.5], [30.0, 29.1, 29.6])) == "does not hold"
+
+
+def _group(train, heldout, values_by_image):
+    """A hand-made multi_evaluate result: per held-out image, per method, one ES PSNR per seed (round 2)."""
+    rows = [
+        {"round": 2, "heldout": h, "seed": s, "method": m, **scores(v)}
+        for h, values in values_by_image.items()
+        for m, vals in values.items()
+        for s, v in enumerate(vals)
+    ]
+    summary = {"modes": ["shared"], "train": train, "heldout": heldout, "task": "denoise"}
+    return {"summary": summary, "rows": rows}
+
+
+def test_two_groups_scored_on_each_others_images_pool_their_held_out_pairs():
+    """Issue 26: a pair of groups, each group's masks scored on the other's images, gives one comparison over
+    both groups' held-out (image, seed) pairs; a group without such a partner stands alone."""
+    one = {"multi_shared": [31.0, 30.0], "single_x": [30.0, 30.0], "random_global": [28.0, 28.0], "own": [31, 31]}
+    other = {"multi_shared": [29.0, 29.5], "single_x": [30.0, 29.0], "random_global": [27.0, 27.0], "own": [30, 30]}
+    multi = {
+        "nat_a": _group(["p", "q"], ["r", "s"], {"r": one, "s": one}),
+        "nat_b": _group(["r", "s"], ["p", "q"], {"p": other, "q": other}),
+        "lonely": _group(["p", "r"], ["q"], {"q": one}),
+    }
+    assert claims.cross_scored(multi) == [("nat_a", "nat_b")]
+    (pooled,) = claims.pooled_comparisons(multi, ("nat_a", "nat_b"), "es")
+    # 2 held-out images x 2 seeds per group: 8 pairs; differences +1, 0 (x2 images) and -1, +0.5 (x2 images)
+    assert pooled["n"] == 8 and pooled["vs_single"].n == 8
+    assert pooled["vs_single"].mean == pytest.approx((1 + 0 - 1 + 0.5) / 4)
+    lines = claims.multi_claims(multi, "es", head=2)
+    assert len(lines) == 2 and "nat_a + nat_b" in lines[0] and "on 8 held-out" in lines[0]
+    assert "group lonely" in lines[1] and "on 2 held-out" in lines[1]
+    section = "\n".join(claims.multi_section(multi, "es"))
+    assert "groups nat_a + nat_b, pooled" in section and "| 2 | shared | 8 |" in section
+
+
+def test_the_run_length_check_counts_late_peaks_and_fits_that_stopped_themselves():
+    """The rule: the dense peak before 80% of the iterations run in at least 90% of a task's fits."""
+
+    def dense(best, ran, detected=None):
+        return {
+            "es": {"psnr": 30.0},
+            "oracle_best": {"psnr": 31.0, "iteration": best},
+            "last": {"iteration": ran},
+            "es_detected": detected,
+        }
+
+    def rec(task, fits):
+        return {"summary": {"task": task}, "per_seed": {"dense": fits}}
+
+    early = [dense(400, 1000)] * 9
+    records = {
+        "a-denoise": rec("denoise", [*early, dense(700, 750, 740)]),  # 9 of 10 early, one stopped by ES
+        "a-inpaint": rec("inpaint", [dense(900, 1000)] * 2 + [dense(100, 1000)] * 8),  # 8 of 10 early
+    }
+    check = claims.run_length_check(records)
+    assert check["denoise"]["holds"] and check["denoise"]["peak_early"] == 9 and check["denoise"]["stopped_by_es"] == 1
+    assert not check["inpaint"]["holds"] and check["inpaint"]["peak_early"] == 8
+    table = "\n".join(claims.run_length_lines(records))
+    assert "| denoise | 10 |" in table and "**passes**" in table and "**fails**" in table
