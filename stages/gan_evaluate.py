@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> None:
                 for kind in ("lip", "random", "rewind")
                 for k in scored
             },
+            # the sparse-generator claim's control: LIP against a random mask of the same sparsity, image by image
+            "paired_lip_vs_random": {
+                f"lip@{k}": paired_mse(methods[f"lip@{k}"], methods[f"random@{k}"], kinds) for k in scored
+            },
+            "search_curve": search_curve(cs),
         }
         images = {**cs_x, **dip_x}
         ticket = next(n for n in dip_x if n.startswith("dip_lip@"))
@@ -135,7 +140,19 @@ def paired_mse(method: list[dict], dense: list[dict], kinds: list[str]) -> dict[
         p = paired([method[i]["mse"] for i in idx], [dense[i]["mse"] for i in idx])
         better = "too few pairs" if p.verdict == "too few pairs" else verdict(-p.high, -p.low)
         out[kind] = {"n": p.n, "mean": p.mean, "low": p.low, "high": p.high, "verdict": better, "lower": p.n - p.wins}
+        out[kind]["detectable"] = p.detectable
     return out
+
+
+def search_curve(cs: dict[str, Any]) -> dict[str, Any] | None:
+    """gan_cs's loss curves of the latent search, and how flat the dense generator's was at its end: the share of
+    its final loss that the last 20% of the search still took off (small: the search had converged)."""
+    curve = cs.get("search_curve")
+    if curve is None:
+        return None
+    dense = curve["methods"]["dense"]
+    at_80 = dense[int(0.8 * (len(dense) - 1))]
+    return {**curve, "dense_last_fifth_drop": (at_80 - dense[-1]) / dense[-1]}
 
 
 def metrics(per_m: dict[int, Any], robust: dict[str, Any]) -> dict[str, Any]:

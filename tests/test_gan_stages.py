@@ -56,6 +56,16 @@ def test_every_generator_and_baseline_is_scored_on_every_test_image(project):
     assert set(results["robust"]["methods"]) == {"dense/ls", "dense/mom", "lip@1/ls", "lip@1/mom"}
     recovered, _ = io.load_tensors(project / "outs/gan/cs/m100/recovered.safetensors")
     assert recovered["dense"].shape == (2, 3, 64, 64) and recovered["dense"].abs().max() <= 1
+    # issue 26: LIP paired with random at its sparsity image by image, and the search's loss curve with its end
+    at_m = results["m"]["100"]
+    lip_random = at_m["paired_lip_vs_random"]["lip@1"]["all"]
+    expected = [methods["lip@1"]["per_image"][i] - methods["random@1"]["per_image"][i] for i in ("G0", "baby")]
+    assert lip_random["n"] == 2 and lip_random["mean"] == pytest.approx(sum(expected) / 2)
+    curve = at_m["search_curve"]
+    assert curve["every"] == 1 and len(curve["methods"]["dense"]) == 3 + 1  # 3 steps (tiny params) and the end
+    assert set(curve["methods"]) == {"dense", "lip@1", "random@1", "rewind@1"}
+    dense = curve["methods"]["dense"]
+    assert curve["dense_last_fifth_drop"] == pytest.approx((dense[int(0.8 * 3)] - dense[-1]) / dense[-1])
 
 
 @pytest.mark.parametrize("m", ["0", "12289"])
