@@ -253,10 +253,9 @@ def _shape(resources: ExecutorConfig) -> str:
     return f"{resources.num_cpus:g} CPU{gpus}"
 
 
-def _start_workers(ray, root: Path, resources: ExecutorConfig, workers: int | None, local: bool) -> list:
-    """Long-lived workers, as many as the cluster's resources hold (or `workers`, if fewer). On a local cluster
-    each watches this process and ends itself if it dies (SIGKILL gives no chance to stop them)."""
-    free = ray.cluster_resources()
+def worker_count(free: dict[str, float], resources: ExecutorConfig, workers: int | None) -> int:
+    """How many stages run at once: as many as the cluster's CPUs (and GPUs) hold at `resources` each, at most
+    `workers`; none fitting is refused with what to lower."""
     fit = int(free.get("CPU", 0) // resources.num_cpus)
     if resources.num_gpus:
         fit = min(fit, int(free.get("GPU", 0) // resources.num_gpus))
@@ -265,7 +264,13 @@ def _start_workers(ray, root: Path, resources: ExecutorConfig, workers: int | No
             f"ERROR: the Ray cluster ({free.get('CPU', 0):g} CPU, {free.get('GPU', 0):g} GPU) cannot hold one stage "
             f"of {_shape(resources)}: lower executor.num_cpus / executor.num_gpus in params.yaml"
         )
-    count = min(fit, workers) if workers else fit
+    return min(fit, workers) if workers else fit
+
+
+def _start_workers(ray, root: Path, resources: ExecutorConfig, workers: int | None, local: bool) -> list:
+    """Long-lived workers, as many as the cluster's resources hold (or `workers`, if fewer). On a local cluster
+    each watches this process and ends itself if it dies (SIGKILL gives no chance to stop them)."""
+    count = worker_count(ray.cluster_resources(), resources, workers)
     actor = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)(StageRunner)
     driver = os.getpid() if local else None
     pool = [actor.remote(str(root), int(resources.num_cpus), driver) for _ in range(count)]

@@ -25,8 +25,18 @@ def test_module_commands_run_in_process_and_others_in_a_shell():
         assert module_call(cmd) is None
 
 
-def test_executor_resources_are_read_as_given():
-    assert ExecutorConfig(num_cpus=2, num_gpus=0.25) == ExecutorConfig(2.0, 0.25)
+def test_the_executor_runs_as_many_stages_as_the_cluster_holds_at_the_params_resources():
+    """executor.num_cpus / num_gpus decide how many stages run at once (issue 27: the old test compared 2 with 2.0)."""
+    from stages.parallel import worker_count
+
+    two_cores, gpu_box = {"CPU": 2.0}, {"CPU": 16.0, "GPU": 1.0}
+    assert worker_count(two_cores, ExecutorConfig(num_cpus=1), None) == 2
+    assert worker_count(two_cores, ExecutorConfig(num_cpus=2), None) == 1
+    assert worker_count(two_cores, ExecutorConfig(num_cpus=1), 1) == 1  # --workers 1
+    assert worker_count(gpu_box, ExecutorConfig(num_cpus=1, num_gpus=0.25), None) == 4  # four stages share the GPU
+    assert worker_count(gpu_box, ExecutorConfig(num_cpus=8, num_gpus=0.25), None) == 2  # the CPUs hold two
+    with pytest.raises(SystemExit, match=r"cannot hold one stage of 1 CPU and 1 GPU: lower executor.num_cpus"):
+        worker_count(two_cores, ExecutorConfig(num_cpus=1, num_gpus=1), None)
 
 
 def test_a_worker_leaves_no_state_for_the_next_stage(project, monkeypatch):
