@@ -22,8 +22,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lipcore import io  # noqa: E402
@@ -126,7 +124,6 @@ def main() -> None:
         rows = [r for path in args.merge for r in json.loads(path.read_text())]
     else:
         tune_cpu_allocator()
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         rows = pilot(args)
         if args.json:
             io.write_json(args.json, rows)

@@ -314,11 +314,13 @@ def check_round_seed(round_dir: Path, seed: int) -> None:
         raise ValueError(f"{path} belongs to seed {recorded}, not seed {seed}; check --dense / --parent / --seed")
 
 
-def write_numerics(out: Path, device: str, precision: str = "fp32", cudnn_benchmark: bool = False) -> None:
+def write_numerics(out: Path, device: str, fit_cfg: FitConfig | None = None) -> None:
     """numerics.json in an output directory, for a stage that ran on CUDA: the GPU, versions, precision, TF32 and
-    cuDNN settings its numbers were computed with. Nothing on CPU, whose outputs stay byte for byte as before."""
+    cuDNN settings its numbers were computed with (fit_cfg: its DIP fits' config; None: the GAN stages' fp32
+    searches). Nothing on CPU, whose outputs stay byte for byte as before."""
     dev = resolve_device(device)
-    record = cuda_numerics(dev, resolve_precision(precision, dev), cudnn_benchmark)
+    precision, benchmark = (fit_cfg.precision, fit_cfg.cudnn_benchmark) if fit_cfg is not None else ("fp32", False)
+    record = cuda_numerics(dev, resolve_precision(precision, dev), benchmark)
     if record is not None:
         io.write_json(out / layout.NUMERICS, record)
 

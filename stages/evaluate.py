@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     sparsity_rows = sparsity_plot_rows(summary["curves"], shown)
     with layout.EVALUATE_OUT.write(args.out) as tmp:
-        artifacts.write_numerics(tmp, params.device, fit_cfg.precision, fit_cfg.cudnn_benchmark)
+        artifacts.write_numerics(tmp, params.device, fit_cfg)
         per_seed_curves = {m: {str(k): v for k, v in sorted(by_round.items())} for m, by_round in curves.items()}
         record = {"summary": summary, "per_seed": headline, "per_seed_curves": per_seed_curves}
         io.write_json(tmp / layout.RESULTS, record)

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         "methods": {name: gan_study.per_image(v, x, names) for name, v in recovered.items()},
     }
     with layout.GAN_CS_OUT.write(args.out) as tmp:
-        artifacts.write_numerics(tmp, params.device, fit_cfg.precision, fit_cfg.cudnn_benchmark)
+        artifacts.write_numerics(tmp, params.device, fit_cfg)
         gan_study.write_recoveries(tmp, recovered, results)
 
 

@@ -138,9 +138,8 @@ def convergence_lines(res: dict[str, Any], path: Path) -> list[str]:
         return []
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for m, c in curves.items():
-        steps = [i * c["every"] for i in range(len(c["methods"]["dense"]) - 1)] + [None]
-        steps[-1] = steps[-2] + c["every"] if len(steps) > 1 else 1
-        ax.plot(steps, c["methods"]["dense"], label=f"m = {m}")
+        dense = c["methods"]["dense"]  # before every `every`-th step, then after the last one
+        ax.plot([i * c["every"] for i in range(len(dense))], dense, label=f"m = {m}")
     ax.set_yscale("log")
     ax.set_xlabel("Adam step on z")
     ax.set_ylabel("measurement loss (mean over images)")

@@ -165,12 +165,11 @@ def curve_every(params: Params) -> int:
     return max(1, params.gan.cs.iterations // CURVE_POINTS)
 
 
-def search_curve(got: Recovery, every: int | None = None) -> list[float]:
+def search_curve(got: Recovery, every: int) -> list[float]:
     """The mean over images of the kept restarts' measurement loss, before every `every`-th Adam step and after
     the last (got.loss): the curve that shows whether the search had flattened."""
     if got.curve is None:
         return [float(got.loss.mean())]
-    every = every or max(1, got.curve.shape[0] // CURVE_POINTS)
     return [float(v) for v in got.curve[::every].mean(dim=1)] + [float(got.loss.mean())]
 
 

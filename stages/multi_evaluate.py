@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
     }
     with layout.MULTI_EVALUATE_OUT.write(args.out) as tmp:
-        artifacts.write_numerics(tmp, params.device, fit_cfg.precision, fit_cfg.cudnn_benchmark)
+        artifacts.write_numerics(tmp, params.device, fit_cfg)
         io.write_json(tmp / layout.RESULTS, {"summary": summary, "rows": rows})
     io.write_json(args.metrics, summary)
 

@@ -32,7 +32,7 @@ def dense_round(
 
     meta = {"seed": seed, "net": artifacts.cfg_dict(params.net)}
     with layout.ROUND_OUT.write(out) as tmp:
-        artifacts.write_numerics(tmp, params.device, fit_cfg.precision, fit_cfg.cudnn_benchmark)
+        artifacts.write_numerics(tmp, params.device, fit_cfg)
         artifacts.save_init(tmp, theta0, z, meta)
         rewind_meta = {**meta, "iteration": params.imp.rewind_iteration}
         io.save_tensors(tmp / layout.REWIND, outcome.rewind_state, rewind_meta)
@@ -67,7 +67,7 @@ def pruned_round(
         "net": artifacts.cfg_dict(net_cfg),
     }
     with layout.ROUND_OUT.write(out) as tmp:
-        artifacts.write_numerics(tmp, params.device, fit_cfg.precision, fit_cfg.cudnn_benchmark)
+        artifacts.write_numerics(tmp, params.device, fit_cfg)
         prune.save_mask(tmp / layout.MASK, mask, {**meta, "nominal_sparsity": sparsity.nominal})
         io.save_tensors(tmp / layout.TRAINED, outcome.state, meta)
         artifacts.write_round(tmp, k, outcome, fit_cfg, sparsity.as_dict())

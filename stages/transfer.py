@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     psnr = {s: {t: round(m[f"{shown}_psnr"]["mean"], 3) for t, m in row.items()} for s, row in matrix.items()}
     result = {"round": head, "point": shown, "psnr": psnr, **({"note": nothing} if nothing else {})}
     with layout.TRANSFER_OUT.write(args.out) as tmp:
-        artifacts.write_numerics(tmp, params.device, params.fit.precision, params.fit.cudnn_benchmark)
+        artifacts.write_numerics(tmp, params.device, params.fit)
         io.write_json(tmp / layout.MATRIX, {**result, "full": matrix, "per_seed": cells})
     io.write_json(args.metrics, result)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lipcore import csgm
 
@@ -59,13 +59,18 @@ def test_with_outliers_mom_recovers_and_least_squares_breaks():
     assert errors["mom"] < 0.01 < errors["ls"], errors
 
 
-def test_the_batched_solver_equals_one_image_at_a_time():
+def measured(images: int) -> tuple[nn.Module, Tensor, Tensor]:
+    """The tiny generator, a 60 x 192 Gaussian A, and noisy measurements y of `images` images it makes."""
     g = TinyGenerator()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        x = g(torch.randn(3, 8, generator=gen))
+        x = g(torch.randn(images, 8, generator=gen))
     a = csgm.gaussian_matrix(60, 192, gen)
-    y = csgm.measure(a, x, 0.01, gen)
+    return g, a, csgm.measure(a, x, 0.01, gen)
+
+
+def test_the_batched_solver_equals_one_image_at_a_time():
+    g, a, y = measured(3)
     kw = dict(latent_dim=8, restarts=2, iterations=50, lr=0.05)
     z0 = torch.randn(3 * 2, 8, generator=torch.Generator().manual_seed(5))
     together = csgm.recover(g, a, y, z0=z0, **kw)
@@ -104,31 +109,15 @@ def test_cs_settings_are_checked(change, message):
 def test_the_search_curve_is_the_chosen_restarts_loss_at_every_step():
     """Recovery.curve shows whether a search has flattened (issue 26): one row per Adam step, one column per image,
     the measurement loss of the restart that was kept, as that restart alone would have traced it."""
-    g = TinyGenerator()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        x = g(torch.randn(2, 8, generator=gen))
-    a = csgm.gaussian_matrix(60, 192, gen)
-    y = csgm.measure(a, x, 0.01, gen)
+    g, a, y = measured(2)
+    kw = dict(latent_dim=8, iterations=40, lr=0.05)
     z0 = torch.randn(2 * 3, 8, generator=torch.Generator().manual_seed(5))
-    got = csgm.recover(g, a, y, latent_dim=8, restarts=3, iterations=40, lr=0.05, z0=z0)
+    got = csgm.recover(g, a, y, restarts=3, z0=z0, **kw)
     assert got.curve.shape == (40, 2)
     assert (got.curve[-1] < got.curve[0]).all()
-    for i in range(2):
-        kept = next(
-            r
-            for r in range(3 * i, 3 * i + 3)
-            if torch.allclose(
-                got.z[i],
-                csgm.recover(g, a, y[i : i + 1], latent_dim=8, restarts=1, iterations=40, lr=0.05, z0=z0[r : r + 1]).z[
-                    0
-                ],
-                atol=1e-5,
-            )
-        )
-        alone = csgm.recover(
-            g, a, y[i : i + 1], latent_dim=8, restarts=1, iterations=40, lr=0.05, z0=z0[kept : kept + 1]
-        )
-        torch.testing.assert_close(got.curve[:, i], alone.curve[:, 0], rtol=1e-4, atol=1e-6)
-    empty = csgm.recover(g, a, y, latent_dim=8, restarts=3, iterations=0, lr=0.05, z0=z0)
+    for i in range(2):  # image i's restarts are rows 3i .. 3i+2: the kept one ends at got.z[i]
+        alone = [csgm.recover(g, a, y[i : i + 1], restarts=1, z0=z0[r : r + 1], **kw) for r in range(3 * i, 3 * i + 3)]
+        (kept,) = [r for r in alone if torch.allclose(r.z[0], got.z[i], atol=1e-5)]
+        torch.testing.assert_close(got.curve[:, i], kept.curve[:, 0], rtol=1e-4, atol=1e-6)
+    empty = csgm.recover(g, a, y, restarts=3, z0=z0, **{**kw, "iterations": 0})
     assert empty.curve is None
