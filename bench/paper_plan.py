@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from lipcore import memory  # noqa: E402
 from lipcore.nets import skeleton  # noqa: E402
 from stages import ledger  # noqa: E402
-from stages.params import Params, load_params  # noqa: E402
+from stages.plumbing.params import Params, load_params  # noqa: E402
 
 
 def flops_per_iteration(params: Params, size: int | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Wall time of the whole pipeline from scratch: plain `dvc repro` against the Ray executor (stages/parallel.py).
+"""Wall time of the whole pipeline from scratch: plain `dvc repro` against the Ray executor (stages/executor).
 
 Each run gets its own fresh clone of this repository's HEAD (no outputs, no DVC cache, no run cache, so every
 stage runs), with the params file given, and the runs go in the order given, so that runs of different kinds can
@@ -26,14 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages.ledger import locked_outs  # noqa: E402
+from stages.executor.ledger import locked_outs  # noqa: E402
 
 
 def command(kind: str, targets: list[str]) -> list[str]:
     if kind == "repro":
         return [str(Path(sys.executable).parent / "dvc"), "repro", *targets]
     if kind.startswith("ray:"):
-        return [sys.executable, "-m", "stages.parallel", "--num-cpus", kind.split(":")[1], *targets]
+        return [sys.executable, "-m", "stages.executor", "--num-cpus", kind.split(":")[1], *targets]
     raise SystemExit(f"--runs: {kind!r} is neither 'repro' nor 'ray:N'")
 
 

@@ -29,7 +29,7 @@ from lipcore.physics import make_problem  # noqa: E402
 from lipcore.runtime import tune_cpu_allocator  # noqa: E402
 from lipcore.seeding import derive_seed, generator  # noqa: E402
 from lipcore.trials import Trial, initialisation, train_and_score  # noqa: E402
-from stages.params import load_params  # noqa: E402
+from stages.plumbing.params import load_params  # noqa: E402
 
 
 def shortest_length(peaks: list[int], before: float, share: float, step: int) -> int:

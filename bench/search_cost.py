@@ -33,7 +33,7 @@ from lipcore.scoring import shown_point  # noqa: E402
 from lipcore.seeding import derive_seed, generator  # noqa: E402
 from lipcore.trials import Trial, initialisation, search_problem, train_and_score  # noqa: E402
 from stages import layout  # noqa: E402
-from stages.params import load_params  # noqa: E402
+from stages.plumbing.params import load_params  # noqa: E402
 
 SETTINGS = {
     "default": SearchConfig(),

@@ -56,7 +56,7 @@ __all__ = ["HISTORY_COLUMNS", "FitDiverged", "FitJob", "FitResult", "OracleBest"
 log = logging.getLogger(__name__)
 # Every log_every iterations, one DEBUG record per fit_many loop: `iteration`, and per member its `labels` entry and
 # history row (`rows`: HISTORY_COLUMNS by name). Emitted only when this logger is enabled for DEBUG (a handler
-# that shows progress live, e.g. stages/live.py): each record costs a host read of one history row.
+# that shows progress live, e.g. stages/plumbing/live.py): each record costs a host read of one history row.
 progress_log = logging.getLogger(__name__ + ".progress")
 
 

@@ -13,7 +13,7 @@ Per member, in bytes:
   weights      PARAM_BYTES per parameter: weights, gradients, Adam's two moments, mask, backtracking snapshot, the
                net beside its stacked copy
 The budget of a batch: LIP_GPU_MEMORY_GB (environment) if set, else the device's memory times the GPU share of
-this process (a Ray worker of stages/parallel.py: executor.num_gpus) times HEADROOM, less RESERVED (CUDA context,
+this process (a Ray worker of stages/executor: executor.num_gpus) times HEADROOM, less RESERVED (CUDA context,
 cuDNN workspaces, the allocator's fragmentation), and never above what is free now. CPU: no cap.
 """
 
@@ -118,7 +118,7 @@ def estimate(
 
 
 def gpu_share() -> float:
-    """The share of its GPU this process was given: a Ray worker's GPU resource (stages/parallel.py gives each stage
+    """The share of its GPU this process was given: a Ray worker's GPU resource (stages/executor gives each stage
     executor.num_gpus), else 1."""
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():

@@ -16,8 +16,8 @@ import logging
 
 from lipcore import io
 
-from . import entry
-from .params import Params, load_params
+from .plumbing import entry
+from .plumbing.params import Params, load_params
 
 log = logging.getLogger("lip.check_params")
 

@@ -13,8 +13,8 @@ from lipcore import io
 from lipcore.physics import Operator, make_problem
 from lipcore.seeding import generator
 
-from . import artifacts, entry, layout
-from .params import load_params
+from .plumbing import artifacts, entry, layout
+from .plumbing.params import load_params
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from lipcore.trials import initialisation
 
-from . import artifacts, entry, live
-from .params import load_params
-from .rounds import dense_round
+from .plumbing import artifacts, entry, live
+from .plumbing.params import load_params
+from .plumbing.rounds import dense_round
 
 
 @live.watches_fits

@@ -33,8 +33,9 @@ from lipcore.scoring import reported_images, shown_point, summarise
 from lipcore.seeding import derive_seed, generator
 from lipcore.trials import Trial, fresh_initialisation, train_and_score
 
-from . import artifacts, entry, figures, layout, live
-from .params import Params, load_params
+from .plumbing import artifacts, entry, layout, live
+from .plumbing.params import Params, load_params
+from .reporting import figures
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from lipcore.fista import fista_dct, pick_lambda
 from lipcore.gan import face_image
 from lipcore.runtime import resolve_device
 
-from . import artifacts, entry, gan_study, layout
-from .params import Params, load_params
+from .plumbing import artifacts, entry, gan_study, layout
+from .plumbing.params import Params, load_params
 
 
 def main(argv: list[str] | None = None) -> None:

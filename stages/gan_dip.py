@@ -22,8 +22,8 @@ from lipcore.scoring import reported_images, shown_point
 from lipcore.seeding import derive_seed
 from lipcore.trials import Trial, initialisation, train_and_score
 
-from . import artifacts, entry, gan_study, layout, live
-from .params import load_params
+from .plumbing import artifacts, entry, gan_study, layout, live
+from .plumbing.params import load_params
 
 
 @live.watches_fits

@@ -21,8 +21,8 @@ import torch
 from lipcore import io
 from lipcore.stats import paired, verdict
 
-from . import artifacts, entry, gan_study, layout
-from .params import load_params
+from .plumbing import artifacts, entry, gan_study, layout
+from .plumbing.params import load_params
 
 GRID_METHODS = ("adjoint", "fista", "dense", "lip", "random", "rewind", "dip", "dip_lip")  # columns after the truth
 

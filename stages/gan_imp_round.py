@@ -24,8 +24,8 @@ from lipcore.imp import nominal_sparsity
 from lipcore.runtime import resolve_device
 from lipcore.seeding import generator
 
-from . import artifacts, entry, gan_study, layout
-from .params import load_params
+from .plumbing import artifacts, entry, gan_study, layout
+from .plumbing.params import load_params
 
 HELD_OUT = 64  # latents of the fixed distillation-error batch
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from lipcore import gan, io, prune
 
-from . import entry, gan_study, layout
-from .params import load_params
+from .plumbing import entry, gan_study, layout
+from .plumbing.params import load_params
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import artifacts, entry, gan_study, layout
-from .params import load_params
+from .plumbing import artifacts, entry, gan_study, layout
+from .plumbing.params import load_params
 
 
 def main(argv: list[str] | None = None) -> None:

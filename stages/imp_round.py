@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import artifacts, entry, live
-from .params import load_params
-from .rounds import pruned_round
+from .plumbing import artifacts, entry, live
+from .plumbing.params import load_params
+from .plumbing.rounds import pruned_round
 
 
 @live.watches_fits

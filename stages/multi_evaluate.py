@@ -23,8 +23,8 @@ from lipcore.scoring import shown_point
 from lipcore.seeding import derive_seed, generator
 from lipcore.trials import Trial, train_and_score
 
-from . import artifacts, entry, layout, live
-from .params import load_params
+from .plumbing import artifacts, entry, layout, live
+from .plumbing.params import load_params
 
 log = logging.getLogger(__name__)
 

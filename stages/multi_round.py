@@ -18,9 +18,9 @@ from pathlib import Path
 from lipcore.multi import MODES, group_problem, group_size
 from lipcore.trials import group_initialisation
 
-from . import artifacts, entry, layout, live
-from .params import Params, load_params
-from .rounds import dense_round, pruned_round
+from .plumbing import artifacts, entry, layout, live
+from .plumbing.params import Params, load_params
+from .plumbing.rounds import dense_round, pruned_round
 
 
 @live.watches_fits

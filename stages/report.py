@@ -17,8 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from lipcore import io  # noqa: E402
 
-from . import artifacts, claims, entry, figures, gan_report, headline, layout  # noqa: E402
-from .params import load_params  # noqa: E402
+from .plumbing import artifacts, entry, layout  # noqa: E402
+from .plumbing.params import load_params  # noqa: E402
+from .reporting import claims, figures, gan_report, headline  # noqa: E402
 
 METHOD_ORDER = ["dense", "lip", *(m for m in claims.OPPONENTS if m != "dense")]  # each method once
 

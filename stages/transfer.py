@@ -20,8 +20,8 @@ from lipcore.scoring import shown_point, summarise
 from lipcore.seeding import derive_seed
 from lipcore.trials import Trial, train_and_score
 
-from . import artifacts, entry, layout, live
-from .params import Params, TransferConfig, load_params
+from .plumbing import artifacts, entry, layout, live
+from .plumbing.params import Params, TransferConfig, load_params
 
 log = logging.getLogger(__name__)
 

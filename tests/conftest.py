@@ -247,16 +247,16 @@ def dvc_project(path: Path, params: dict) -> tuple[Path, dict, str]:
 
 def locked_outs(path: Path) -> dict[str, dict[str, str]]:
     """dvc.lock's record of every stage's outputs in the project at `path`: {stage: {out path: md5}}."""
-    from stages.ledger import locked_outs as read
+    from stages.executor.ledger import locked_outs as read
 
     return read(path / "dvc.lock")
 
 
 def run_executor(path: Path, env: dict, *args: str, ok: bool = True, cpus: int = 2) -> str:
-    """`python -m stages.parallel` (the Ray executor) in the project at `path` on a local cluster of `cpus` cores."""
+    """`python -m stages.executor` (the Ray executor) in the project at `path` on a local cluster of `cpus` cores."""
     import sys
 
-    return run_command([sys.executable, "-m", "stages.parallel", "--num-cpus", str(cpus), *args], path, env, ok=ok)
+    return run_command([sys.executable, "-m", "stages.executor", "--num-cpus", str(cpus), *args], path, env, ok=ok)
 
 
 def ran_by_executor(out: str) -> list[str]:

@@ -1,10 +1,10 @@
-"""stages.artifacts: the round records a stage reads are checked and refused by name, on hand-made files."""
+"""stages.plumbing.artifacts: the round records a stage reads are checked and refused by name, on hand-made files."""
 
 import json
 
 import pytest
 
-from stages import artifacts, layout
+from stages.plumbing import artifacts, layout
 
 
 def _metrics(**changes):

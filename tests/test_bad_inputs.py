@@ -25,8 +25,9 @@ from lipcore.config import FitConfig
 from lipcore.fit import FitDiverged, fit
 from lipcore.nets import build_net, make_input
 from lipcore.physics import Denoise
-from stages import degrade, dense_fit, evaluate, imp_round, layout, report, transfer
-from stages.params import load_params
+from stages import degrade, dense_fit, evaluate, imp_round, report, transfer
+from stages.plumbing import layout
+from stages.plumbing.params import load_params
 from tests.conftest import DATA, ROOT, make_project, tiny_params
 from tests.test_stages import run_chain, run_evaluate, run_transfer, write_params
 
@@ -665,9 +666,9 @@ def test_dvc_repro_with_bad_params_stops_at_the_first_stage_naming_the_key(tmp_p
 
 
 def test_the_executor_refuses_bad_params_up_front_in_one_line(tmp_path):
-    """python -m stages.parallel loads params.yaml before it starts Ray or any stage: one line, no traceback."""
+    """python -m stages.executor loads params.yaml before it starts Ray or any stage: one line, no traceback."""
     env = _bad_dvc_project(tmp_path, tiny_params(images=["f16", SHELL_NAME]))
-    cmd = [sys.executable, "-m", "stages.parallel", "--num-cpus", "1"]
+    cmd = [sys.executable, "-m", "stages.executor", "--num-cpus", "1"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
     assert out.stderr.strip() == f"ERROR: params.yaml: images: '{SHELL_NAME}' is not a name: " + (
@@ -956,7 +957,7 @@ def test_images_on_another_scale_are_refused_not_clipped_white(tmp_path, array, 
 
 
 def test_transfer_pairs_that_select_nothing_say_so():
-    from stages.params import TransferConfig
+    from stages.plumbing.params import TransferConfig
     from stages.transfer import nothing_to_transfer
 
     pairs = [("f16", "denoise"), ("baby", "denoise")]

@@ -1,8 +1,8 @@
-"""stages.claims: the report's pairs are assembled per (image, task, seed), and the claims read their verdicts."""
+"""stages.reporting.claims: pairs are assembled per (image, task, seed), and the claims read their verdicts."""
 
 import pytest
 
-from stages import claims
+from stages.reporting import claims
 
 
 def scores(es: float, oracle: float | None = None) -> dict:

@@ -31,13 +31,13 @@ from tests.conftest import dvc_project, locked_outs, run_command, run_executor, 
 pytest.importorskip("ray", reason="the parallel executor needs ray: pip install -e '.[parallel]'")
 
 TARGETS = ["imp_round"]  # check_params, 2 degrade, 2 dense fits, 4 rounds: stages of every training kind
-EXECUTOR = [sys.executable, "-m", "stages.parallel", "--num-cpus", "1", "--workers", "1", *TARGETS]
+EXECUTOR = [sys.executable, "-m", "stages.executor", "--num-cpus", "1", "--workers", "1", *TARGETS]
 
 # The driver with dvc.lock written after every recorded stage, and a fault inside its first write (after DVC's dump
 # of the entries, before the file replaces dvc.lock): the moment a stop used to cut dvc.lock short.
 IN_LOCK_WRITE = """
 import errno, os, signal, sys, time
-from stages import ledger, parallel
+from stages.executor import ledger, parallel
 ledger.Lockfile.__init__.__defaults__ = (0.0,)
 dump = ledger.DvcLockfile.dump_stages
 def dump_then_fault(self, stages, **kwargs):
@@ -162,8 +162,9 @@ def reference(tmp_path_factory):
     copy = tmp_path_factory.mktemp("stopped") / "lip"
     shutil.copytree(path, copy, symlinks=True)
     env = {**env, "PYTHONPATH": str(copy)}  # the copy's own stages
-    with (copy / "stages" / "rounds.py").open("a") as f:  # a code dependency of every dense fit and round
-        f.write("# edited: six training stages out of date, their outputs the same bytes\n")
+    for stage in ("dense_fit", "imp_round"):  # the training stages' own code: six stages out of date
+        with (copy / "stages" / f"{stage}.py").open("a") as f:
+            f.write("# edited: the stage out of date, its outputs the same bytes\n")
     return path, copy, env, dvc, locked_outs(path)
 
 
@@ -276,7 +277,7 @@ REFUSALS = {
 def test_what_dvc_refuses_is_one_line_saying_what_to_do(unbuilt, state, targets, message):
     path, env, _ = unbuilt
     with state(path, env):
-        out = run_command([sys.executable, "-m", "stages.parallel", "--num-cpus", "1", *targets], path, env, ok=False)
+        out = run_command([sys.executable, "-m", "stages.executor", "--num-cpus", "1", *targets], path, env, ok=False)
     assert "Traceback" not in out and len(out.strip().splitlines()) == 1, out
     assert re.search(f"^ERROR: .*{message}", out.strip()), out
     assert not (path / "dvc.lock").exists() and not (path / "outs").exists()  # and nothing was run

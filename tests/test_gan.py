@@ -83,7 +83,7 @@ def gan_chain(tmp_path_factory):
     randomly initialised generator: no distillation, the files are under test, not the training."""
     from lipcore import io, prune
     from lipcore.gan_prune import next_mask
-    from stages import layout
+    from stages.plumbing import layout
 
     rounds = tmp_path_factory.mktemp("gan_rounds")
     net = gan.DCGANGenerator()
@@ -104,7 +104,7 @@ def gan_chain(tmp_path_factory):
 
 def _gan_edit(kind: str, r2) -> None:
     from lipcore import io
-    from stages import layout
+    from stages.plumbing import layout
 
     path = r2 / layout.MASK
     tensors, meta = io.load_tensors(path)
@@ -132,7 +132,7 @@ GAN_ROUND_EDITS = {
 
 @pytest.mark.parametrize("kind, message", GAN_ROUND_EDITS.items(), ids=GAN_ROUND_EDITS.keys())
 def test_gan_rounds_whose_mask_disagrees_with_the_round_are_refused(gan_chain, tmp_path, kind, message):
-    from stages import gan_study, layout
+    from stages.plumbing import gan_study, layout
 
     rounds = tmp_path / "rounds"
     shutil.copytree(gan_chain, rounds)

@@ -1,8 +1,8 @@
-"""stages.gan_report: the GAN section's verdicts read a hand-made gan_evaluate record (no generator runs)."""
+"""stages.reporting.gan_report: the GAN section's verdicts read a hand-made gan_evaluate record (no generator runs)."""
 
 import pytest
 
-from stages import gan_report
+from stages.reporting import gan_report
 
 
 def _paired(mean, low, high, verdict, n=4):

@@ -130,7 +130,7 @@ def test_gan_scored_picks_the_rounds_compressive_sensing_scores(tmp_path):
     before any stage runs."""
     import yaml
 
-    from stages.params import load_params
+    from stages.plumbing.params import load_params
 
     params = tiny_params()
     params["gan"] = {**params["gan"], "chain": [[1, 0], [2, 1], [3, 2]]}

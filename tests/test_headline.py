@@ -1,8 +1,8 @@
-"""stages.headline: metrics/headline.json from hand-made evaluate summaries and a GAN record."""
+"""stages.reporting.headline: metrics/headline.json from hand-made evaluate summaries and a GAN record."""
 
 import pytest
 
-from stages import headline
+from stages.reporting import headline
 
 
 def _summary(point, effective, **psnr):

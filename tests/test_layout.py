@@ -1,6 +1,8 @@
-"""dvc.yaml and stages/layout.py spell the same paths: every output DVC declares is the path layout gives."""
+"""dvc.yaml and stages/plumbing/layout.py spell the same paths: every output DVC declares is the path layout gives."""
 
-from stages import layout
+from pathlib import Path
+
+from stages.plumbing import layout
 from tests.conftest import dvc_stages, make_project, tiny_params
 
 
@@ -55,21 +57,28 @@ def test_stage_commands_read_the_layout_paths(tmp_path):
         assert paths and set(paths) <= known, (stage.addressing, set(paths) - known)
 
 
-def _stage_modules(name: str, seen: set[str] | None = None) -> set[str]:
-    """stages/<name>.py and every stages module it imports, directly or through another ('lipcore' among them
-    when one imports the library)."""
+def _stage_modules(module: str, seen: set[str] | None = None) -> set[str]:
+    """The stages module `module` (dotted below stages/, e.g. "evaluate" or "plumbing.params") and every stages
+    module it imports, directly or through another ('lipcore' among them when one imports the library)."""
     import ast
 
     from tests.conftest import ROOT
 
     seen = set() if seen is None else seen
-    if name in seen:
+    if module in seen:
         return seen
-    seen.add(name)
-    tree = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:  # from . import x / from .x import y
-            targets = [node.module] if node.module else [a.name for a in node.names]
+    seen.add(module)
+    package = module.split(".")[:-1]
+    path = ROOT / "stages" / Path(*module.split("."))
+    source = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:  # from . import x / from ..pkg.x import y
+            base = package[: len(package) - (node.level - 1)]
+            if node.module:
+                base = [*base, *node.module.split(".")]
+            names = [a.name for a in node.names]
+            is_dir = (ROOT / "stages" / Path(*base)).is_dir() if base else True
+            targets = [".".join([*base, n]) for n in names] if is_dir else [".".join(base)]
             for target in targets:
                 _stage_modules(target, seen)
         elif isinstance(node, ast.ImportFrom | ast.Import):
@@ -79,6 +88,14 @@ def _stage_modules(name: str, seen: set[str] | None = None) -> set[str]:
     return seen
 
 
+def _code_dep(module: str) -> str:
+    """The dvc.yaml dependency that covers a stages module: a top-level stage's own file, a subpackage's folder."""
+    if module == "lipcore":
+        return "lipcore"
+    parts = module.split(".")
+    return f"stages/{parts[0]}.py" if len(parts) == 1 else f"stages/{parts[0]}"
+
+
 def test_every_stage_depends_on_the_stage_code_it_runs(tmp_path):
     """A change in any stages/ module a stage's command imports must rerun that stage."""
     params = tiny_params(images=["f16", "baby", "kate"])
@@ -86,5 +103,18 @@ def test_every_stage_depends_on_the_stage_code_it_runs(tmp_path):
     for stage in dvc_stages(make_project(tmp_path, params)):
         module = stage.cmd.split()[2].removeprefix("stages.")
         deps = {str(d.def_path) for d in stage.deps}
-        needed = {"lipcore" if m == "lipcore" else f"stages/{m}.py" for m in _stage_modules(module)}
+        needed = {_code_dep(m) for m in _stage_modules(module)}
         assert needed <= deps, (stage.addressing, sorted(needed - deps))
+
+
+def test_every_top_level_stages_module_is_a_stage_of_dvc_yaml():
+    """stages/*.py are the stages, nothing else (their plumbing, the report's parts and the executor live in
+    subpackages): the files' names equal the modules dvc.yaml's commands run."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    commands = [s["cmd"] for s in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()]
+    modules = {c.split()[2].removeprefix("stages.") for c in commands}
+    files = {f.stem for f in (ROOT / "stages").glob("*.py") if f.name != "__init__.py"}
+    assert files == modules, (sorted(files - modules), sorted(modules - files))

@@ -1,10 +1,10 @@
-"""stages.live: a fitting stage's progress as TSV files under live/, from lipcore's progress records."""
+"""stages.plumbing.live: a fitting stage's progress as TSV files under live/, from lipcore's progress records."""
 
 import logging
 from pathlib import Path
 
 from lipcore.fit import progress_log
-from stages import live
+from stages.plumbing import live
 
 
 def _emit(labels, rows):

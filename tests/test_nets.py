@@ -189,7 +189,7 @@ def test_building_learning_shapes_and_loading_states_draw_nothing_from_the_globa
     from lipcore.imp import next_mask
     from lipcore.nets import net_from_state, skeleton
     from lipcore.prune import dense_mask
-    from stages import artifacts
+    from stages.plumbing import artifacts
 
     before = torch.random.get_rng_state()
     net = build_net(tiny_cfg, torch.Generator().manual_seed(0))

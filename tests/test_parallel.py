@@ -1,4 +1,4 @@
-"""The Ray executor's parts (stages/parallel.py, stages/worker.py). tests/test_pipeline_e2e.py runs it on a real DVC
+"""The Ray executor's parts (stages/executor). tests/test_pipeline_e2e.py runs it on a real DVC
 repo and a local Ray cluster: it stops at a failing stage keeping what finished, picks up from there, builds the
 whole pipeline, and DVC agrees with what it left."""
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from stages.params import ExecutorConfig
-from stages.worker import StageRunner, module_call
+from stages.executor.worker import StageRunner, module_call
+from stages.plumbing.params import ExecutorConfig
 from tests.conftest import THREADS
 
 pytest.importorskip("ray", reason="the parallel executor needs ray: pip install -e '.[parallel]'")
@@ -27,7 +27,7 @@ def test_module_commands_run_in_process_and_others_in_a_shell():
 
 def test_the_executor_runs_as_many_stages_as_the_cluster_holds_at_the_params_resources():
     """executor.num_cpus / num_gpus decide how many stages run at once (issue 27: the old test compared 2 with 2.0)."""
-    from stages.parallel import worker_count
+    from stages.executor.parallel import worker_count
 
     two_cores, gpu_box = {"CPU": 2.0}, {"CPU": 16.0, "GPU": 1.0}
     assert worker_count(two_cores, ExecutorConfig(num_cpus=1), None) == 2
@@ -80,7 +80,7 @@ def test_a_gpu_the_workers_would_not_see_is_refused(tmp_path, monkeypatch, capsy
     import torch
     import yaml
 
-    from stages import parallel
+    from stages.executor import parallel
     from tests.conftest import tiny_params
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

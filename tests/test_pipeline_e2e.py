@@ -140,7 +140,7 @@ def test_every_plot_is_drawn_with_its_data(built):
     for name in grids:
         (image,) = plots[name]
         assert Path(image["url"]).read_bytes().startswith(b"\x89PNG"), name
-    run_command([sys.executable, "-m", "stages.plots_page", "--out", "page"], path, env)
+    run_command([sys.executable, "-m", "stages.reporting.plots_page", "--out", "page"], path, env)
     page = (path / "page" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "window.vegaEmbed" in page
     embedded = set(re.findall(r"vegaEmbed\('#([^']+)'", page))
@@ -174,7 +174,7 @@ def out_of_date(built: Built) -> set[str]:
 
 
 def test_a_new_target_sparsity_leaves_only_the_scoring_stages_out_of_date(built):
-    """DVC's own status, which the executor and `dvc repro` both consult (stages/ledger.py): no round, dense fit
+    """DVC's own status, which the executor and `dvc repro` both consult (executor/ledger.py): no round, dense fit
     or degradation is out of date."""
     params_file = built.path / "params.yaml"
     params = params_file.read_text()

@@ -14,19 +14,9 @@ from lipcore.metrics import psnr_y
 from lipcore.nets import net_from_state
 from lipcore.physics import Denoise
 from lipcore.trials import search_problem
-from stages import (
-    artifacts,
-    degrade,
-    dense_fit,
-    evaluate,
-    imp_round,
-    layout,
-    multi_evaluate,
-    multi_round,
-    report,
-    transfer,
-)
-from stages.params import load_params
+from stages import degrade, dense_fit, evaluate, imp_round, multi_evaluate, multi_round, report, transfer
+from stages.plumbing import artifacts, layout
+from stages.plumbing.params import load_params
 from tests.conftest import tiny_params
 
 

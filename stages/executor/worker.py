@@ -1,4 +1,4 @@
-"""Run DVC stage commands in a long-lived Python process (a Ray worker of stages/parallel.py).
+"""Run DVC stage commands in a long-lived Python process (a Ray worker of stages/executor/parallel.py).
 
 A stage started by `dvc repro` is a fresh process that pays ~5 s before its first fit (`import torch`, then the
 first torch.optim.Adam importing torch._dynamo). A StageRunner pays that once, then calls each stage's
@@ -138,7 +138,7 @@ def _end_with(driver: int, every: float = 0.5) -> None:
 
 def _error_text(cmd: str, err: BaseException) -> str:
     """A refused input or diverged fit as the one line `python -m` would print; anything else with its traceback."""
-    from .entry import USER_ERRORS
+    from ..plumbing.entry import USER_ERRORS
 
     if isinstance(err, USER_ERRORS) and not os.environ.get("LIP_TRACEBACK"):
         return f"{cmd}: {err}"

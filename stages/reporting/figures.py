@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from lipcore import io  # noqa: E402
 
-from . import layout  # noqa: E402
+from ..plumbing import layout  # noqa: E402
 
 GRID = ["clean", "degraded", "dense", "lip", "random_global", "snip", "decoder"]  # the methods an image grid shows
 

@@ -230,7 +230,7 @@ class GanConfig(Section):
 
 @dataclass(frozen=True)
 class ExecutorConfig(Section):
-    """What each stage gets under the parallel executor (stages/parallel.py, Ray): CPU cores (the stage's torch
+    """What each stage gets under the parallel executor (stages/executor/parallel.py, Ray): CPU cores (the stage's torch
     threads) and a share of a GPU (0.25: four stages share one). No stage reads it, so changing it reruns nothing."""
 
     num_cpus: float = 1.0

@@ -9,7 +9,8 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from . import artifacts, figures, layout
+from ..plumbing import artifacts, layout
+from . import figures
 
 SPARSITY_PNG = "gan_mse_vs_sparsity.png"
 M_PNG = "gan_mse_vs_m.png"

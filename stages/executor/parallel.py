@@ -1,16 +1,16 @@
 """`dvc repro`, with the independent stages running at the same time on Ray workers.
 
-    python -m stages.parallel                      # a local Ray cluster on this machine's cores (and GPUs)
-    python -m stages.parallel --workers 4          # at most 4 stages at once
-    python -m stages.parallel --address auto       # an existing Ray cluster (every node sees this workspace
+    python -m stages.executor                      # a local Ray cluster on this machine's cores (and GPUs)
+    python -m stages.executor --workers 4          # at most 4 stages at once
+    python -m stages.executor --address auto       # an existing Ray cluster (every node sees this workspace
                                                    # at the same path, e.g. a shared filesystem)
-    python -m stages.parallel evaluate transfer    # targets, as for dvc repro
+    python -m stages.executor evaluate transfer    # targets, as for dvc repro
 
 DVC stays the source of truth: DVC's own objects say which stages exist, what they depend on and which are out
-of date, and each finished stage is recorded by DVC's own save/commit/dump (stages/ledger.py), one at a time in
+of date, and each finished stage is recorded by DVC's own save/commit/dump (stages/executor/ledger.py), one at a time in
 this process (the dvc.lock entries batched, every 10 s and at the end), so dvc.lock, the cache and the run cache
 end as `dvc repro` leaves them and `dvc status` is clean.
-The workers only run the stages' commands, each stage's `main(argv)` in a warm process (stages/worker.py).
+The workers only run the stages' commands, each stage's `main(argv)` in a warm process (stages/executor/worker.py).
 
 Each stage gets params.yaml's `executor` resources: `num_cpus` cores (its torch threads: N one-thread stages
 keep N cores busy without oversubscribing them) and `num_gpus` of a GPU (fractions share one). On the first
@@ -36,8 +36,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..plumbing.params import ExecutorConfig, load_params
 from . import ledger
-from .params import ExecutorConfig, load_params
 from .worker import Outcome, StageRunner
 
 log = logging.getLogger("lip.parallel")
@@ -131,7 +131,7 @@ def one_line(err: Exception) -> str | None:
 
     text = " ".join(str(err).split())
     if isinstance(err, LockError):
-        return f"{text} Another DVC process (dvc repro, a second stages.parallel) holds this repo: wait for it"
+        return f"{text} Another DVC process (dvc repro, a second stages.executor) holds this repo: wait for it"
     if isinstance(err, StageNotFound):
         return f"{text}: `dvc stage list` names them"
     if isinstance(err, DvcException) and "dvc.lock" in text:

@@ -3,9 +3,9 @@ from a CDN, so on an offline machine (a cluster node, this project's CI) its cha
 the three libraries inline (vl-convert-python's bundle). Everything else is DVC's: the same plots, templates and
 data as `dvc plots show` / `dvc plots diff`.
 
-    python -m stages.plots_page                         # dvc_plots/index.html, every plot of dvc.yaml
-    python -m stages.plots_page --out page plots/gan    # some plots only (targets, as for dvc plots show)
-    python -m stages.plots_page --revs HEAD~1 HEAD      # dvc plots diff of two commits
+    python -m stages.reporting.plots_page                         # dvc_plots/index.html, every plot of dvc.yaml
+    python -m stages.reporting.plots_page --out page plots/gan    # some plots only (targets, as for dvc plots show)
+    python -m stages.reporting.plots_page --revs HEAD~1 HEAD      # dvc plots diff of two commits
 """
 
 from __future__ import annotations
