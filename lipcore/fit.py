@@ -10,7 +10,8 @@ stacked into grouped convolutions (lipcore.members). Every tensor of the bookkee
 member dim; a plain fit is the loop with one member.
 
 A fit changes nothing of its arguments but the net it trains (and, where a mask is given, zeroes its
-pruned weights); each finished fit logs one INFO line to the "lipcore.fit" logger.
+pruned weights); each finished fit logs one DEBUG line to the "lipcore.fit" logger (lipcore.trials logs the
+INFO line a stage shows).
 """
 
 from __future__ import annotations

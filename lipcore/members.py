@@ -9,10 +9,10 @@ Both expose the same surface to the fit loop: `params` (what Adam updates), `mas
   which turns every convolution into one grouped convolution over all members: one kernel launch per layer
   instead of N, the win on GPUs. Results equal N plain fits up to rounding (see tests/test_fit.py).
 
-On CPU neither batching scheme pays (bench/multi_fit.py, 2-core machine, 64 px / 32 channels, 4 nets:
-grouped convolutions 0.91x the throughput of sequential fits; at 128 px / 128 channels 0.58x; stepping the
-members in lockstep, one net after another each iteration, 0.93x: N nets' working sets evict each other from
-the caches), so `fit_many(engine="auto")` runs sequential fits there and the vmap engine on CUDA.
+On CPU neither batching scheme pays (bench/multi_fit.py; its figures in bench/README.md): grouped
+convolutions, and stepping the members in lockstep one net after another, both give less throughput than
+sequential fits (N nets' working sets evict each other from the caches), so `fit_many(engine="auto")` runs
+sequential fits there and the vmap engine on CUDA.
 """
 
 from __future__ import annotations

@@ -275,7 +275,19 @@ SLOW_FIRST = (
 )
 
 
+# Files that build DVC projects, run stages or the executor: `pytest -m "not pipeline"` leaves them out, the library's
+# quick loop (README: "Tests").
+PIPELINE = (
+    *("test_pipeline_e2e.py", "test_executor_faults.py", "test_params_deps.py", "test_stages.py"),
+    *("test_bad_inputs.py", "test_gan_stages.py", "test_parallel.py", "test_layout.py"),
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in PIPELINE:
+            item.add_marker(pytest.mark.pipeline)
+
     def rank(item: pytest.Item) -> int:
         name = item.path.name
         return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)

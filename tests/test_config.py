@@ -108,3 +108,18 @@ def test_published_fit_settings_are_the_dip_papers():
         "sr8": (4000, 0.05, 0.0),
     }
     assert all(c.lr == 0.01 for c in PUBLISHED_FIT.values())
+
+
+def test_the_paper_params_file_runs_each_task_at_its_published_fit_settings():
+    """params.paper.yaml (the documented paper-scale configuration) gives each task the DIP paper's iterations,
+    reg-noise and output averaging (lipcore.config.PUBLISHED_FIT, ../shared/REFERENCE.md's table). Before this
+    test the file ran SR x4 for 3000 steps, the published 2000 being written only in PUBLISHED_FIT."""
+    from lipcore.config import PUBLISHED_FIT
+    from stages.plumbing.params import load_params
+    from tests.conftest import ROOT
+
+    params = load_params(ROOT / "params.paper.yaml")
+    for task in params.tasks:
+        got, published = params.fit_for(task), PUBLISHED_FIT[task]
+        for key in ("iterations", "lr", "reg_noise_std", "ema_weight"):
+            assert getattr(got, key) == getattr(published, key), (task, key, getattr(got, key))

@@ -2,6 +2,7 @@
 
 import pytest
 
+from stages.plumbing import layout
 from stages.reporting import gan_report
 
 
@@ -51,9 +52,9 @@ def test_the_verdict_picks_the_best_lip_round_per_kind_and_reads_its_paired_test
 
 
 def test_the_convergence_lines_give_the_last_fifths_drop_and_draw_the_curve(tmp_path):
-    lines = gan_report.convergence_lines(_record(), tmp_path / gan_report.CURVE_PNG)
+    lines = gan_report.convergence_lines(_record(), tmp_path / layout.GAN_CURVE_PNG)
     assert "m = 1000: 25.0%" in lines[0]
-    assert (tmp_path / gan_report.CURVE_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / layout.GAN_CURVE_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = _record()
     del record["m"]["1000"]["search_curve"]
     assert gan_report.convergence_lines(record, tmp_path / "none.png") == []  # a record from before the curves

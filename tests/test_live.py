@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from lipcore.fit import progress_log
-from stages.plumbing import live
+from stages.plumbing import layout, live
 
 
 def _emit(labels, rows):
@@ -24,7 +24,7 @@ def test_progress_rows_land_in_one_tsv_per_fit_and_the_latest_in_progress_json(t
     lines = (directory / "f16-denoise_s0_r1.tsv").read_text().splitlines()
     assert lines == ["iteration\tloss\tpsnr_out\tpsnr_ema", "10\t0.5\t20\t", "20\t0.5\t22.5\t"]  # NaN: empty cell
     assert (directory / "a_b_c.tsv").exists()  # no slash or space in a file name
-    latest = (directory / live.PROGRESS).read_text()
+    latest = (directory / layout.LIVE_PROGRESS).read_text()
     assert '"iteration": 20' in latest and '"a_b_c"' in latest
     with live.watching(directory):  # a rerun starts afresh
         pass

@@ -27,6 +27,7 @@ REPORT = Path("report")
 # stage check_params: written once params.yaml passes every check; degrade and gan_prepare depend on it, so DVC
 # runs that check before any command that interpolates a params value
 PARAMS_CHECKED = Path("outs/params-checked.json")
+LIVE = Path("live")  # scratch, not an output: each fitting stage's progress (stages/plumbing/live.py); git ignores it
 
 # ---------------------------------------------------------------- directories
 
@@ -178,6 +179,10 @@ def method_png(method: str) -> str:
 MATRIX = "matrix.json"  # inside the transfer directory
 REPORT_MD = "report.md"
 CURVES_PNG = "psnr_vs_sparsity.png"
+GAN_SPARSITY_PNG = "gan_mse_vs_sparsity.png"  # the report's GAN section
+GAN_M_PNG = "gan_mse_vs_m.png"
+GAN_CURVE_PNG = "gan_search_curve.png"
+LIVE_PROGRESS = "progress.json"  # in each live/<out>/: every fit's latest row
 
 
 def report_dir(setting: str) -> Path:

@@ -27,9 +27,9 @@ from pathlib import Path
 from lipcore import io
 from lipcore.fit import progress_log
 
-LIVE = Path("live")
+from . import layout
+
 COLUMNS = ("iteration", "loss", "psnr_out", "psnr_ema")  # the data loss, the PSNR of the output and of its average
-PROGRESS = "progress.json"
 
 
 class LiveFits(logging.Handler):
@@ -39,7 +39,7 @@ class LiveFits(logging.Handler):
         super().__init__(logging.DEBUG)
         self.directory = Path(directory)
         if self.directory.exists():  # a rerun starts its progress afresh
-            for old in [*self.directory.glob("*.tsv"), self.directory / PROGRESS]:
+            for old in [*self.directory.glob("*.tsv"), self.directory / layout.LIVE_PROGRESS]:
                 old.unlink(missing_ok=True)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.latest: dict[str, dict[str, float]] = {}
@@ -54,7 +54,7 @@ class LiveFits(logging.Handler):
                     f.write("\t".join(COLUMNS) + "\n")
                 f.write("\t".join(_cell(row[c]) for c in COLUMNS) + "\n")
             self.latest[name] = {c: row[c] for c in COLUMNS}
-        io.write_json(self.directory / PROGRESS, self.latest)
+        io.write_json(self.directory / layout.LIVE_PROGRESS, self.latest)
 
 
 def _cell(value: float) -> str:
@@ -98,4 +98,4 @@ def watches_fits(main: Callable[[list[str] | None], None]) -> Callable[[list[str
 
 def live_dir(out: str) -> Path:
     """live/<out>, always inside live/ (LiveFits deletes the files it finds there: never the stage's output)."""
-    return LIVE.joinpath(*[p for p in Path(out).parts if p not in ("/", "..", ".")])
+    return layout.LIVE.joinpath(*[p for p in Path(out).parts if p not in ("/", "..", ".")])

@@ -12,9 +12,6 @@ import matplotlib.pyplot as plt
 from ..plumbing import artifacts, layout
 from . import figures
 
-SPARSITY_PNG = "gan_mse_vs_sparsity.png"
-M_PNG = "gan_mse_vs_m.png"
-CURVE_PNG = "gan_search_curve.png"
 CURVE_KINDS = ("lip", "random", "rewind")
 TITLE = "## GAN compressive sensing: a pruned pretrained generator as the prior"
 
@@ -26,8 +23,8 @@ def section(gan_dir: Path, out: Path) -> list[str]:
     res = artifacts.read_record(Path(gan_dir) / layout.RESULTS, ("m", "rounds", "robust", "images", "kinds"))
     ms = list(res["m"])
     rounds = res["rounds"]
-    sparsity_figure(res, out / SPARSITY_PNG)
-    m_figure(res, out / M_PNG)
+    sparsity_figure(res, out / layout.GAN_SPARSITY_PNG)
+    m_figure(res, out / layout.GAN_M_PNG)
     n_range, n_face = res["kinds"].count("in_range"), res["kinds"].count("face")
     levels = ", ".join(f"{r['sparsity']:.1%}" for r in rounds[1:])
     faces = ", ".join(n for n, k in zip(res["images"], res["kinds"]) if k == "face")
@@ -44,7 +41,7 @@ def section(gan_dir: Path, out: Path) -> list[str]:
         "",
         *verdict_lines(res),
         "",
-        *convergence_lines(res, out / CURVE_PNG),
+        *convergence_lines(res, out / layout.GAN_CURVE_PNG),
     ]
     for m in ms:
         lines += [f"### m = {m} measurements ({int(m) / 12288:.1%} of n)", "", *mse_table(res["m"][m]), ""]
@@ -57,7 +54,13 @@ def section(gan_dir: Path, out: Path) -> list[str]:
             f"![m={m}]({grid})",
             "",
         ]
-    lines += [f"![MSE vs sparsity]({SPARSITY_PNG})", "", f"![MSE vs m]({M_PNG})", "", *robust_lines(res["robust"])]
+    lines += [
+        f"![MSE vs sparsity]({layout.GAN_SPARSITY_PNG})",
+        "",
+        f"![MSE vs m]({layout.GAN_M_PNG})",
+        "",
+        *robust_lines(res["robust"]),
+    ]
     return lines
 
 
@@ -152,7 +155,7 @@ def convergence_lines(res: dict[str, Any], path: Path) -> list[str]:
         "**Has the latent search converged?** The dense generator's measurement loss along the search (kept "
         f"restart, mean over the test images); the last 20% of the search took off {drops} of its final loss.",
         "",
-        f"![search curve]({CURVE_PNG})",
+        f"![search curve]({layout.GAN_CURVE_PNG})",
         "",
     ]
 
