@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .config import Section
 from .gan import IMAGE_SIZE
 from .runtime import cuda_flags
+from .schema import Section
 
 N_PIXELS = 3 * IMAGE_SIZE * IMAGE_SIZE  # n: the generator's RGB output, 12,288 values
 

@@ -1,15 +1,7 @@
 import pytest
 
-from lipcore.config import (
-    DegradationConfig,
-    FitConfig,
-    ImpConfig,
-    NetConfig,
-    SearchConfig,
-    derive,
-    from_dict,
-    recording_reads,
-)
+from lipcore.config import DegradationConfig, FitConfig, ImpConfig, NetConfig, SearchConfig
+from lipcore.schema import derive, from_dict, recording_reads
 
 
 def test_from_dict_rejects_unknown_keys_and_names_them():

@@ -2,7 +2,7 @@
 
 Sections are lipcore's configs (net, fit, imp, each task's degradation); the pipeline adds the top-level
 keys, task_defs and evaluate. Unknown keys and wrong types are refused at every level with the key's path.
-Every field records its params key when read (lipcore.config.recording_reads): tests/test_params_deps.py
+Every field records its params key when read (lipcore.schema.recording_reads): tests/test_params_deps.py
 checks that each DVC stage lists exactly the keys its code reads.
 """
 
@@ -17,24 +17,14 @@ from typing import Any
 
 import yaml
 
-from lipcore.config import (
-    DegradationConfig,
-    FitConfig,
-    ImpConfig,
-    NetConfig,
-    Section,
-    from_dict,
-    round_chain,
-    shown,
-    unrecorded,
-    with_keys,
-)
+from lipcore.config import DegradationConfig, FitConfig, ImpConfig, NetConfig, round_chain
 from lipcore.csgm import CsgmConfig
 from lipcore.fista import FistaConfig
 from lipcore.gan_prune import DistillConfig
 from lipcore.imp import headline_round
 from lipcore.physics import cs_measurements
 from lipcore.runtime import resolve_device
+from lipcore.schema import Section, from_dict, shown, unrecorded, with_keys
 from lipcore.trials import PROTOCOLS
 
 from . import layout
