@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .schema import Section, derive
 
@@ -29,29 +29,21 @@ class NetConfig(Section):
     Per-scale fields accept one int (used at every scale) or a list with one entry per scale.
     """
 
-    kind: str = "skip"
+    kind: Literal["skip", "decoder"] = "skip"
     in_channels: int = 32
     out_channels: int = 3
     scales: int = 5
     channels_down: int | tuple[int, ...] = 128
     channels_up: int | tuple[int, ...] = 128
     channels_skip: int | tuple[int, ...] = 4
-    upsample: str = "bilinear"
-    pad: str = "reflection"
-    act: str = "leaky_relu"
+    upsample: Literal["bilinear", "nearest"] = "bilinear"
+    pad: Literal["reflection", "zero"] = "reflection"
+    act: Literal["leaky_relu", "relu", "elu"] = "leaky_relu"
     decoder_channels: int = 64
     decoder_layers: int = 6
     input_scale: float = 0.1  # z ~ U[0, input_scale), as in DIP's get_noise(..., 'noise') * 1/10
 
     def __post_init__(self) -> None:
-        if self.kind not in ("skip", "decoder"):
-            raise ValueError(f"NetConfig.kind must be 'skip' or 'decoder', got {self.kind!r}")
-        if self.upsample not in ("bilinear", "nearest"):
-            raise ValueError(f"NetConfig.upsample must be 'bilinear' or 'nearest', got {self.upsample!r}")
-        if self.pad not in ("reflection", "zero"):
-            raise ValueError(f"NetConfig.pad must be 'reflection' or 'zero', got {self.pad!r}")
-        if self.act not in ("leaky_relu", "relu", "elu"):
-            raise ValueError(f"NetConfig.act must be 'leaky_relu', 'relu' or 'elu', got {self.act!r}")
         if self.scales < 1:
             raise ValueError(f"NetConfig.scales must be >= 1, got {self.scales}")
         for name in ("in_channels", "out_channels", "decoder_channels", "decoder_layers"):
@@ -80,7 +72,7 @@ class DegradationConfig(Section):
     keep: float = 0.5  # inpaint: fraction of pixels kept
     per_channel: bool = False  # inpaint: draw the Bernoulli mask per channel instead of per pixel
     mask: str | None = None  # inpaint: path of a mask image (white = known) instead of a random mask
-    factor: int = 4  # sr: downscaling factor (2, 4 or 8)
+    factor: Literal[2, 4, 8] = 4  # sr: downscaling factor
     ratio: float = 0.25  # cs: m / n, number of measurements over number of unknowns
 
     def __post_init__(self) -> None:
@@ -88,8 +80,6 @@ class DegradationConfig(Section):
             raise ValueError(f"task must be one of denoise, inpaint, sr, cs; got {self.task!r}")
         if not 0.01 <= self.keep < 1.0:  # lipcore.physics.MIN_KNOWN; 1 keeps every pixel: nothing to inpaint
             raise ValueError(f"keep must be in [0.01, 1) (the share of pixels known), got {self.keep}")
-        if self.factor not in (2, 4, 8):
-            raise ValueError(f"factor must be 2, 4 or 8, got {self.factor}")
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if self.sigma is not None and self.sigma < 0:
@@ -119,15 +109,13 @@ class FitConfig(Section):
     # fp32: the same arithmetic on every CPU, so results reproduce across machines (and bf16 was slower at 64 px
     # even on a CPU with native bf16: README "Precision"). bf16: autocast of the forward; weights and Adam stay
     # fp32. auto: bf16 where the device runs it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else fp32.
-    precision: str = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     channels_last: bool = False  # NHWC activations (helps some conv backends; measure with bench/compare.py)
     # CUDA only: let cuDNN time its conv algorithms on the first steps and keep the fastest for the fixed
     # shapes of a fit. Off until measured on a GPU (bench/compare.py --variants lip lip-cudnn-benchmark).
     cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if not self.lr > 0:
@@ -197,7 +185,7 @@ class ImpConfig(Section):
     search fits run, and the chain of rounds."""
 
     fraction: float = 0.2  # of the REMAINING prunable weights removed per round: nominal sparsity 1 - (1-f)^k
-    scope: str = "global"  # global | layer
+    scope: Literal["global", "layer"] = "global"
     keep_input_dense: bool = False  # paper-compatible: layers reading z are ranked but kept dense
     rewind_iteration: int = 0  # 0: rewind to theta_0; k > 0: late rewinding to round 0's weights at iteration k
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
@@ -207,8 +195,6 @@ class ImpConfig(Section):
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"prune fraction must be in (0, 1), got {self.fraction}")
-        if self.scope not in ("global", "layer"):
-            raise ValueError(f"prune scope must be 'global' or 'layer', got {self.scope!r}")
         if self.rewind_iteration < 0:
             raise ValueError(f"rewind_iteration must be >= 0, got {self.rewind_iteration}")
         object.__setattr__(self, "chain", round_chain(self.chain))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -22,7 +22,8 @@ from .physics import Denoise, Problem
 from .scoring import fit_scores
 from .seeding import generator
 
-PROTOCOLS = ("paper", "blind")
+ProtocolName = Literal["paper", "blind"]  # params `protocol` (see search_problem)
+PROTOCOLS: tuple[str, ...] = get_args(ProtocolName)
 
 log = logging.getLogger(__name__)
 

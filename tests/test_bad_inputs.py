@@ -144,13 +144,13 @@ PARAMS_ROWS = {
     ),
     "broken chain": (_set("imp.chain", [[2, 1]]), r"imp: chain entry 1 is \[2, 1\]; expected \[1, 0\]"),
     "prune fraction 1": (_set("imp.fraction", 1.0), r"imp: prune fraction must be in \(0, 1\)"),
-    "unknown protocol": (_set("protocol", "oracle"), r"protocol must be one of"),
+    "unknown protocol": (_set("protocol", "oracle"), r"protocol: expected one of \['paper', 'blind'\], got 'oracle'"),
     "inpaint keeps nothing": (_set("task_defs.inpaint.degradation.keep", 0.0), r"keep must be in \[0\.01, 1\)"),
     "inpaint keeps everything": (_set("task_defs.inpaint.degradation.keep", 1.0), r"keep must be in \[0\.01, 1\)"),
     "net scales zero": (_set("net.scales", 0), r"net: NetConfig\.scales must be >= 1"),
     "unknown transfer pairs": (
         _set("transfer.pairs", "some"),
-        r"transfer: pairs must be one of \['all', 'across_tasks'",
+        r"transfer\.pairs: expected one of \['all', 'across_tasks', 'across_images'\], got 'some'",
     ),
     "setting with a slash": (_set("setting", "study/one"), r"setting: 'study/one' is not a name"),
     # names go into dvc.yaml's shell commands (--name ${item.image}): shell code, spaces, options refused at load
@@ -210,7 +210,10 @@ PARAMS_ROWS = {
         ),
         r"multi\.task: 'inpaint' is not one of tasks \['denoise'\]",
     ),
-    "multi-image mode unknown": (_set("multi.modes", ["mean"]), r"multi: modes: unknown mode\(s\) \['mean'\]"),
+    "multi-image mode unknown": (
+        _set("multi.modes", ["mean"]),
+        r"multi\.modes\[0\]: expected one of \['shared', 'average'\], got 'mean'",
+    ),
     "multi-image rounds off the chain": (
         _sets(
             _set("images", ["f16", "baby", "kate"]),

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -22,10 +22,11 @@ from lipcore.csgm import CsgmConfig
 from lipcore.fista import FistaConfig
 from lipcore.gan_prune import DistillConfig
 from lipcore.imp import headline_round
+from lipcore.multi import Mode
 from lipcore.physics import cs_measurements
 from lipcore.runtime import resolve_device
 from lipcore.schema import Section, from_dict, shown, unrecorded, with_keys
-from lipcore.trials import PROTOCOLS
+from lipcore.trials import ProtocolName
 
 from . import layout
 
@@ -80,7 +81,8 @@ def refuse_non_names(key: str, names) -> None:
             raise ValueError(f"{key}: {shown(name)} is not a name: {NAME_RULE}")
 
 
-TRANSFER_PAIRS = ("all", "across_tasks", "across_images")
+TransferPairs = Literal["all", "across_tasks", "across_images"]
+TRANSFER_PAIRS: tuple[str, ...] = get_args(TransferPairs)
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,7 @@ class TransferConfig(Section):
     """Which (source, target) problems the transfer stage measures: every ordered pair, or only those that differ
     in the task alone (same image) or in the image alone (same task); each pair costs one fit per seed."""
 
-    pairs: str = "all"
-
-    def __post_init__(self) -> None:
-        if self.pairs not in TRANSFER_PAIRS:
-            raise ValueError(f"pairs must be one of {list(TRANSFER_PAIRS)}, got {self.pairs!r}")
+    pairs: TransferPairs = "all"
 
     def measures(self, source: tuple[str, str], target: tuple[str, str]) -> bool:
         """Whether the mask of problem `source` (image, task) is retrained on `target`."""
@@ -129,7 +127,7 @@ class MultiConfig(Section):
     """Multi-image LIP (lipcore.multi): IMP on groups of images at once, scored on held-out images."""
 
     task: str = "denoise"  # a key of task_defs: the task the groups' masks are searched and scored on
-    modes: tuple[str, ...] = ("shared",)  # shared | average (lipcore.multi)
+    modes: tuple[Mode, ...] = ("shared",)  # lipcore.multi
     rounds: tuple[int, ...] | None = None  # rounds scored on the held-out images; null: every round
     groups: dict[str, GroupDef] = dataclasses.field(default_factory=dict)
     # images of the groups fitted one by one on `task` only (not on every task, as `images` are): e.g. a face
@@ -137,16 +135,11 @@ class MultiConfig(Section):
     images: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from lipcore.multi import MODES
-
         refuse_non_names("groups", tuple(self.groups))
         refuse_non_names("multi.images", self.images)
         refuse_repeats("multi.images", self.images)
         if not self.modes:
             raise ValueError("modes: the list is empty; give shared, average or both")
-        unknown = sorted(set(self.modes) - set(MODES))
-        if unknown:
-            raise ValueError(f"modes: unknown mode(s) {unknown}; choose from {list(MODES)}")
         refuse_repeats("modes", self.modes)
 
     def group(self, name: str) -> GroupDef:
@@ -243,7 +236,7 @@ class Params(Section):
     tasks: tuple[str, ...]  # keys of task_defs
     task_defs: dict[str, TaskDef]
     setting: str = "default"  # names this setting's report folder, report/<setting>
-    protocol: str = "blind"  # paper | blind (lipcore.trials.search_problem)
+    protocol: ProtocolName = "blind"  # lipcore.trials.search_problem
     device: str = "auto"  # auto: CUDA when present, else CPU
     seed: int = 0  # root seed; all others are derived from it and names
     seeds: tuple[int, ...] = (0,)  # initialisations: theta_0, z and reg-noise stream
@@ -261,8 +254,6 @@ class Params(Section):
         refuse_non_names("tasks", self.tasks)
         refuse_non_names("task_defs", tuple(self.task_defs))
         refuse_non_names("setting", (self.setting,))
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         missing = [t for t in self.tasks if t not in self.task_defs]
