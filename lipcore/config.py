@@ -63,6 +63,9 @@ class NetConfig(Section):
         return 2**self.scales if self.kind == "skip" else 2 ** (self.decoder_layers - 1)
 
 
+MIN_KNOWN = 0.01  # an inpainting mask must keep at least this share of the pixels
+
+
 @dataclass(frozen=True)
 class DegradationConfig(Section):
     """One task's degradation. `sigma=None` means the task default (25/255 for denoise, else 0)."""
@@ -78,8 +81,8 @@ class DegradationConfig(Section):
     def __post_init__(self) -> None:
         if self.task not in ("denoise", "inpaint", "sr", "cs"):
             raise ValueError(f"task must be one of denoise, inpaint, sr, cs; got {self.task!r}")
-        if not 0.01 <= self.keep < 1.0:  # lipcore.physics.MIN_KNOWN; 1 keeps every pixel: nothing to inpaint
-            raise ValueError(f"keep must be in [0.01, 1) (the share of pixels known), got {self.keep}")
+        if not MIN_KNOWN <= self.keep < 1.0:  # 1 keeps every pixel: nothing to inpaint
+            raise ValueError(f"keep must be in [{MIN_KNOWN}, 1) (the share of pixels known), got {self.keep}")
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if self.sigma is not None and self.sigma < 0:

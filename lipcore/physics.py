@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .config import DegradationConfig
+from .config import MIN_KNOWN, DegradationConfig
 from .metrics import psnr, psnr_y
 
 # A dense Gaussian CS matrix larger than this many entries (1 GiB in fp32) is refused: it would not fit.
@@ -217,9 +217,6 @@ def cs_measurements(ratio: float, n: int) -> int:
     if m * n > MAX_CS_ENTRIES:
         raise ValueError(f"a dense {m}x{n} Gaussian CS matrix is too large; use a smaller image (e.g. 64x64) or ratio")
     return m
-
-
-MIN_KNOWN = 0.01  # an inpainting mask must keep at least this share of the pixels
 
 
 def check_known_share(known: float) -> None:

@@ -135,6 +135,14 @@ PARAMS_ROWS = {
         _set("fit.rewind_iteration", 5),
         r"fit\.rewind_iteration: the pipeline sets it",
     ),
+    "a task's fit.rewind_iteration": (
+        _set("task_defs.denoise.fit.rewind_iteration", 5),
+        r"task_defs\.denoise\.fit\.rewind_iteration: the pipeline sets it from imp\.rewind_iteration; remove it",
+    ),
+    "gan.dip.fit.rewind_iteration": (
+        _set("gan.dip.fit.rewind_iteration", 2),
+        r"gan\.dip\.fit\.rewind_iteration: the pipeline sets it from imp\.rewind_iteration; remove it",
+    ),
     "a section given as null": (_set("fit", None), r"fit: expected a mapping of keys to values, got null"),
     "device gpu": (_set("device", "gpu"), r"device: device 'gpu' is not a device name: use 'auto', 'cpu'"),
     "sparsity 1": (_set("sparsity", 1.0), r"sparsity must be in \[0, 1\)"),

@@ -275,8 +275,8 @@ class Params(Section):
         with unrecorded():
             if self.net.out_channels != 3:
                 raise ValueError(f"net.out_channels: {self.net.out_channels}; the pipeline fits RGB images: use 3")
-            if self.fit.rewind_iteration is not None:
-                raise ValueError("fit.rewind_iteration: the pipeline sets it from imp.rewind_iteration; remove it")
+            for task in self.task_defs:  # each task's fit overrides must make a valid fit
+                self.fit_for(task)
         self._check_image_size()
         self._check_degradations()
         self._check_multi()
@@ -291,7 +291,7 @@ class Params(Section):
     def _check_image_size(self) -> None:
         """image_size must be a positive multiple of what the skip net and the deep-decoder baseline halve to."""
         with unrecorded():
-            decoder = 2 ** (self.evaluate.decoder_layers - 1)
+            decoder = NetConfig(kind="decoder", decoder_layers=self.evaluate.decoder_layers).downscale
             multiple = math.lcm(self.net.downscale, decoder)
         if self.image_size < 2 * multiple or self.image_size % multiple:
             raise ValueError(
@@ -360,7 +360,7 @@ class Params(Section):
                 raise ValueError(f"gan.dip.ticket: {dip.ticket!r} is not one of the problems {pairs} (<image>-<task>)")
             if dip.seed is not None and dip.seed not in self.seeds:
                 raise ValueError(f"gan.dip.seed: {dip.seed} is not one of seeds {list(self.seeds)}")
-            from_dict(FitConfig, {**dataclasses.asdict(self.fit), **dip.fit}, "gan.dip.fit")
+            self.gan_dip_fit()
 
     def gan_ticket(self) -> tuple[str, int]:
         """The problem and seed whose LIP ticket the GAN study's DIP baseline uses: gan.dip.ticket and gan.dip.seed,
@@ -390,9 +390,15 @@ class Params(Section):
 
     def _fit_with(self, over: dict, key: str, code: dict | None = None) -> FitConfig:
         """The `fit` section with `over` (the params at `key`) on top, then `code` (values the stage's code sets);
-        every field keeps the params key it came from, so that a stage records what it read (with_keys)."""
+        every field keeps the params key it came from, so that a stage records what it read (with_keys).
+        rewind_iteration is the code's (from imp.rewind_iteration): refused in the params, at either level."""
         code = code or {}
         with unrecorded():
+            for given, where in ((self.fit.rewind_iteration is not None, "fit"), ("rewind_iteration" in over, key)):
+                if given:
+                    raise ValueError(
+                        f"{where}.rewind_iteration: the pipeline sets it from imp.rewind_iteration; remove it"
+                    )
             cfg = from_dict(FitConfig, {**dataclasses.asdict(self.fit), **over, **code}, key)
         keys = {f.name: f"fit.{f.name}" for f in dataclasses.fields(FitConfig) if f.name not in code}
         keys.update({k: f"{key}.{k}" for k in over if k not in code})
@@ -480,14 +486,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ValueError(_short(f"{path} is not valid plain YAML: {err}")) from None
     try:
         params = from_dict(Params, data, key="")
-        with unrecorded():
-            for task in params.task_defs:  # each task's fit overrides must make a valid fit
-                params.fit_for(task)
-                if "rewind_iteration" in params.task(task).fit:
-                    raise ValueError(
-                        f"task_defs.{task}.fit.rewind_iteration: the pipeline sets it from imp.rewind_iteration; "
-                        "remove it"
-                    )
     except ValueError as err:
         raise ValueError(_short(f"{path}: {err}")) from err
     return params
