@@ -68,9 +68,10 @@ MIN_KNOWN = 0.01  # an inpainting mask must keep at least this share of the pixe
 
 @dataclass(frozen=True)
 class DegradationConfig(Section):
-    """One task's degradation. `sigma=None` means the task default (25/255 for denoise, else 0)."""
+    """One task's degradation (lipcore.physics: the task's Operator class). `sigma=None` means the task's
+    default (its class's default_sigma: 25/255 for denoise, else 0)."""
 
-    task: str = "denoise"  # denoise | inpaint | sr | cs
+    task: str = "denoise"  # a registered task (lipcore.physics.TASKS): denoise | inpaint | sr | cs
     sigma: float | None = None  # std of additive Gaussian noise on the observation, [0,1] scale
     keep: float = 0.5  # inpaint: fraction of pixels kept
     per_channel: bool = False  # inpaint: draw the Bernoulli mask per channel instead of per pixel
@@ -79,8 +80,9 @@ class DegradationConfig(Section):
     ratio: float = 0.25  # cs: m / n, number of measurements over number of unknowns
 
     def __post_init__(self) -> None:
-        if self.task not in ("denoise", "inpaint", "sr", "cs"):
-            raise ValueError(f"task must be one of denoise, inpaint, sr, cs; got {self.task!r}")
+        from .physics import task_class  # physics imports this module: the task classes are known by now
+
+        task_class(self.task)
         if not MIN_KNOWN <= self.keep < 1.0:  # 1 keeps every pixel: nothing to inpaint
             raise ValueError(f"keep must be in [{MIN_KNOWN}, 1) (the share of pixels known), got {self.keep}")
         if not 0.0 < self.ratio <= 1.0:
@@ -92,7 +94,9 @@ class DegradationConfig(Section):
     def noise_std(self) -> float:
         if self.sigma is not None:
             return float(self.sigma)
-        return 25.0 / 255.0 if self.task == "denoise" else 0.0
+        from .physics import task_class
+
+        return task_class(self.task).default_sigma
 
 
 @dataclass(frozen=True)

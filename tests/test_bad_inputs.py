@@ -109,7 +109,7 @@ PARAMS_ROWS = {
             _set("tasks", ["sr"]),
             _set("task_defs.sr", {"degradation": {"task": "sr", "factor": 8}}),
         ),
-        r"task_defs\.sr\.degradation\.factor: 8 does not divide image_size 12",
+        r"task_defs\.sr\.degradation\.factor: the SR factor 8 does not divide the image size 12x12",
     ),
     "cs matrix too large": (
         _sets(
@@ -117,7 +117,7 @@ PARAMS_ROWS = {
             _set("tasks", ["cs"]),
             _set("task_defs.cs", {"degradation": {"task": "cs", "ratio": 1.0}}),
         ),
-        r"task_defs\.cs\.degradation: a dense Gaussian CS matrix for 128 px",
+        r"task_defs\.cs\.degradation\.ratio: a dense 49152x49152 Gaussian CS matrix is too large",
     ),
     "net without channels": (_set("net.channels_down", 0), r"NetConfig\.channels_down must be >= 1 at every scale"),
     "net with negative channels": (_set("net.channels_up", [8, -4, 8]), r"channels_up must be >= 1 at every scale"),

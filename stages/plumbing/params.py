@@ -23,7 +23,7 @@ from lipcore.fista import FistaConfig
 from lipcore.gan_prune import DistillConfig
 from lipcore.imp import headline_round
 from lipcore.multi import Mode
-from lipcore.physics import cs_measurements
+from lipcore.physics import task_class
 from lipcore.runtime import resolve_device
 from lipcore.schema import Section, from_dict, shown, unrecorded, with_keys
 from lipcore.trials import ProtocolName
@@ -306,17 +306,10 @@ class Params(Section):
         for task in self.tasks:
             cfg = self.task_defs[task].degradation
             with unrecorded():
-                kind, factor, ratio = cfg.task, cfg.factor, cfg.ratio
-            where = f"task_defs.{task}.degradation"
-            if kind == "sr" and self.image_size % factor:
-                raise ValueError(f"{where}.factor: {factor} does not divide image_size {self.image_size}")
-            if kind == "cs":
-                try:
-                    cs_measurements(ratio, 3 * self.image_size**2)
+                try:  # the task's own rule (lipcore.physics); its message starts with the field at fault
+                    task_class(cfg.task).check_shape(cfg, (3, self.image_size, self.image_size))
                 except ValueError as err:
-                    raise ValueError(
-                        f"{where}: a dense Gaussian CS matrix for {self.image_size} px at ratio {ratio}: {err}"
-                    ) from None
+                    raise ValueError(f"task_defs.{task}.degradation.{err}") from None
 
     def _check_multi(self) -> None:
         """Each group's images are listed images (their single-image rounds are what the group is compared
