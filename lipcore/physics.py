@@ -45,6 +45,7 @@ class Operator(nn.Module):
     task: ClassVar[str] = ""
     default_sigma: ClassVar[float] = 0.0  # the noise std when the degradation's sigma is null
     paper_searches_clean: ClassVar[bool] = False  # protocol 'paper' searches its masks on the clean image
+    random_parts: ClassVar[tuple[str, ...]] = ()  # its buffers drawn by `sample`: the constructor's last arguments
 
     def __init__(self, image_shape: Shape, noise_std: float) -> None:
         super().__init__()
@@ -58,7 +59,7 @@ class Operator(nn.Module):
     @classmethod
     def build(cls, cfg: DegradationConfig, image_shape: Shape, parts: dict[str, Tensor]) -> Operator:
         """The operator with the given random parts (buffers by name, as `state_dict()` saves them)."""
-        return cls(image_shape, cfg.noise_std)
+        return cls(image_shape, cfg.noise_std, *(parts[name] for name in cls.random_parts))
 
     @classmethod
     def sample(
@@ -143,6 +144,7 @@ class Inpaint(Operator):
     """A = elementwise multiplication by a 0/1 mask of shape (1, 1 or C, H, W); 1 = pixel known."""
 
     task = "inpaint"
+    random_parts = ("mask",)
 
     def __init__(self, image_shape: Shape, noise_std: float, mask: Tensor) -> None:
         super().__init__(image_shape, noise_std)
@@ -162,10 +164,6 @@ class Inpaint(Operator):
 
     def display(self, y: Tensor) -> Tensor:
         return y
-
-    @classmethod
-    def build(cls, cfg: DegradationConfig, image_shape: Shape, parts: dict[str, Tensor]) -> Operator:
-        return cls(image_shape, cfg.noise_std, parts["mask"])
 
     @classmethod
     def sample(
@@ -286,6 +284,7 @@ class CompressiveSensing(Operator):
     """A = dense Gaussian matrix (m, n), entries N(0, 1/m), applied to the flattened image; y: (B, m)."""
 
     task = "cs"
+    random_parts = ("matrix",)
 
     def __init__(self, image_shape: Shape, noise_std: float, matrix: Tensor) -> None:
         super().__init__(image_shape, noise_std)
@@ -306,10 +305,6 @@ class CompressiveSensing(Operator):
             cs_measurements(cfg.ratio, math.prod(image_shape))
         except ValueError as err:
             raise ValueError(f"ratio: {err}") from None
-
-    @classmethod
-    def build(cls, cfg: DegradationConfig, image_shape: Shape, parts: dict[str, Tensor]) -> Operator:
-        return cls(image_shape, cfg.noise_std, parts["matrix"])
 
     @classmethod
     def sample(
