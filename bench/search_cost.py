@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lipcore import io  # noqa: E402
-from lipcore.config import SearchConfig, derive  # noqa: E402
+from lipcore.config import SearchConfig  # noqa: E402
 from lipcore.imp import find_ticket, headline_round  # noqa: E402
 from lipcore.physics import make_problem  # noqa: E402
 from lipcore.runtime import tune_cpu_allocator  # noqa: E402
+from lipcore.schema import derive  # noqa: E402
 from lipcore.scoring import shown_point  # noqa: E402
 from lipcore.seeding import derive_seed, generator  # noqa: E402
 from lipcore.trials import Trial, initialisation, search_problem, train_and_score  # noqa: E402

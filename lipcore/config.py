@@ -1,193 +1,15 @@
-"""Frozen configuration dataclasses, one per params section, built by `from_dict` (unknown keys and wrong
-types are refused with the key's path).
-
-Every section derives from `Section`, which can record which fields a caller reads (`recording_reads`):
-the pipeline's tests use it to prove that each DVC stage lists exactly the params keys its code reads.
+"""Frozen configuration dataclasses, one per params section of the library (net, fit, imp + imp.search, a task's
+degradation), built by `lipcore.schema.from_dict` (unknown keys, wrong types and values outside a Literal refused
+with the key's path); each derives from `lipcore.schema.Section`, which records the params keys a caller reads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import reprlib
-import types
-import typing
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal
 
-T = TypeVar("T")
-
-# While `recording_reads()` is active: the dotted params keys read so far (None: not recording).
-_reads: set[str] | None = None
-
-
-class Section:
-    """Base of every config dataclass. Instances built by `from_dict(..., key=...)` know the params key of
-    each field and, while `recording_reads()` is active, record every field read as that key.
-
-    A field holding a nested Section (or a dict of them) is not itself recorded: the nested section records
-    the fields read from it, so that reading `imp.fraction` does not count as reading all of `imp`.
-    """
-
-    def __getattribute__(self, name: str) -> Any:
-        value = object.__getattribute__(self, name)
-        if _reads is not None:
-            keys = object.__getattribute__(self, "__dict__").get("_keys")
-            if keys is not None and name in keys and not _holds_sections(value):
-                _reads.add(keys[name])
-        return value
-
-
-def _holds_sections(value: Any) -> bool:
-    if isinstance(value, Section):
-        return True
-    return isinstance(value, dict) and bool(value) and all(isinstance(v, Section) for v in value.values())
-
-
-@contextlib.contextmanager
-def recording_reads() -> Iterator[set[str]]:
-    """Collect the dotted params keys read from key-aware sections inside the block."""
-    global _reads
-    outer, _reads = _reads, set()
-    try:
-        yield _reads
-    finally:
-        _reads = outer
-
-
-@contextlib.contextmanager
-def unrecorded() -> Iterator[None]:
-    """Reads inside the block are not recorded (building and checking configs reads every field)."""
-    global _reads
-    outer, _reads = _reads, None
-    try:
-        yield
-    finally:
-        _reads = outer
-
-
-_SHOWN = reprlib.Repr()
-_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 100, 100
-_SHOWN.maxdict = _SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxset = 6
-SHOWN_CHARS = 120  # the most of one value an error message shows
-
-
-def shown(value: Any) -> str:
-    """repr(value) cut short for an error message: a huge value (a megabyte list, a long string) must not make
-    a megabyte message."""
-    text = _SHOWN.repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
-
-
-def _set_keys(section: Section, keys: dict[str, str]) -> None:
-    object.__setattr__(section, "_keys", keys)  # in __dict__, not a field: eq, repr and asdict ignore it
-
-
-def from_dict(cls: type[T], data: dict[str, Any] | None, key: str | None = None) -> T:
-    """Build dataclass `cls` from a plain dict: nested sections, tuples and dicts converted, unknown keys and
-    wrong types refused with the offending key.
-
-    key: the section's own params key ("" for the root of a params file); the built sections then record
-    their reads as params keys (see Section). None: a config that does not come from params (no recording).
-    """
-    with unrecorded():
-        return _from_dict(cls, data, key)
-
-
-def _from_dict(cls: type[T], data: dict[str, Any] | None, key: str | None) -> T:
-    where = f"{key}." if key else ""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{key or cls.__name__}: expected a mapping of keys to values, got {shown(data)}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"{key or cls.__name__}: unknown key(s) {[where + u for u in unknown]}; allowed keys are {sorted(fields)}"
-        )
-    hints = typing.get_type_hints(cls)
-    recorded = key is not None
-    values = {name: _convert(value, hints[name], where + name, recorded) for name, value in data.items()}
-    for name in set(fields) - set(values):  # absent nested sections: their defaults, key-aware too
-        if isinstance(hints[name], type) and issubclass(hints[name], Section):
-            values[name] = from_dict(hints[name], {}, where + name if recorded else None)
-    try:
-        obj = cls(**values)
-    except TypeError as err:  # a required key is missing
-        raise ValueError(f"{key or cls.__name__}: {err}") from err
-    except ValueError as err:
-        raise ValueError(f"{key}: {err}" if key else str(err)) from err
-    if isinstance(obj, Section) and key is not None:
-        _set_keys(obj, {name: where + name for name in fields})
-    return obj
-
-
-def derive(cfg: T, **changes: Any) -> T:
-    """dataclasses.replace that keeps the params keys of the unchanged fields (see Section)."""
-    with unrecorded():  # copying every field is not reading it; the copy records its own reads
-        new = dataclasses.replace(cfg, **changes)
-    keys = object.__getattribute__(cfg, "__dict__").get("_keys")
-    if keys is not None:
-        _set_keys(new, {k: v for k, v in keys.items() if k not in changes})
-    return new
-
-
-def with_keys(cfg: T, keys: dict[str, str]) -> T:
-    """`cfg` whose fields are recorded as the given params keys (for a section merged from several)."""
-    _set_keys(cfg, keys)
-    return cfg
-
-
-_SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-def _convert(value: Any, hint: Any, key: str, recorded: bool) -> Any:
-    """`value` checked against (and shaped to) the type hint `hint`; errors name `key`; nested sections
-    record their reads as keys under `key` if `recorded`."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in args:
-            try:
-                return _convert(value, option, key, recorded)
-            except ValueError as err:  # "key: expected X, got V" -> "expected X"
-                errors.append(str(err).split(": ", 1)[-1].rsplit(", got ", 1)[0].removeprefix("expected "))
-        raise ValueError(f"{key}: expected {' or '.join(errors)}, got {shown(value)}")
-    if hint is type(None):
-        if value is not None:
-            raise ValueError(f"{key}: expected null, got {shown(value)}")
-        return None
-    if isinstance(hint, type) and issubclass(hint, Section):
-        if value is None:  # `fit:` with nothing under it would silently mean every default
-            raise ValueError(f"{key}: expected a mapping of keys to values, got null (delete the key for defaults)")
-        return from_dict(hint, value, key if recorded else None)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {shown(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]", recorded) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ValueError(f"{key}: expected a list of {len(args)} values, got {shown(value)}")
-        return tuple(_convert(v, a, f"{key}[{i}]", recorded) for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a mapping, got {shown(value)}")
-        return {k: _convert(v, args[1], f"{key}.{k}", recorded) for k, v in value.items()}
-    if hint in _SCALARS:
-        ok = isinstance(value, hint) and not (hint is not bool and isinstance(value, bool))
-        if hint is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not ok:
-            raise ValueError(f"{key}: expected {_SCALARS[hint]}, got {shown(value)}")
-        if hint is float and not math.isfinite(value):  # YAML's .nan / .inf
-            raise ValueError(f"{key}: expected a finite number, got {shown(value)}")
-        return value
-    return value
+from .schema import Section, derive
 
 
 def _per_scale(value: int | list[int] | tuple[int, ...], scales: int, what: str) -> tuple[int, ...]:
@@ -207,29 +29,21 @@ class NetConfig(Section):
     Per-scale fields accept one int (used at every scale) or a list with one entry per scale.
     """
 
-    kind: str = "skip"
+    kind: Literal["skip", "decoder"] = "skip"
     in_channels: int = 32
     out_channels: int = 3
     scales: int = 5
     channels_down: int | tuple[int, ...] = 128
     channels_up: int | tuple[int, ...] = 128
     channels_skip: int | tuple[int, ...] = 4
-    upsample: str = "bilinear"
-    pad: str = "reflection"
-    act: str = "leaky_relu"
+    upsample: Literal["bilinear", "nearest"] = "bilinear"
+    pad: Literal["reflection", "zero"] = "reflection"
+    act: Literal["leaky_relu", "relu", "elu"] = "leaky_relu"
     decoder_channels: int = 64
     decoder_layers: int = 6
     input_scale: float = 0.1  # z ~ U[0, input_scale), as in DIP's get_noise(..., 'noise') * 1/10
 
     def __post_init__(self) -> None:
-        if self.kind not in ("skip", "decoder"):
-            raise ValueError(f"NetConfig.kind must be 'skip' or 'decoder', got {self.kind!r}")
-        if self.upsample not in ("bilinear", "nearest"):
-            raise ValueError(f"NetConfig.upsample must be 'bilinear' or 'nearest', got {self.upsample!r}")
-        if self.pad not in ("reflection", "zero"):
-            raise ValueError(f"NetConfig.pad must be 'reflection' or 'zero', got {self.pad!r}")
-        if self.act not in ("leaky_relu", "relu", "elu"):
-            raise ValueError(f"NetConfig.act must be 'leaky_relu', 'relu' or 'elu', got {self.act!r}")
         if self.scales < 1:
             raise ValueError(f"NetConfig.scales must be >= 1, got {self.scales}")
         for name in ("in_channels", "out_channels", "decoder_channels", "decoder_layers"):
@@ -249,25 +63,28 @@ class NetConfig(Section):
         return 2**self.scales if self.kind == "skip" else 2 ** (self.decoder_layers - 1)
 
 
+MIN_KNOWN = 0.01  # an inpainting mask must keep at least this share of the pixels
+
+
 @dataclass(frozen=True)
 class DegradationConfig(Section):
-    """One task's degradation. `sigma=None` means the task default (25/255 for denoise, else 0)."""
+    """One task's degradation (lipcore.physics: the task's Operator class). `sigma=None` means the task's
+    default (its class's default_sigma: 25/255 for denoise, else 0)."""
 
-    task: str = "denoise"  # denoise | inpaint | sr | cs
+    task: str = "denoise"  # a registered task (lipcore.physics.TASKS): denoise | inpaint | sr | cs
     sigma: float | None = None  # std of additive Gaussian noise on the observation, [0,1] scale
     keep: float = 0.5  # inpaint: fraction of pixels kept
     per_channel: bool = False  # inpaint: draw the Bernoulli mask per channel instead of per pixel
     mask: str | None = None  # inpaint: path of a mask image (white = known) instead of a random mask
-    factor: int = 4  # sr: downscaling factor (2, 4 or 8)
+    factor: Literal[2, 4, 8] = 4  # sr: downscaling factor
     ratio: float = 0.25  # cs: m / n, number of measurements over number of unknowns
 
     def __post_init__(self) -> None:
-        if self.task not in ("denoise", "inpaint", "sr", "cs"):
-            raise ValueError(f"task must be one of denoise, inpaint, sr, cs; got {self.task!r}")
-        if not 0.01 <= self.keep < 1.0:  # lipcore.physics.MIN_KNOWN; 1 keeps every pixel: nothing to inpaint
-            raise ValueError(f"keep must be in [0.01, 1) (the share of pixels known), got {self.keep}")
-        if self.factor not in (2, 4, 8):
-            raise ValueError(f"factor must be 2, 4 or 8, got {self.factor}")
+        from .physics import task_class  # physics imports this module: the task classes are known by now
+
+        task_class(self.task)
+        if not MIN_KNOWN <= self.keep < 1.0:  # 1 keeps every pixel: nothing to inpaint
+            raise ValueError(f"keep must be in [{MIN_KNOWN}, 1) (the share of pixels known), got {self.keep}")
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if self.sigma is not None and self.sigma < 0:
@@ -277,7 +94,9 @@ class DegradationConfig(Section):
     def noise_std(self) -> float:
         if self.sigma is not None:
             return float(self.sigma)
-        return 25.0 / 255.0 if self.task == "denoise" else 0.0
+        from .physics import task_class
+
+        return task_class(self.task).default_sigma
 
 
 @dataclass(frozen=True)
@@ -297,15 +116,13 @@ class FitConfig(Section):
     # fp32: the same arithmetic on every CPU, so results reproduce across machines (and bf16 was slower at 64 px
     # even on a CPU with native bf16: README "Precision"). bf16: autocast of the forward; weights and Adam stay
     # fp32. auto: bf16 where the device runs it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else fp32.
-    precision: str = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     channels_last: bool = False  # NHWC activations (helps some conv backends; measure with bench/compare.py)
     # CUDA only: let cuDNN time its conv algorithms on the first steps and keep the fastest for the fixed
     # shapes of a fit. Off until measured on a GPU (bench/compare.py --variants lip lip-cudnn-benchmark).
     cudnn_benchmark: bool = False
 
     def __post_init__(self) -> None:
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if not self.lr > 0:
@@ -375,7 +192,7 @@ class ImpConfig(Section):
     search fits run, and the chain of rounds."""
 
     fraction: float = 0.2  # of the REMAINING prunable weights removed per round: nominal sparsity 1 - (1-f)^k
-    scope: str = "global"  # global | layer
+    scope: Literal["global", "layer"] = "global"
     keep_input_dense: bool = False  # paper-compatible: layers reading z are ranked but kept dense
     rewind_iteration: int = 0  # 0: rewind to theta_0; k > 0: late rewinding to round 0's weights at iteration k
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
@@ -385,8 +202,6 @@ class ImpConfig(Section):
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction < 1.0:
             raise ValueError(f"prune fraction must be in (0, 1), got {self.fraction}")
-        if self.scope not in ("global", "layer"):
-            raise ValueError(f"prune scope must be 'global' or 'layer', got {self.scope!r}")
         if self.rewind_iteration < 0:
             raise ValueError(f"rewind_iteration must be >= 0, got {self.rewind_iteration}")
         object.__setattr__(self, "chain", round_chain(self.chain))

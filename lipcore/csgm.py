@@ -16,13 +16,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .config import Section
 from .gan import IMAGE_SIZE
 from .runtime import cuda_flags
+from .schema import Section
 
 N_PIXELS = 3 * IMAGE_SIZE * IMAGE_SIZE  # n: the generator's RGB output, 12,288 values
 
 LOSSES = ("ls", "mom")
+
+
+def check_measurements(key: str, counts: tuple[int, ...]) -> None:
+    """Refuse measurement counts outside 1..N_PIXELS (the one rule for gan.cs.m, gan.cs.robust_m and a stage's --m)."""
+    bad = [m for m in counts if not 0 < m <= N_PIXELS]
+    if bad:
+        raise ValueError(
+            f"{key}: {bad} measurements; each must be in 1..{N_PIXELS} (the values of a {IMAGE_SIZE}x{IMAGE_SIZE} RGB "
+            "image)"
+        )
 
 
 @dataclass(frozen=True)
@@ -41,13 +51,8 @@ class CsgmConfig(Section):
     mom_block: int = 20  # median-of-means block size (rows)
 
     def __post_init__(self) -> None:
-        n = N_PIXELS
         object.__setattr__(self, "m", tuple(self.m))
-        bad = [m for m in (*self.m, self.robust_m) if not 0 < m <= n]
-        if bad:
-            raise ValueError(
-                f"m: {bad} measurements; each must be in 1..{n} (the values of a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image)"
-            )
+        check_measurements("m", (*self.m, self.robust_m))
         if not self.m:
             raise ValueError("m: the list is empty; give at least one measurement count")
         if self.noise_std < 0 or not self.lr > 0 or self.iterations < 1 or self.restarts < 1:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import Section
 from .runtime import cuda_flags
+from .schema import Section
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .config import Section
 from .prune import Mask, apply_mask, dense_mask, magnitude_prune, prunable
 from .runtime import cuda_flags
+from .schema import Section
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 
 from . import prune
-from .config import FitConfig, ImpConfig, NetConfig, SearchConfig, derive
+from .config import FitConfig, ImpConfig, NetConfig, SearchConfig
 from .fit import StopCheck, fit
 from .nets import net_from_state
 from .physics import Problem
+from .schema import derive
 
 # ---------------------------------------------------------------- the schedule
 

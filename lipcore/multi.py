@@ -17,6 +17,7 @@ mode is the single-image fit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,8 @@ from torch import Tensor, nn
 from .config import DegradationConfig
 from .physics import Operator, Problem
 
-MODES = ("shared", "average")
+Mode = Literal["shared", "average"]  # params multi.modes
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 class GroupOperator(Operator):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -18,11 +18,12 @@ from .config import FitConfig, ImpConfig, NetConfig
 from .fit import FitJob, FitResult, fit_many
 from .imp import early_bird_stop, round_fit_cfg
 from .nets import build_net, make_input, net_from_state, skeleton
-from .physics import Denoise, Problem
+from .physics import Denoise, Problem, task_class
 from .scoring import fit_scores
 from .seeding import generator
 
-PROTOCOLS = ("paper", "blind")
+ProtocolName = Literal["paper", "blind"]  # params `protocol` (see search_problem)
+PROTOCOLS: tuple[str, ...] = get_args(ProtocolName)
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,13 @@ log = logging.getLogger(__name__)
 def search_problem(problem: Problem, protocol: str) -> Problem:
     """The problem the masks are searched on.
 
-    'paper' reproduces the LIP code: denoising masks are searched by fitting the CLEAN image (an oracle
-    setting); other tasks search on the observation. 'blind' always searches on the observation.
+    'paper' reproduces the LIP code: denoising masks (a task whose class sets paper_searches_clean) are searched
+    by fitting the CLEAN image (an oracle setting); other tasks search on the observation. 'blind' always
+    searches on the observation.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if protocol == "paper" and problem.degradation.task == "denoise":
+    if protocol == "paper" and task_class(problem.degradation.task).paper_searches_clean:
         return Problem(Denoise(problem.op.image_shape, 0.0), problem.x_true, problem.x_true, problem.degradation)
     return problem
 

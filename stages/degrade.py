@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from lipcore import io
-from lipcore.physics import Operator, make_problem
+from lipcore.physics import make_problem
 from lipcore.seeding import generator
 
 from .plumbing import artifacts, entry, layout
@@ -50,16 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     with layout.DEGRADE_OUT.write(args.out) as tmp:
         artifacts.save_problem(tmp, problem, {"image": str(args.image), "name": args.name})
         io.save_png(x_true, tmp / layout.CLEAN_PNG)
-        io.save_png(display(problem.op, problem.y), tmp / layout.DEGRADED_PNG)
-
-
-def display(op: Operator, y: torch.Tensor) -> torch.Tensor:
-    """A viewable picture of the observation: the image itself, or A^T y for SR (upsampled) and CS."""
-    if op.task in ("denoise", "inpaint"):
-        return y
-    if op.task == "sr":
-        return torch.nn.functional.interpolate(y, scale_factor=op.factor, mode="nearest")
-    return op.adjoint(y).clamp(0, 1)
+        io.save_png(problem.op.display(problem.y), tmp / layout.DEGRADED_PNG)  # the task's picture of y
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ PARAMS_ROWS = {
             _set("tasks", ["sr"]),
             _set("task_defs.sr", {"degradation": {"task": "sr", "factor": 8}}),
         ),
-        r"task_defs\.sr\.degradation\.factor: 8 does not divide image_size 12",
+        r"task_defs\.sr\.degradation\.factor: the SR factor 8 does not divide the image size 12x12",
     ),
     "cs matrix too large": (
         _sets(
@@ -117,7 +117,7 @@ PARAMS_ROWS = {
             _set("tasks", ["cs"]),
             _set("task_defs.cs", {"degradation": {"task": "cs", "ratio": 1.0}}),
         ),
-        r"task_defs\.cs\.degradation: a dense Gaussian CS matrix for 128 px",
+        r"task_defs\.cs\.degradation\.ratio: a dense 49152x49152 Gaussian CS matrix is too large",
     ),
     "net without channels": (_set("net.channels_down", 0), r"NetConfig\.channels_down must be >= 1 at every scale"),
     "net with negative channels": (_set("net.channels_up", [8, -4, 8]), r"channels_up must be >= 1 at every scale"),
@@ -135,6 +135,14 @@ PARAMS_ROWS = {
         _set("fit.rewind_iteration", 5),
         r"fit\.rewind_iteration: the pipeline sets it",
     ),
+    "a task's fit.rewind_iteration": (
+        _set("task_defs.denoise.fit.rewind_iteration", 5),
+        r"task_defs\.denoise\.fit\.rewind_iteration: the pipeline sets it from imp\.rewind_iteration; remove it",
+    ),
+    "gan.dip.fit.rewind_iteration": (
+        _set("gan.dip.fit.rewind_iteration", 2),
+        r"gan\.dip\.fit\.rewind_iteration: the pipeline sets it from imp\.rewind_iteration; remove it",
+    ),
     "a section given as null": (_set("fit", None), r"fit: expected a mapping of keys to values, got null"),
     "device gpu": (_set("device", "gpu"), r"device: device 'gpu' is not a device name: use 'auto', 'cpu'"),
     "sparsity 1": (_set("sparsity", 1.0), r"sparsity must be in \[0, 1\)"),
@@ -144,13 +152,13 @@ PARAMS_ROWS = {
     ),
     "broken chain": (_set("imp.chain", [[2, 1]]), r"imp: chain entry 1 is \[2, 1\]; expected \[1, 0\]"),
     "prune fraction 1": (_set("imp.fraction", 1.0), r"imp: prune fraction must be in \(0, 1\)"),
-    "unknown protocol": (_set("protocol", "oracle"), r"protocol must be one of"),
+    "unknown protocol": (_set("protocol", "oracle"), r"protocol: expected one of \['paper', 'blind'\], got 'oracle'"),
     "inpaint keeps nothing": (_set("task_defs.inpaint.degradation.keep", 0.0), r"keep must be in \[0\.01, 1\)"),
     "inpaint keeps everything": (_set("task_defs.inpaint.degradation.keep", 1.0), r"keep must be in \[0\.01, 1\)"),
     "net scales zero": (_set("net.scales", 0), r"net: NetConfig\.scales must be >= 1"),
     "unknown transfer pairs": (
         _set("transfer.pairs", "some"),
-        r"transfer: pairs must be one of \['all', 'across_tasks'",
+        r"transfer\.pairs: expected one of \['all', 'across_tasks', 'across_images'\], got 'some'",
     ),
     "setting with a slash": (_set("setting", "study/one"), r"setting: 'study/one' is not a name"),
     # names go into dvc.yaml's shell commands (--name ${item.image}): shell code, spaces, options refused at load
@@ -210,7 +218,10 @@ PARAMS_ROWS = {
         ),
         r"multi\.task: 'inpaint' is not one of tasks \['denoise'\]",
     ),
-    "multi-image mode unknown": (_set("multi.modes", ["mean"]), r"multi: modes: unknown mode\(s\) \['mean'\]"),
+    "multi-image mode unknown": (
+        _set("multi.modes", ["mean"]),
+        r"multi\.modes\[0\]: expected one of \['shared', 'average'\], got 'mean'",
+    ),
     "multi-image rounds off the chain": (
         _sets(
             _set("images", ["f16", "baby", "kate"]),

@@ -1,15 +1,7 @@
 import pytest
 
-from lipcore.config import (
-    DegradationConfig,
-    FitConfig,
-    ImpConfig,
-    NetConfig,
-    SearchConfig,
-    derive,
-    from_dict,
-    recording_reads,
-)
+from lipcore.config import DegradationConfig, FitConfig, ImpConfig, NetConfig, SearchConfig
+from lipcore.schema import derive, from_dict, recording_reads
 
 
 def test_from_dict_rejects_unknown_keys_and_names_them():
@@ -123,3 +115,43 @@ def test_the_paper_params_file_runs_each_task_at_its_published_fit_settings():
         got, published = params.fit_for(task), PUBLISHED_FIT[task]
         for key in ("iterations", "lr", "reg_noise_std", "ema_weight"):
             assert getattr(got, key) == getattr(published, key), (task, key, getattr(got, key))
+
+
+def test_literal_fields_accept_only_their_values_naming_the_key():
+    with pytest.raises(ValueError, match=r"net\.act: expected one of \['leaky_relu', 'relu', 'elu'\], got 'tanh'"):
+        from_dict(NetConfig, {"act": "tanh"}, "net")
+    with pytest.raises(ValueError, match=r"^factor: expected one of \[2, 4, 8\], got 3$"):
+        DegradationConfig(task="sr", factor=3)  # built directly: the field's name
+    with pytest.raises(ValueError, match=r"factor: expected one of \[2, 4, 8\], got True"):
+        from_dict(DegradationConfig, {"factor": True})  # a bool is not the integer 1
+    assert from_dict(FitConfig, {"precision": "bf16"}, "fit").precision == "bf16"
+
+
+def test_a_literal_in_a_union_or_a_tuple_is_checked_too():
+    from dataclasses import dataclass
+    from typing import Literal
+
+    from lipcore.schema import Section
+
+    @dataclass(frozen=True)
+    class Choice(Section):
+        one: Literal["a", "b"] | None = None
+        many: tuple[Literal[1, 2], ...] = ()
+
+    assert from_dict(Choice, {"one": None, "many": [2, 1]}).many == (2, 1)
+    with pytest.raises(ValueError, match=r"choice\.one: expected one of \['a', 'b'\] or null, got 'c'"):
+        from_dict(Choice, {"one": "c"}, "choice")
+    with pytest.raises(ValueError, match=r"^many\[1\]: expected one of \[1, 2\], got 3$"):
+        Choice(many=(1, 3))
+
+
+def test_mark_read_records_a_section_as_a_whole():
+    from lipcore.schema import mark_read
+
+    imp = from_dict(ImpConfig, {}, "imp")
+    with recording_reads() as reads:
+        mark_read(imp.search)
+    assert reads == {"imp.search"}
+    mark_read(SearchConfig())  # not recording: nothing to do
+    with recording_reads(), pytest.raises(ValueError, match="not built from params"):
+        mark_read(SearchConfig())

@@ -100,7 +100,7 @@ def test_the_solver_runs_on_a_non_cpu_device():
     ],
 )
 def test_cs_settings_are_checked(change, message):
-    from lipcore.config import from_dict
+    from lipcore.schema import from_dict
 
     with pytest.raises(ValueError, match=message):
         from_dict(csgm.CsgmConfig, change, key="gan.cs")

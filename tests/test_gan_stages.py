@@ -73,7 +73,7 @@ def test_gan_cs_refuses_measurement_counts_outside_1_to_n(project, monkeypatch, 
     monkeypatch.chdir(project)
     out = project / "outs/gan/cs/bad"
     args = ["--m", m, "--rounds", "outs/gan/rounds", "--testset", "outs/gan/testset", "--faces", "data/faces"]
-    with pytest.raises(ValueError, match=f"--m {m}: the measurements must number 1..12288"):
+    with pytest.raises(ValueError, match=rf"--m: \[{m}\] measurements; each must be in 1\.\.12288"):
         gan_cs.main([*args, "--out", str(out)])
     assert not out.exists()
 

@@ -1,13 +1,13 @@
 """Every DVC stage lists exactly the params keys its code reads: no stale cache from an unlisted key, no
 needless rerun from a listed one. Each stage's own command runs in-process on tiny params while the params
-tree records every key read (lipcore.config.recording_reads); DVC resolves the stages and their lists."""
+tree records every key read (lipcore.schema.recording_reads); DVC resolves the stages and their lists."""
 
 from collections import defaultdict
 
 import pytest
 from dvc.dependency.param import ParamsDependency
 
-from lipcore.config import recording_reads
+from lipcore.schema import recording_reads
 from tests.conftest import dvc_stages, make_project, run_stage_in_process, tiny_params
 
 

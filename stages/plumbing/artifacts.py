@@ -12,11 +12,12 @@ import numpy as np
 from torch import Tensor
 
 from lipcore import io, prune
-from lipcore.config import DegradationConfig, FitConfig, NetConfig, from_dict, unrecorded
+from lipcore.config import DegradationConfig, FitConfig, NetConfig
 from lipcore.fit import FitResult
 from lipcore.nets import skeleton
 from lipcore.physics import Problem, operator_from_state
 from lipcore.runtime import cuda_numerics, resolve_device, resolve_precision
+from lipcore.schema import from_dict, unrecorded
 from lipcore.scoring import reported_images
 from lipcore.trials import Outcome
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lipcore import io, prune
-from lipcore.csgm import N_PIXELS, Recovery, gaussian_matrix, measure, recover, with_outliers
+from lipcore.csgm import N_PIXELS, Recovery, check_measurements, gaussian_matrix, measure, recover, with_outliers
 from lipcore.gan import IMAGE_SIZE, LATENT_DIM, DCGANGenerator, face_image, in_range_images, load_generator
 from lipcore.gan_prune import rewound
 from lipcore.metrics import mse, psnr_from_mse
@@ -102,13 +102,6 @@ def generators(params: Params, rounds: Path) -> dict[str, nn.Module]:
 # ---------------------------------------------------------------- measurements and the latent search
 
 
-def check_m(m: int) -> None:
-    if not 0 < m <= N_PIXELS:
-        raise ValueError(
-            f"--m {m}: the measurements must number 1..{N_PIXELS} (the values of a {IMAGE_SIZE}x{IMAGE_SIZE} RGB image)"
-        )
-
-
 def measurements(
     params: Params, m: int, x: Tensor, outliers: bool = False, stream: str = "test"
 ) -> tuple[Tensor, Tensor]:
@@ -127,7 +120,7 @@ def measurements(
 
 def measured_testset(params: Params, testset: Path, m: int) -> tuple[Tensor, list[str], list[str], Tensor, Tensor]:
     """The test set and its measurements at m, as gan_cs and gan_dip both see them: (x, names, kinds, A, y)."""
-    check_m(m)
+    check_measurements("--m", (m,))
     x, names, kinds = load_testset(testset)
     return x, names, kinds, *measurements(params, m, x)
 

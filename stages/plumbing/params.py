@@ -2,7 +2,7 @@
 
 Sections are lipcore's configs (net, fit, imp, each task's degradation); the pipeline adds the top-level
 keys, task_defs and evaluate. Unknown keys and wrong types are refused at every level with the key's path.
-Every field records its params key when read (lipcore.config.recording_reads): tests/test_params_deps.py
+Every field records its params key when read (lipcore.schema.recording_reads): tests/test_params_deps.py
 checks that each DVC stage lists exactly the keys its code reads.
 """
 
@@ -13,29 +13,20 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
-from lipcore.config import (
-    DegradationConfig,
-    FitConfig,
-    ImpConfig,
-    NetConfig,
-    Section,
-    from_dict,
-    round_chain,
-    shown,
-    unrecorded,
-    with_keys,
-)
+from lipcore.config import DegradationConfig, FitConfig, ImpConfig, NetConfig, round_chain
 from lipcore.csgm import CsgmConfig
 from lipcore.fista import FistaConfig
 from lipcore.gan_prune import DistillConfig
 from lipcore.imp import headline_round
-from lipcore.physics import cs_measurements
+from lipcore.multi import Mode
+from lipcore.physics import task_class
 from lipcore.runtime import resolve_device
-from lipcore.trials import PROTOCOLS
+from lipcore.schema import Section, from_dict, shown, unrecorded, with_keys
+from lipcore.trials import ProtocolName
 
 from . import layout
 
@@ -90,7 +81,8 @@ def refuse_non_names(key: str, names) -> None:
             raise ValueError(f"{key}: {shown(name)} is not a name: {NAME_RULE}")
 
 
-TRANSFER_PAIRS = ("all", "across_tasks", "across_images")
+TransferPairs = Literal["all", "across_tasks", "across_images"]
+TRANSFER_PAIRS: tuple[str, ...] = get_args(TransferPairs)
 
 
 @dataclass(frozen=True)
@@ -98,11 +90,7 @@ class TransferConfig(Section):
     """Which (source, target) problems the transfer stage measures: every ordered pair, or only those that differ
     in the task alone (same image) or in the image alone (same task); each pair costs one fit per seed."""
 
-    pairs: str = "all"
-
-    def __post_init__(self) -> None:
-        if self.pairs not in TRANSFER_PAIRS:
-            raise ValueError(f"pairs must be one of {list(TRANSFER_PAIRS)}, got {self.pairs!r}")
+    pairs: TransferPairs = "all"
 
     def measures(self, source: tuple[str, str], target: tuple[str, str]) -> bool:
         """Whether the mask of problem `source` (image, task) is retrained on `target`."""
@@ -139,7 +127,7 @@ class MultiConfig(Section):
     """Multi-image LIP (lipcore.multi): IMP on groups of images at once, scored on held-out images."""
 
     task: str = "denoise"  # a key of task_defs: the task the groups' masks are searched and scored on
-    modes: tuple[str, ...] = ("shared",)  # shared | average (lipcore.multi)
+    modes: tuple[Mode, ...] = ("shared",)  # lipcore.multi
     rounds: tuple[int, ...] | None = None  # rounds scored on the held-out images; null: every round
     groups: dict[str, GroupDef] = dataclasses.field(default_factory=dict)
     # images of the groups fitted one by one on `task` only (not on every task, as `images` are): e.g. a face
@@ -147,16 +135,11 @@ class MultiConfig(Section):
     images: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from lipcore.multi import MODES
-
         refuse_non_names("groups", tuple(self.groups))
         refuse_non_names("multi.images", self.images)
         refuse_repeats("multi.images", self.images)
         if not self.modes:
             raise ValueError("modes: the list is empty; give shared, average or both")
-        unknown = sorted(set(self.modes) - set(MODES))
-        if unknown:
-            raise ValueError(f"modes: unknown mode(s) {unknown}; choose from {list(MODES)}")
         refuse_repeats("modes", self.modes)
 
     def group(self, name: str) -> GroupDef:
@@ -253,7 +236,7 @@ class Params(Section):
     tasks: tuple[str, ...]  # keys of task_defs
     task_defs: dict[str, TaskDef]
     setting: str = "default"  # names this setting's report folder, report/<setting>
-    protocol: str = "blind"  # paper | blind (lipcore.trials.search_problem)
+    protocol: ProtocolName = "blind"  # lipcore.trials.search_problem
     device: str = "auto"  # auto: CUDA when present, else CPU
     seed: int = 0  # root seed; all others are derived from it and names
     seeds: tuple[int, ...] = (0,)  # initialisations: theta_0, z and reg-noise stream
@@ -271,8 +254,6 @@ class Params(Section):
         refuse_non_names("tasks", self.tasks)
         refuse_non_names("task_defs", tuple(self.task_defs))
         refuse_non_names("setting", (self.setting,))
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         missing = [t for t in self.tasks if t not in self.task_defs]
@@ -294,8 +275,8 @@ class Params(Section):
         with unrecorded():
             if self.net.out_channels != 3:
                 raise ValueError(f"net.out_channels: {self.net.out_channels}; the pipeline fits RGB images: use 3")
-            if self.fit.rewind_iteration is not None:
-                raise ValueError("fit.rewind_iteration: the pipeline sets it from imp.rewind_iteration; remove it")
+            for task in self.task_defs:  # each task's fit overrides must make a valid fit
+                self.fit_for(task)
         self._check_image_size()
         self._check_degradations()
         self._check_multi()
@@ -310,7 +291,7 @@ class Params(Section):
     def _check_image_size(self) -> None:
         """image_size must be a positive multiple of what the skip net and the deep-decoder baseline halve to."""
         with unrecorded():
-            decoder = 2 ** (self.evaluate.decoder_layers - 1)
+            decoder = NetConfig(kind="decoder", decoder_layers=self.evaluate.decoder_layers).downscale
             multiple = math.lcm(self.net.downscale, decoder)
         if self.image_size < 2 * multiple or self.image_size % multiple:
             raise ValueError(
@@ -325,17 +306,10 @@ class Params(Section):
         for task in self.tasks:
             cfg = self.task_defs[task].degradation
             with unrecorded():
-                kind, factor, ratio = cfg.task, cfg.factor, cfg.ratio
-            where = f"task_defs.{task}.degradation"
-            if kind == "sr" and self.image_size % factor:
-                raise ValueError(f"{where}.factor: {factor} does not divide image_size {self.image_size}")
-            if kind == "cs":
-                try:
-                    cs_measurements(ratio, 3 * self.image_size**2)
+                try:  # the task's own rule (lipcore.physics); its message starts with the field at fault
+                    task_class(cfg.task).check_shape(cfg, (3, self.image_size, self.image_size))
                 except ValueError as err:
-                    raise ValueError(
-                        f"{where}: a dense Gaussian CS matrix for {self.image_size} px at ratio {ratio}: {err}"
-                    ) from None
+                    raise ValueError(f"task_defs.{task}.degradation.{err}") from None
 
     def _check_multi(self) -> None:
         """Each group's images are listed images (their single-image rounds are what the group is compared
@@ -379,7 +353,7 @@ class Params(Section):
                 raise ValueError(f"gan.dip.ticket: {dip.ticket!r} is not one of the problems {pairs} (<image>-<task>)")
             if dip.seed is not None and dip.seed not in self.seeds:
                 raise ValueError(f"gan.dip.seed: {dip.seed} is not one of seeds {list(self.seeds)}")
-            from_dict(FitConfig, {**dataclasses.asdict(self.fit), **dip.fit}, "gan.dip.fit")
+            self.gan_dip_fit()
 
     def gan_ticket(self) -> tuple[str, int]:
         """The problem and seed whose LIP ticket the GAN study's DIP baseline uses: gan.dip.ticket and gan.dip.seed,
@@ -409,9 +383,15 @@ class Params(Section):
 
     def _fit_with(self, over: dict, key: str, code: dict | None = None) -> FitConfig:
         """The `fit` section with `over` (the params at `key`) on top, then `code` (values the stage's code sets);
-        every field keeps the params key it came from, so that a stage records what it read (with_keys)."""
+        every field keeps the params key it came from, so that a stage records what it read (with_keys).
+        rewind_iteration is the code's (from imp.rewind_iteration): refused in the params, at either level."""
         code = code or {}
         with unrecorded():
+            for given, where in ((self.fit.rewind_iteration is not None, "fit"), ("rewind_iteration" in over, key)):
+                if given:
+                    raise ValueError(
+                        f"{where}.rewind_iteration: the pipeline sets it from imp.rewind_iteration; remove it"
+                    )
             cfg = from_dict(FitConfig, {**dataclasses.asdict(self.fit), **over, **code}, key)
         keys = {f.name: f"fit.{f.name}" for f in dataclasses.fields(FitConfig) if f.name not in code}
         keys.update({k: f"{key}.{k}" for k in over if k not in code})
@@ -499,14 +479,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ValueError(_short(f"{path} is not valid plain YAML: {err}")) from None
     try:
         params = from_dict(Params, data, key="")
-        with unrecorded():
-            for task in params.task_defs:  # each task's fit overrides must make a valid fit
-                params.fit_for(task)
-                if "rewind_iteration" in params.task(task).fit:
-                    raise ValueError(
-                        f"task_defs.{task}.fit.rewind_iteration: the pipeline sets it from imp.rewind_iteration; "
-                        "remove it"
-                    )
     except ValueError as err:
         raise ValueError(_short(f"{path}: {err}")) from err
     return params
