@@ -17,11 +17,10 @@ from pathlib import Path
 from lipcore import io
 from lipcore.imp import headline_round
 from lipcore.scoring import shown_point, summarise
-from lipcore.seeding import derive_seed
-from lipcore.trials import Trial, train_and_score
 
 from .plumbing import artifacts, entry, layout, live
 from .plumbing.params import Params, TransferConfig, load_params
+from .plumbing.retrain import retrain
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,6 @@ def measure(
     ids = [layout.pair_id(*p) for p in pairs]
     cells: dict[str, dict[str, list[dict]]] = {s: {s: []} for s in ids}
     for seed in params.seeds:
-        fit_seed = derive_seed(params.seed, "fit", seed)
         for (image, task), tgt in zip(pairs, ids):
             problem = artifacts.load_problem(degrade / tgt, params.task(task).degradation, image)
             start, z = artifacts.load_rewind(layout.round_dir(rounds_dir / tgt, seed, 0), params.net)
@@ -73,11 +71,19 @@ def measure(
                 continue
             log.info("seed %s: %d masks onto %s", seed, len(sources), tgt)
             rounds = [layout.round_dir(rounds_dir / src, seed, head) for src in sources]
-            trials = [
-                Trial(start, z, problem, artifacts.load_round_mask(r, params.net, head), fit_seed, label=f"{src}>{tgt}")
-                for r, src in zip(rounds, sources)
-            ]
-            outcomes = train_and_score(params.net, trials, params.fit_for(task), "blind", None, params.device)
+            outcomes = retrain(
+                net=params.net,
+                nets=[
+                    (start, artifacts.load_round_mask(r, params.net, head), f"{src}>{tgt}")
+                    for r, src in zip(rounds, sources)
+                ],
+                z=z,
+                problem=problem,
+                fit=params.fit_for(task),
+                root_seed=params.seed,
+                seed=seed,
+                device=params.device,
+            )
             for src, outcome in zip(sources, outcomes):
                 cells[src].setdefault(tgt, []).append(outcome.scores)
     return cells
