@@ -149,16 +149,7 @@ def retrain_seed(run: Run, seed: int, tally: Tally) -> None:
     planned, head_mask = plan_seed(run, seed, start, z, tally)
     log.info("seed %s: fitting %d baseline masks", seed, len(planned))
     nets = [(p.start, p.mask, f"{run.pid} s{seed} r{p.k} {p.method}") for p in planned]
-    outcomes = retrain(
-        net=run.params.net,
-        nets=nets,
-        z=z,
-        problem=run.problem,
-        fit=run.fit_cfg,
-        root_seed=run.params.seed,
-        seed=seed,
-        device=run.params.device,
-    )
+    outcomes = retrain(params=run.params, seed=seed, nets=nets, z=z, problem=run.problem, fit=run.fit_cfg)
     for p, res in zip(planned, outcomes):
         record(run, seed, p, res, tally)
     if run.head > 0:
@@ -292,16 +283,8 @@ def fit_decoder(
     dec = build_net(dec_cfg, generator(params.seed, "decoder", seed))
     z_dec = make_input(dec, *problem.x_true.shape[-2:], generator(params.seed, "decoder_z", seed))
     dec_fit = params.fit_for(task, reg_noise_std=0.0)  # the deep decoder uses no input noise
-    (res,) = retrain(
-        net=dec_cfg,
-        nets=[(dec.state_dict(), None, label)],
-        z=z_dec,
-        problem=problem,
-        fit=dec_fit,
-        root_seed=params.seed,
-        seed=seed,
-        device=params.device,
-    )
+    nets = [(dec.state_dict(), None, label)]
+    (res,) = retrain(params=params, seed=seed, nets=nets, z=z_dec, problem=problem, fit=dec_fit, net=dec_cfg)
     parameters = sum(p.numel() for p in dec.parameters())
     scores = {**res.scores, "channels": dec_cfg.decoder_channels, "parameters": parameters}
     return scores, reported_images(res.result, dec_fit)

@@ -72,16 +72,8 @@ def main(argv: list[str] | None = None) -> None:
                 masks["random_global"] = baseline_mask("random_global", net, start, z, problem, reference, gen)
                 planned += [(k, name, mask) for name, mask in masks.items()]
             log.info("seed %s: %d masks onto held-out %s", seed, len(planned), image)
-            outcomes = retrain(
-                net=net,
-                nets=[(start, mask, f"{image} s{seed} r{k} {name}") for k, name, mask in planned],
-                z=z,
-                problem=problem,
-                fit=fit_cfg,
-                root_seed=params.seed,
-                seed=seed,
-                device=params.device,
-            )
+            nets = [(start, mask, f"{image} s{seed} r{k} {name}") for k, name, mask in planned]
+            outcomes = retrain(params=params, seed=seed, nets=nets, z=z, problem=problem, fit=fit_cfg)
             for (k, name, mask), outcome in zip(planned, outcomes):
                 scores = {**outcome.scores, "sparsity": {"effective": prune.sparsity(mask)}}
                 rows.append({**where, "round": k, "method": name, **scores})

@@ -71,19 +71,9 @@ def measure(
                 continue
             log.info("seed %s: %d masks onto %s", seed, len(sources), tgt)
             rounds = [layout.round_dir(rounds_dir / src, seed, head) for src in sources]
-            outcomes = retrain(
-                net=params.net,
-                nets=[
-                    (start, artifacts.load_round_mask(r, params.net, head), f"{src}>{tgt}")
-                    for r, src in zip(rounds, sources)
-                ],
-                z=z,
-                problem=problem,
-                fit=params.fit_for(task),
-                root_seed=params.seed,
-                seed=seed,
-                device=params.device,
-            )
+            masks = [artifacts.load_round_mask(r, params.net, head) for r in rounds]
+            nets = [(start, mask, f"{src}>{tgt}") for mask, src in zip(masks, sources)]
+            outcomes = retrain(params=params, seed=seed, nets=nets, z=z, problem=problem, fit=params.fit_for(task))
             for src, outcome in zip(sources, outcomes):
                 cells[src].setdefault(tgt, []).append(outcome.scores)
     return cells

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from lipcore.config import FitConfig, NetConfig
@@ -17,6 +16,8 @@ from lipcore.physics import Problem
 from lipcore.prune import Mask
 from lipcore.seeding import derive_seed
 from lipcore.trials import Outcome, Trial, train_and_score
+
+from .params import Params
 
 
 def fit_stream(root_seed: int, seed: int) -> int:
@@ -28,17 +29,17 @@ def fit_stream(root_seed: int, seed: int) -> int:
 
 def retrain(
     *,
-    net: NetConfig,
+    params: Params,
+    seed: int,
     nets: Sequence[tuple[dict[str, Tensor], Mask | None, str]],
     z: Tensor,
     problem: Problem,
     fit: FitConfig,
-    root_seed: int,
-    seed: int,
-    device: str | torch.device | None,
+    net: NetConfig | None = None,
 ) -> list[Outcome]:
     """Train each (start, mask, label) of `nets` on `problem`'s observation and score it, with the fit stream of
-    initialisation `seed`: all in one batched fit_many call (the nets share `net`, z and the problem).
+    initialisation `seed` on params.device: all in one batched fit_many call (the nets share `net`, params.net
+    unless given (the deep decoder), z and the problem).
 
     Why one function: every paired comparison in the report sets a fit made here against an IMP round's own
     evaluation fit (or another made here) of the same seed, and is only paired while they run the same fit
@@ -52,6 +53,6 @@ def retrain(
     """
     if not nets:
         return []
-    stream = fit_stream(root_seed, seed)
+    stream = fit_stream(params.seed, seed)
     trials = [Trial(start, z, problem, mask, stream, label=label) for start, mask, label in nets]
-    return train_and_score(net, trials, fit, protocol="blind", imp=None, device=device)
+    return train_and_score(net or params.net, trials, fit, protocol="blind", imp=None, device=params.device)
