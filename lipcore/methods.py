@@ -86,6 +86,7 @@ class Method:
     claim: str | None = None  # the paper's claim it checks (the report's claims table); None: no row
     mask: MaskMaker | None = None
     start: StartMaker = rewind_start
+    curve: bool = True  # a baseline that may also be fitted at every round's sparsity (evaluate.curve_methods)
     late_rewinding_only: bool = False  # a control that only differs from LIP with imp.rewind_iteration > 0
     grid: bool = False  # shown in the per-problem image grid
     marker: int | None = None  # its rank among the headline markers of the PSNR-vs-sparsity figure (None: after
@@ -98,7 +99,7 @@ class Method:
 
     @property
     def selectable(self) -> bool:
-        """Chosen by name in params (evaluate.baselines, evaluate.curve_methods): a baseline mask."""
+        """Chosen by name in params (evaluate.baselines; evaluate.curve_methods if `curve`): a baseline mask."""
         return self.role == "baseline" and self.mask is not None
 
 
@@ -117,7 +118,7 @@ REGISTRY: dict[str, Method] = {
             "LIP ≈ dense DIP up to high sparsity",
             grid=True,
             headline="dense",
-        ),  # fmt: skip
+        ),
         Method("lip", "the LIP mask of the headline round", "reference", grid=True, headline="lip"),
         _baseline(
             "random_global",
@@ -200,16 +201,17 @@ def names(role: str | None = None) -> list[str]:
     return [n for n, m in REGISTRY.items() if role is None or m.role == role]
 
 
-def selectable() -> list[str]:
-    """The names params may list in evaluate.baselines and evaluate.curve_methods."""
-    return [n for n, m in REGISTRY.items() if m.selectable]
+def selectable(curve: bool = False) -> list[str]:
+    """The names params may list in evaluate.baselines (curve: in evaluate.curve_methods)."""
+    return [n for n, m in REGISTRY.items() if m.selectable and (m.curve or not curve)]
 
 
-def refuse_unknown(key: str, chosen: tuple[str, ...]) -> None:
-    """Refuse names in params that are not selectable methods, naming the registered ones."""
-    unknown = sorted(set(chosen) - set(selectable()))
+def refuse_unknown(key: str, chosen: tuple[str, ...], curve: bool = False) -> None:
+    """Refuse names in params that are not selectable methods (curve: curve methods), naming the registered ones."""
+    names = selectable(curve)
+    unknown = sorted(set(chosen) - set(names))
     if unknown:
-        raise ValueError(f"{key}: unknown method(s) {unknown}; choose from {selectable()}")
+        raise ValueError(f"{key}: unknown method(s) {unknown}; choose from {names}")
 
 
 def controls(rewind_iteration: int) -> list[str]:

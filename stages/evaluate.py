@@ -1,10 +1,12 @@
 """Stage evaluate: one image x task. Curves over all IMP rounds, and the headline at the target sparsity.
 
 Headline: LIP (the first round whose nominal sparsity reaches `sparsity`) vs the baselines of
-evaluate.baselines (random masks with exactly the same number of weights removed, globally and layer-wise
-matched; SNIP one-shot, at LIP's per-layer counts, iterative) vs the dense DIP vs a deep decoder with about
-as many parameters as the LIP net keeps, all from the same theta_0 (the rewind state); and the lottery-ticket
-controls, the LIP mask from a fresh theta_0 (reinit) or, with late rewinding, from theta_0 (lip_theta0).
+evaluate.baselines (methods of lipcore.methods, whose entries make their masks and starts: random masks with
+exactly the same number of weights removed, globally and layer-wise matched; SNIP one-shot, at LIP's per-layer
+counts, iterative) vs the dense DIP vs a deep decoder with about as many parameters as the LIP net keeps, all
+from the same theta_0 (the rewind state); and the lottery-ticket controls of lipcore.methods, the LIP mask from a
+fresh theta_0 (reinit) or, with late rewinding, from theta_0 (lip_theta0). Every mask is retrained by
+stages.plumbing.retrain, on the fit stream of the seed's IMP rounds.
 Scored at the oracle best, the last iterate and the ES-WMV stop; mean +- std over seeds, and every value
 per seed (results.json) for the report's paired statistics.
 
@@ -186,26 +188,18 @@ def plan_seed(
         if k == run.head:
             head_mask = lip_mask
         chosen = set(run.curve_methods) | (set(run.baselines) if k == run.head else set())
-        planned += [made(run, name, seed, k, start, z, lip_mask, starts) for name in sorted(chosen)]
+        planned += [made(run, name, seed, k, z, lip_mask, starts) for name in sorted(chosen)]
     # the controls: the LIP mask itself, from another start
-    planned += [made(run, name, seed, run.head, start, z, head_mask, starts) for name in run.controls]
+    planned += [made(run, name, seed, run.head, z, head_mask, starts) for name in run.controls]
     return planned, head_mask
 
 
-def made(
-    run: Run,
-    name: str,
-    seed: int,
-    k: int,
-    start: dict[str, Tensor],
-    z: Tensor,
-    lip_mask: Mask,
-    starts: methods.StartInputs,
-) -> Planned:
-    """Method `name`'s mask at round k (matched to `lip_mask`, from its own stream) and its start."""
+def made(run: Run, name: str, seed: int, k: int, z: Tensor, lip_mask: Mask, starts: methods.StartInputs) -> Planned:
+    """Method `name`'s mask at round k (matched to `lip_mask`, scored at LIP's start, from its own stream) and
+    its start."""
     method = methods.get(name)
     gen = generator(run.params.seed, name, run.args.name, run.args.task, seed, k)
-    inputs = methods.MaskInputs(run.params.net, start, z, run.problem, lip_mask, gen, run.params.device)
+    inputs = methods.MaskInputs(run.params.net, starts.rewind, z, run.problem, lip_mask, gen, run.params.device)
     return Planned(name, k, method.start(starts), method.mask(inputs))
 
 

@@ -4,6 +4,7 @@ module: tests/toy_method.py) runs through evaluate into the report; the retraini
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -135,6 +136,14 @@ def test_an_unknown_method_in_params_is_refused_with_the_registered_names(key):
         EvaluateConfig(**{key: ("toy",)})
     with methods.registered(toy_method.TOY):
         assert EvaluateConfig(**{key: ("toy",)})
+
+
+def test_a_baseline_kept_off_the_curves_is_refused_there_only():
+    headline_only = dataclasses.replace(toy_method.TOY, name="toy_headline_only", curve=False)
+    with methods.registered(headline_only):
+        assert EvaluateConfig(baselines=("toy_headline_only",))
+        with pytest.raises(ValueError, match=r"curve_methods: unknown method\(s\) \['toy_headline_only'\]"):
+            EvaluateConfig(curve_methods=("toy_headline_only",))
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ class EvaluateConfig(Section):
         from lipcore import methods
 
         for key in ("curve_methods", "baselines"):
-            methods.refuse_unknown(key, getattr(self, key))  # names the registered ones
+            methods.refuse_unknown(key, getattr(self, key), curve=key == "curve_methods")  # names the registered
         if self.decoder_layers < 1:
             raise ValueError(f"decoder_layers must be >= 1, got {self.decoder_layers}")
 
