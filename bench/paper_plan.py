@@ -31,9 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipcore import memory  # noqa: E402
+from lipcore import memory, methods  # noqa: E402
 from lipcore.nets import skeleton  # noqa: E402
-from stages import ledger  # noqa: E402
+from stages.executor import ledger  # noqa: E402
 from stages.plumbing.params import Params, load_params  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def stage_iterations(kind: str, cmd: str, params: Params) -> int:
         return fit_iterations(params, params.multi.task) * len(group.train)  # one batch of the group's images
     if kind == "evaluate":
         curves = set(params.evaluate.curve_methods)
-        controls = 2 if params.imp.rewind_iteration else 1  # reinit (and lip_theta0 with late rewinding)
+        controls = len(methods.controls(params.imp.rewind_iteration))  # reinit (and lip_theta0 with late rewinding)
         per_seed = len(curves) * rounds + len(set(params.evaluate.baselines) - curves) + controls + 1  # + decoder
         return per_seed * seeds * params.fit_for(argument(cmd, "--task")).iterations
     if kind == "transfer":
@@ -133,7 +133,7 @@ def stage_batch(kind: str, cmd: str, params: Params) -> tuple[int, int, int] | N
         return 1, len(params.multi.groups[argument(cmd, "--group")].train), params.image_size
     if kind == "evaluate":  # one call per seed: the curve methods at every round, the other baselines, controls
         curves = set(params.evaluate.curve_methods)
-        controls = 2 if params.imp.rewind_iteration else 1
+        controls = len(methods.controls(params.imp.rewind_iteration))
         return len(curves) * rounds + len(set(params.evaluate.baselines) - curves) + controls, 1, params.image_size
     if kind == "transfer":  # one call per seed and target: the sources it measures onto it
         pairs = [(i, t) for i in params.images for t in params.tasks]

@@ -31,10 +31,11 @@ from lipcore.physics import make_problem  # noqa: E402
 from lipcore.runtime import tune_cpu_allocator  # noqa: E402
 from lipcore.schema import derive  # noqa: E402
 from lipcore.scoring import shown_point  # noqa: E402
-from lipcore.seeding import derive_seed, generator  # noqa: E402
+from lipcore.seeding import generator  # noqa: E402
 from lipcore.trials import Trial, initialisation, search_problem, train_and_score  # noqa: E402
-from stages import layout  # noqa: E402
+from stages.plumbing import layout  # noqa: E402
 from stages.plumbing.params import load_params  # noqa: E402
+from stages.plumbing.retrain import fit_stream  # noqa: E402
 
 SETTINGS = {
     "default": SearchConfig(),
@@ -72,7 +73,7 @@ def main() -> None:
             fit_cfg = params.fit_for(task)
             for seed in seeds:
                 theta0, z = initialisation(params.net, params.seed, seed, *x_true.shape[-2:])
-                fit_seed = derive_seed(params.seed, "fit", seed)
+                fit_seed = fit_stream(params.seed, seed)
                 for name in args.settings:
                     imp = derive(params.imp, search=SETTINGS[name])
                     searched = search_problem(problem, params.protocol)

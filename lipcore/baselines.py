@@ -1,6 +1,6 @@
 """What LIP is compared with at the same sparsity: random masks that remove exactly as many weights (globally,
 and layer-wise matched), SNIP (one-shot and iterative), and a deep decoder with as many parameters as the
-sparse net keeps.
+sparse net keeps. Each mask is one function of lipcore.methods.MaskInputs; lipcore.methods registers them.
 
 random_layer is the lottery-ticket "shuffled" control: a uniformly random permutation of the LIP mask within
 each layer is a uniformly random mask with the layer's kept count, which is what random_layer draws. One name
@@ -10,6 +10,8 @@ is kept for it: random_layer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -17,57 +19,65 @@ from torch import Tensor
 from . import prune
 from .config import NetConfig
 from .nets import net_from_state, skeleton
-from .physics import Problem
 from .runtime import on_device, resolve_device
 
-MASK_BASELINES = ("random_global", "random_layer", "snip", "snip_layer", "snip_iterative")
+if TYPE_CHECKING:
+    from .methods import MaskInputs
+
 SNIP_STEPS = 5  # iterative SNIP: prune in this many geometric steps
 
+# Each mask below prunes exactly as many weights as m.reference (the LIP mask it is compared with) and is
+# returned on the CPU; lipcore.methods registers them by name.
 
-def baseline_mask(
-    method: str,
-    net_cfg: NetConfig,
-    start: dict[str, Tensor],
-    z: Tensor,
-    problem: Problem,
-    reference: prune.Mask,
-    generator: torch.Generator,
-    device: str | torch.device | None = "cpu",
-) -> prune.Mask:
-    """A baseline mask pruning exactly as many weights as `reference` (the LIP mask it is compared with).
 
-    random_global: uniformly over all conv weights; random_layer: as many per layer as `reference`;
-    snip: the smallest |w * dL/dw| at `start` on the problem's loss, ranked globally; snip_layer: the same
-    scores ranked within each layer, as many per layer as `reference` (SNIP's criterion at LIP's allocation:
-    no layer collapse); snip_iterative: global SNIP in SNIP_STEPS steps, re-scored on the net pruned so far.
-    device: where SNIP's forward and backward passes run (the fits' device: a paper-scale net's gradient on one
-    CPU thread is slow); the random masks are drawn on the CPU (their numbers do not depend on it). The mask is
-    returned on the CPU.
-    """
-    if method not in MASK_BASELINES:
-        raise ValueError(f"unknown baseline {method!r}; choose from {MASK_BASELINES}")
-    net = net_from_state(net_cfg, start)
-    removed = prune.count_total(reference) - prune.count_kept(reference)
-    fraction = removed / prune.count_total(reference)
-    if method == "random_global":
-        return prune.random_mask(net, fraction, generator)
-    if method == "random_layer":
-        return prune.random_mask_like(reference, generator)
+def _fraction(reference: prune.Mask) -> float:
+    return (prune.count_total(reference) - prune.count_kept(reference)) / prune.count_total(reference)
 
-    dev = resolve_device(device)
-    net = net.to(dev)  # its own copy of `start` (net_from_state): moved in place
-    z, op, y = z.to(dev), on_device(problem.op, dev), problem.y.to(dev)
 
-    def loss(m: torch.nn.Module) -> Tensor:
-        return (op(m(z)) - y).pow(2).mean()
+def random_global(m: MaskInputs) -> prune.Mask:
+    """Uniformly over all conv weights (drawn on the CPU: its numbers do not depend on the fits' device)."""
+    return prune.random_mask(net_from_state(m.net, m.start), _fraction(m.reference), m.generator)
 
-    if method == "snip":
-        mask = prune.snip_mask(net, loss, fraction)
-    elif method == "snip_layer":
-        mask = prune.keep_top_like(prune.snip_scores(net, loss), reference)
-    else:
-        mask = prune.snip_iterative_mask(net, loss, fraction, SNIP_STEPS)
-    return {n: m.cpu() for n, m in mask.items()}
+
+def random_layer(m: MaskInputs) -> prune.Mask:
+    """As many per layer as the reference: the lottery-ticket "shuffled" control."""
+    return prune.random_mask_like(m.reference, m.generator)
+
+
+def snip(m: MaskInputs) -> prune.Mask:
+    """The smallest |w * dL/dw| at m.start on the problem's loss, ranked globally."""
+    net, loss = _scored(m)
+    return _cpu(prune.snip_mask(net, loss, _fraction(m.reference)))
+
+
+def snip_layer(m: MaskInputs) -> prune.Mask:
+    """SNIP's scores ranked within each layer, as many per layer as the reference (SNIP's criterion at LIP's
+    allocation: no layer collapse)."""
+    net, loss = _scored(m)
+    return _cpu(prune.keep_top_like(prune.snip_scores(net, loss), m.reference))
+
+
+def snip_iterative(m: MaskInputs) -> prune.Mask:
+    """Global SNIP in SNIP_STEPS steps, re-scored on the net pruned so far."""
+    net, loss = _scored(m)
+    return _cpu(prune.snip_iterative_mask(net, loss, _fraction(m.reference), SNIP_STEPS))
+
+
+def _scored(m: MaskInputs) -> tuple[torch.nn.Module, Callable[[torch.nn.Module], Tensor]]:
+    """The net at m.start and the problem's loss, on m.device: SNIP's forward and backward passes run where
+    the fits do (a paper-scale net's gradient on one CPU thread is slow)."""
+    dev = resolve_device(m.device)
+    net = net_from_state(m.net, m.start).to(dev)  # its own copy of `start` (net_from_state): moved in place
+    z, op, y = m.z.to(dev), on_device(m.problem.op, dev), m.problem.y.to(dev)
+
+    def loss(net: torch.nn.Module) -> Tensor:
+        return (op(net(z)) - y).pow(2).mean()
+
+    return net, loss
+
+
+def _cpu(mask: prune.Mask) -> prune.Mask:
+    return {n: v.cpu() for n, v in mask.items()}
 
 
 def nonzero_parameters(net_cfg: NetConfig, mask: prune.Mask) -> int:

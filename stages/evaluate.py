@@ -1,10 +1,12 @@
 """Stage evaluate: one image x task. Curves over all IMP rounds, and the headline at the target sparsity.
 
 Headline: LIP (the first round whose nominal sparsity reaches `sparsity`) vs the baselines of
-evaluate.baselines (random masks with exactly the same number of weights removed, globally and layer-wise
-matched; SNIP one-shot, at LIP's per-layer counts, iterative) vs the dense DIP vs a deep decoder with about
-as many parameters as the LIP net keeps, all from the same theta_0 (the rewind state); and the lottery-ticket
-controls, the LIP mask from a fresh theta_0 (reinit) or, with late rewinding, from theta_0 (lip_theta0).
+evaluate.baselines (methods of lipcore.methods, whose entries make their masks and starts: random masks with
+exactly the same number of weights removed, globally and layer-wise matched; SNIP one-shot, at LIP's per-layer
+counts, iterative) vs the dense DIP vs a deep decoder with about as many parameters as the LIP net keeps, all
+from the same theta_0 (the rewind state); and the lottery-ticket controls of lipcore.methods, the LIP mask from a
+fresh theta_0 (reinit) or, with late rewinding, from theta_0 (lip_theta0). Every mask is retrained by
+stages.plumbing.retrain, on the fit stream of the seed's IMP rounds.
 Scored at the oracle best, the last iterate and the ES-WMV stop; mean +- std over seeds, and every value
 per seed (results.json) for the report's paired statistics.
 
@@ -16,25 +18,29 @@ per seed (results.json) for the report's paired statistics.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from lipcore import io, prune
-from lipcore.baselines import baseline_mask, matched_decoder
+from lipcore import io, methods, prune
+from lipcore.baselines import matched_decoder
+from lipcore.config import FitConfig
 from lipcore.imp import headline_round, nominal_sparsity
 from lipcore.nets import build_net, make_input
 from lipcore.physics import Problem
 from lipcore.prune import Mask, sparsity
 from lipcore.scoring import reported_images, shown_point, summarise
-from lipcore.seeding import derive_seed, generator
-from lipcore.trials import Trial, fresh_initialisation, train_and_score
+from lipcore.seeding import generator
+from lipcore.trials import Outcome
 
 from .plumbing import artifacts, entry, layout, live
 from .plumbing.params import Params, load_params
+from .plumbing.retrain import retrain
 from .reporting import figures
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,17 @@ log = logging.getLogger(__name__)
 
 @live.watches_fits
 def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    layout.EVALUATE_OUT.check(args.out)  # before any work: never replace a folder given by mistake
+    run = plan(args, load_params(args.params))
+    iteration_rows = iteration_plot_rows(args.rounds, run.params.seeds[0], run.head)  # fails before any fit
+    tally = Tally.empty(run)
+    for seed in run.params.seeds:
+        retrain_seed(run, seed, tally)
+    write(run, summarise_run(run, tally), tally, iteration_rows)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = entry.parser(__doc__)
     ap.add_argument("--name", required=True)
     ap.add_argument("--task", required=True)
@@ -67,138 +84,189 @@ def main(argv: list[str] | None = None) -> None:
         help="CSV: PSNR vs iteration, with each fit's ES-WMV stop",
     )
     ap.add_argument("--grid-plot", type=entry.output_file(".png"), required=True, help="PNG: the image grid")
-    args = entry.start(ap, argv)
-    layout.EVALUATE_OUT.check(args.out)  # before any work: never replace a folder given by mistake
-    params = load_params(args.params)
-    imp = params.imp
-    head = headline_round(params.sparsity, imp)
-    rounds = [0, *imp.rounds]
-    fit_cfg = params.fit_for(args.task)
-    problem = artifacts.load_problem(args.obs, params.task(args.task).degradation, args.name)
-    first = params.seeds[0]
-    iteration_rows = iteration_plot_rows(args.rounds, first, head)  # reads histories: fails before any fit
-    curve_methods = list(params.evaluate.curve_methods)
-    shown = shown_point(params.protocol)
-    pid = layout.pair_id(args.name, args.task)  # names the fits and the plots
+    return entry.start(ap, argv)
 
-    controls = lottery_controls(imp.rewind_iteration) if head > 0 else ()
-    curves: dict[str, dict[int, list[dict]]] = {m: {} for m in ["lip", *curve_methods]}
-    baselines = list(params.evaluate.baselines)
-    headline: dict[str, list[dict]] = {m: [] for m in ["dense", "lip", *baselines, *controls, "decoder"]}
-    effective: list[float] = []
-    images: dict[str, Any] = {}
-    for seed in params.seeds:
-        start, z = artifacts.load_rewind(layout.round_dir(args.rounds, seed, 0), params.net)
-        fit_seed = derive_seed(params.seed, "fit", seed)
-        # The baseline fits of this seed share the architecture and the problem: one batched fit (on GPU).
-        planned: list[tuple[str, int, dict[str, Tensor], Mask]] = []
-        for k in rounds:
-            m = artifacts.read_fit_metrics(layout.round_dir(args.rounds, seed, k), k)
-            curves["lip"].setdefault(k, []).append(m)
-            if k == head:
-                headline["lip"].append(m)
-                effective.append(m["sparsity"]["effective"])
-            if k == 0:
-                headline["dense"].append(m)
-                continue
-            lip_mask = artifacts.load_round_mask(layout.round_dir(args.rounds, seed, k), params.net, k)
-            if k == head:
-                head_mask = lip_mask  # the deep decoder below is sized to it
-            methods = set(curve_methods) | (set(baselines) if k == head else set())
-            for method in sorted(methods):
-                gen = generator(params.seed, method, args.name, args.task, seed, k)
-                mask = baseline_mask(method, params.net, start, z, problem, lip_mask, gen, params.device)
-                planned.append((method, k, start, mask))
-        for method in controls:  # the LIP mask itself, from another start
-            planned.append((method, head, control_start(method, params, args.rounds, seed), head_mask))
-        log.info("seed %s: fitting %d baseline masks", seed, len(planned))
-        trials = [
-            Trial(begin, z, problem, mask, fit_seed, label=f"{pid} s{seed} r{k} {method}")
-            for method, k, begin, mask in planned
-        ]
-        outcomes = train_and_score(params.net, trials, fit_cfg, "blind", None, params.device) if trials else []
-        for (method, k, _, mask), res in zip(planned, outcomes):
-            scores = {**res.scores, "sparsity": {"effective": sparsity(mask)}}
-            scores["collapsed_layers"] = prune.collapsed_layers(mask)
-            if method in curves:
-                curves[method].setdefault(k, []).append(scores)
-            if k == head:
-                headline[method].append(scores)
-                if seed == params.seeds[0]:
-                    images[method] = reported_images(res.result, fit_cfg)[shown]
-        if head > 0:
-            log.info("seed %s: fitting the deep decoder", seed)
-            scores, image = fit_decoder(params, args.task, head_mask, problem, seed, f"{pid} s{seed} decoder")
-            headline["decoder"].append(scores)
-            if seed == params.seeds[0]:
-                images["decoder"] = image[shown]
 
-    summary = {
-        "image": args.name,
-        "task": args.task,
-        "protocol": params.protocol,
-        "shown_point": shown,
+@dataclass(frozen=True)
+class Run:
+    """What evaluate fits for one image x task: the methods of lipcore.methods that params choose."""
+
+    args: argparse.Namespace
+    params: Params
+    problem: Problem
+    fit_cfg: FitConfig
+    head: int  # the headline round
+    rounds: list[int]  # 0 (dense) and every IMP round: LIP's curve
+    curve_methods: list[str]  # also fitted at every round
+    baselines: list[str]  # fitted at the headline round
+    controls: list[str]  # LIP's headline mask from another start
+    shown: str  # the reported point of the images and plots
+    pid: str  # names the fits and the plots
+
+
+def plan(args: argparse.Namespace, params: Params) -> Run:
+    head = headline_round(params.sparsity, params.imp)
+    return Run(
+        args=args,
+        params=params,
+        fit_cfg=params.fit_for(args.task),
+        problem=artifacts.load_problem(args.obs, params.task(args.task).degradation, args.name),
+        head=head,
+        rounds=[0, *params.imp.rounds],
+        curve_methods=list(params.evaluate.curve_methods),
+        baselines=list(params.evaluate.baselines),
+        controls=methods.controls(params.imp.rewind_iteration) if head > 0 else [],
+        shown=shown_point(params.protocol),
+        pid=layout.pair_id(args.name, args.task),
+    )
+
+
+@dataclass
+class Tally:
+    """Every score so far: per method and round (curves), per method at the headline (one per seed), LIP's
+    effective sparsity per seed, and each headline method's image of the first seed."""
+
+    curves: dict[str, dict[int, list[dict]]]
+    headline: dict[str, list[dict]]
+    effective: list[float] = field(default_factory=list)
+    images: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, run: Run) -> Tally:
+        headline = ["dense", "lip", *run.baselines, *run.controls, "decoder"]
+        return cls({m: {} for m in ["lip", *run.curve_methods]}, {m: [] for m in headline})
+
+
+@dataclass(frozen=True)
+class Planned:
+    method: str
+    k: int
+    start: dict[str, Tensor]
+    mask: Mask
+
+
+def retrain_seed(run: Run, seed: int, tally: Tally) -> None:
+    """One seed: LIP's rounds read, every planned mask retrained in one batched fit, then the deep decoder."""
+    start, z = artifacts.load_rewind(layout.round_dir(run.args.rounds, seed, 0), run.params.net)
+    planned, head_mask = plan_seed(run, seed, start, z, tally)
+    log.info("seed %s: fitting %d baseline masks", seed, len(planned))
+    nets = [(p.start, p.mask, f"{run.pid} s{seed} r{p.k} {p.method}") for p in planned]
+    outcomes = retrain(params=run.params, seed=seed, nets=nets, z=z, problem=run.problem, fit=run.fit_cfg)
+    for p, res in zip(planned, outcomes):
+        record(run, seed, p, res, tally)
+    if run.head > 0:
+        log.info("seed %s: fitting the deep decoder", seed)
+        scores, image = fit_decoder(
+            run.params, run.args.task, head_mask, run.problem, seed, f"{run.pid} s{seed} decoder"
+        )
+        tally.headline["decoder"].append(scores)
+        if seed == run.params.seeds[0]:
+            tally.images["decoder"] = image[run.shown]
+
+
+def plan_seed(
+    run: Run, seed: int, start: dict[str, Tensor], z: Tensor, tally: Tally
+) -> tuple[list[Planned], Mask | None]:
+    """LIP's scores of every round into the tally; the masks to fit (each method's of lipcore.methods, from its
+    start; `start`, z: LIP's) and LIP's headline mask (the deep decoder is sized to it)."""
+    params, rounds = run.params, run.args.rounds
+    starts = methods.StartInputs(
+        params.net, start, lambda: artifacts.load_init(layout.round_dir(rounds, seed, 0))[0], params.seed, seed
+    )
+    planned: list[Planned] = []
+    head_mask = None
+    for k in run.rounds:
+        m = artifacts.read_fit_metrics(layout.round_dir(rounds, seed, k), k)
+        tally.curves["lip"].setdefault(k, []).append(m)
+        if k == run.head:
+            tally.headline["lip"].append(m)
+            tally.effective.append(m["sparsity"]["effective"])
+        if k == 0:
+            tally.headline["dense"].append(m)
+            continue
+        lip_mask = artifacts.load_round_mask(layout.round_dir(rounds, seed, k), params.net, k)
+        if k == run.head:
+            head_mask = lip_mask
+        chosen = set(run.curve_methods) | (set(run.baselines) if k == run.head else set())
+        planned += [made(run, name, seed, k, z, lip_mask, starts) for name in sorted(chosen)]
+    # the controls: the LIP mask itself, from another start
+    planned += [made(run, name, seed, run.head, z, head_mask, starts) for name in run.controls]
+    return planned, head_mask
+
+
+def made(run: Run, name: str, seed: int, k: int, z: Tensor, lip_mask: Mask, starts: methods.StartInputs) -> Planned:
+    """Method `name`'s mask at round k (matched to `lip_mask`, scored at LIP's start, from its own stream) and
+    its start."""
+    method = methods.get(name)
+    gen = generator(run.params.seed, name, run.args.name, run.args.task, seed, k)
+    inputs = methods.MaskInputs(run.params.net, starts.rewind, z, run.problem, lip_mask, gen, run.params.device)
+    return Planned(name, k, method.start(starts), method.mask(inputs))
+
+
+def record(run: Run, seed: int, p: Planned, res: Outcome, tally: Tally) -> None:
+    scores = {**res.scores, "sparsity": {"effective": sparsity(p.mask)}}
+    scores["collapsed_layers"] = prune.collapsed_layers(p.mask)
+    if p.method in tally.curves:
+        tally.curves[p.method].setdefault(p.k, []).append(scores)
+    if p.k == run.head:
+        tally.headline[p.method].append(scores)
+        if seed == run.params.seeds[0]:
+            tally.images[p.method] = reported_images(res.result, run.fit_cfg)[run.shown]
+
+
+def summarise_run(run: Run, tally: Tally) -> dict[str, Any]:
+    """The headline (every method's mean +- std over seeds) and every method's curve along the rounds."""
+    fraction = run.params.imp.fraction
+    return {
+        "image": run.args.name,
+        "task": run.args.task,
+        "protocol": run.params.protocol,
+        "shown_point": run.shown,
         "headline": {
-            "target_sparsity": params.sparsity,
-            "round": head,
-            "nominal_sparsity": nominal_sparsity(imp.fraction, head),
-            "effective_sparsity": sum(effective) / len(effective),
-            "methods": {m: summarise(v) for m, v in headline.items() if v},
+            "target_sparsity": run.params.sparsity,
+            "round": run.head,
+            "nominal_sparsity": nominal_sparsity(fraction, run.head),
+            "effective_sparsity": sum(tally.effective) / len(tally.effective),
+            "methods": {m: summarise(v) for m, v in tally.headline.items() if v},
         },
         "curves": {
             m: [
                 {
                     "round": k,
-                    "nominal_sparsity": nominal_sparsity(imp.fraction, k),
+                    "nominal_sparsity": nominal_sparsity(fraction, k),
                     "effective_sparsity": sum(s["sparsity"]["effective"] for s in v) / len(v),
                     **summarise(v),
                 }
                 for k, v in sorted(by_round.items())
             ]
-            for m, by_round in curves.items()
+            for m, by_round in tally.curves.items()
         },
     }
+
+
+def write(run: Run, summary: dict[str, Any], tally: Tally, iteration_rows: list[dict[str, Any]]) -> None:
+    """results.json and each method's image into --out; the headline's record, the plots' CSVs and the grid."""
+    args, shown = run.args, run.shown
     sparsity_rows = sparsity_plot_rows(summary["curves"], shown)
     with layout.EVALUATE_OUT.write(args.out) as tmp:
-        artifacts.write_numerics(tmp, params.device, fit_cfg)
-        per_seed_curves = {m: {str(k): v for k, v in sorted(by_round.items())} for m, by_round in curves.items()}
-        record = {"summary": summary, "per_seed": headline, "per_seed_curves": per_seed_curves}
-        io.write_json(tmp / layout.RESULTS, record)
+        artifacts.write_numerics(tmp, run.params.device, run.fit_cfg)
+        per_seed_curves = {m: {str(k): v for k, v in sorted(by.items())} for m, by in tally.curves.items()}
+        results = {"summary": summary, "per_seed": tally.headline, "per_seed_curves": per_seed_curves}
+        io.write_json(tmp / layout.RESULTS, results)
         shutil.copy(args.obs / layout.CLEAN_PNG, tmp / layout.method_png("clean"))
         shutil.copy(args.obs / layout.DEGRADED_PNG, tmp / layout.method_png("degraded"))
-        for method, k in (("dense", 0), ("lip", head)):
-            shutil.copy(
-                layout.round_dir(args.rounds, first, k) / layout.output_png(shown), tmp / layout.method_png(method)
-            )
-        for method, img in images.items():
+        for method, k in (("dense", 0), ("lip", run.head)):
+            shown_png = layout.round_dir(args.rounds, run.params.seeds[0], k) / layout.output_png(shown)
+            shutil.copy(shown_png, tmp / layout.method_png(method))
+        for method, img in tally.images.items():
             io.save_png(img, tmp / layout.method_png(method))
     io.write_json(args.metrics, summary["headline"])
     for path, rows, columns in (
         (args.sparsity_plot, sparsity_rows, SPARSITY_COLUMNS),
         (args.iteration_plot, iteration_rows, ITERATION_COLUMNS),
     ):  # `plot` heads the chart (.dvc/plots templates): which image-task it is
-        artifacts.write_csv(path, [{**row, "plot": pid} for row in rows], [*columns, "plot"])
-    figures.grid(args.out, f"{pid} ({shown})", args.grid_plot)
-
-
-def lottery_controls(rewind_iteration: int) -> tuple[str, ...]:
-    """The lottery-ticket controls of the headline LIP mask (Frankle & Carbin 2019; Frankle et al. 2020).
-
-    reinit: the mask trained from a fresh theta_0 (a draw no LIP run uses): if it matches LIP, the ticket's
-    value is in the mask, not in its initialisation. lip_theta0 (late rewinding only): the mask trained from
-    theta_0 instead of the rewind weights. The "shuffled" control (the mask permuted within each layer) is
-    the random_layer baseline.
-    """
-    return ("reinit", "lip_theta0") if rewind_iteration > 0 else ("reinit",)
-
-
-def control_start(method: str, params: Params, rounds: Path, seed: int) -> dict[str, Tensor]:
-    """The weights a control trains the LIP mask from."""
-    if method == "reinit":
-        return fresh_initialisation(params.net, params.seed, seed)
-    if method == "lip_theta0":
-        return artifacts.load_init(layout.round_dir(rounds, seed, 0))[0]
-    raise ValueError(f"unknown control {method!r}")
+        artifacts.write_csv(path, [{**row, "plot": run.pid} for row in rows], [*columns, "plot"])
+    figures.grid(args.out, f"{run.pid} ({shown})", args.grid_plot)
 
 
 def fit_decoder(
@@ -209,8 +277,8 @@ def fit_decoder(
     dec = build_net(dec_cfg, generator(params.seed, "decoder", seed))
     z_dec = make_input(dec, *problem.x_true.shape[-2:], generator(params.seed, "decoder_z", seed))
     dec_fit = params.fit_for(task, reg_noise_std=0.0)  # the deep decoder uses no input noise
-    trial = Trial(dec.state_dict(), z_dec, problem, None, derive_seed(params.seed, "fit", seed), label)
-    (res,) = train_and_score(dec_cfg, [trial], dec_fit, "blind", None, params.device)
+    nets = [(dec.state_dict(), None, label)]
+    (res,) = retrain(params=params, seed=seed, nets=nets, z=z_dec, problem=problem, fit=dec_fit, net=dec_cfg)
     parameters = sum(p.numel() for p in dec.parameters())
     scores = {**res.scores, "channels": dec_cfg.decoder_channels, "parameters": parameters}
     return scores, reported_images(res.result, dec_fit)

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from lipcore import io, prune
-from lipcore.baselines import baseline_mask
 from lipcore.imp import headline_round, nominal_sparsity
+from lipcore.methods import baseline_mask
 from lipcore.scoring import shown_point
-from lipcore.seeding import derive_seed, generator
-from lipcore.trials import Trial, train_and_score
+from lipcore.seeding import generator
 
 from .plumbing import artifacts, entry, layout, live
 from .plumbing.params import load_params
+from .plumbing.retrain import retrain
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> None:
 
     rows: list[dict[str, Any]] = []
     for seed in params.seeds:
-        fit_seed = derive_seed(params.seed, "fit", seed)
         for image in group.heldout:
             own = args.rounds / layout.pair_id(image, task)
             problem = artifacts.load_problem(args.degrade / layout.pair_id(image, task), degradation, image)
@@ -73,11 +72,8 @@ def main(argv: list[str] | None = None) -> None:
                 masks["random_global"] = baseline_mask("random_global", net, start, z, problem, reference, gen)
                 planned += [(k, name, mask) for name, mask in masks.items()]
             log.info("seed %s: %d masks onto held-out %s", seed, len(planned), image)
-            trials = [
-                Trial(start, z, problem, mask, fit_seed, label=f"{image} s{seed} r{k} {name}")
-                for k, name, mask in planned
-            ]
-            outcomes = train_and_score(net, trials, fit_cfg, "blind", None, params.device)
+            nets = [(start, mask, f"{image} s{seed} r{k} {name}") for k, name, mask in planned]
+            outcomes = retrain(params=params, seed=seed, nets=nets, z=z, problem=problem, fit=fit_cfg)
             for (k, name, mask), outcome in zip(planned, outcomes):
                 scores = {**outcome.scores, "sparsity": {"effective": prune.sparsity(mask)}}
                 rows.append({**where, "round": k, "method": name, **scores})

@@ -15,13 +15,11 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lipcore import io  # noqa: E402
+from lipcore import io, methods  # noqa: E402
 
 from .plumbing import artifacts, entry, layout  # noqa: E402
 from .plumbing.params import load_params  # noqa: E402
 from .reporting import claims, figures, gan_report, headline  # noqa: E402
-
-METHOD_ORDER = ["dense", "lip", *(m for m in claims.OPPONENTS if m != "dense")]  # each method once
 
 
 def fmt(stat: dict[str, float] | None, digits: int = 2) -> str:
@@ -37,7 +35,7 @@ def headline_table(summary: dict[str, Any]) -> list[str]:
         "| method | PSNR oracle best | PSNR last | PSNR ES-WMV | SSIM oracle best | SSIM last | SSIM ES-WMV |",
         "|---|---|---|---|---|---|---|",
     ]
-    for m in METHOD_ORDER:
+    for m in methods.names():  # the registry's order
         s = head["methods"].get(m)
         if s is None:
             continue
@@ -45,9 +43,6 @@ def headline_table(summary: dict[str, Any]) -> list[str]:
         cells += [fmt(s.get(f"{p}_ssim"), 3) for p in ("oracle_best", "last", "es")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
-
-
-HEADLINE_POINTS = ("random_layer", "random_global", "snip_layer", "snip", "reinit", "decoder")  # marked at the headline
 
 
 def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
@@ -70,7 +65,7 @@ def curves_figure(summaries: list[dict[str, Any]], path: Path) -> None:
             e = [p[f"{point}_psnr"]["std"] for p in pts]
             ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, label=method)
         head = s["headline"]
-        for method in HEADLINE_POINTS:
+        for method in methods.markers():  # every baseline and control that was fitted
             m = head["methods"].get(method)
             if m:
                 stat = m[f"{point}_psnr"]

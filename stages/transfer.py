@@ -17,11 +17,10 @@ from pathlib import Path
 from lipcore import io
 from lipcore.imp import headline_round
 from lipcore.scoring import shown_point, summarise
-from lipcore.seeding import derive_seed
-from lipcore.trials import Trial, train_and_score
 
 from .plumbing import artifacts, entry, layout, live
 from .plumbing.params import Params, TransferConfig, load_params
+from .plumbing.retrain import retrain
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,6 @@ def measure(
     ids = [layout.pair_id(*p) for p in pairs]
     cells: dict[str, dict[str, list[dict]]] = {s: {s: []} for s in ids}
     for seed in params.seeds:
-        fit_seed = derive_seed(params.seed, "fit", seed)
         for (image, task), tgt in zip(pairs, ids):
             problem = artifacts.load_problem(degrade / tgt, params.task(task).degradation, image)
             start, z = artifacts.load_rewind(layout.round_dir(rounds_dir / tgt, seed, 0), params.net)
@@ -73,11 +71,9 @@ def measure(
                 continue
             log.info("seed %s: %d masks onto %s", seed, len(sources), tgt)
             rounds = [layout.round_dir(rounds_dir / src, seed, head) for src in sources]
-            trials = [
-                Trial(start, z, problem, artifacts.load_round_mask(r, params.net, head), fit_seed, label=f"{src}>{tgt}")
-                for r, src in zip(rounds, sources)
-            ]
-            outcomes = train_and_score(params.net, trials, params.fit_for(task), "blind", None, params.device)
+            masks = [artifacts.load_round_mask(r, params.net, head) for r in rounds]
+            nets = [(start, mask, f"{src}>{tgt}") for mask, src in zip(masks, sources)]
+            outcomes = retrain(params=params, seed=seed, nets=nets, z=z, problem=problem, fit=params.fit_for(task))
             for src, outcome in zip(sources, outcomes):
                 cells[src].setdefault(tgt, []).append(outcome.scores)
     return cells

@@ -5,7 +5,8 @@ import torch
 
 from lipcore import DegradationConfig, NetConfig, build_net, count_parameters, make_input
 from lipcore import prune as P
-from lipcore.baselines import MASK_BASELINES, baseline_mask, decoder_channels_for, matched_decoder, nonzero_parameters
+from lipcore.baselines import decoder_channels_for, matched_decoder, nonzero_parameters
+from lipcore.methods import baseline_mask, selectable
 from lipcore.physics import make_problem
 
 
@@ -38,7 +39,7 @@ def test_matched_decoder_has_about_the_sparse_nets_parameters(tiny_cfg):
     assert all(abs(got - kept) <= abs(n - kept) for n in neighbours)
 
 
-@pytest.mark.parametrize("method", MASK_BASELINES)
+@pytest.mark.parametrize("method", selectable())
 def test_baseline_masks_remove_exactly_as_many_weights_as_lip(method, tiny_cfg, f16_small):
     g = torch.Generator().manual_seed(0)
     net = build_net(tiny_cfg, g)

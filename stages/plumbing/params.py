@@ -46,12 +46,10 @@ class EvaluateConfig(Section):
     baselines: tuple[str, ...] = ("random_global", "random_layer", "snip", "snip_layer")  # at the headline
 
     def __post_init__(self) -> None:
-        from lipcore.baselines import MASK_BASELINES
+        from lipcore import methods
 
         for key in ("curve_methods", "baselines"):
-            unknown = sorted(set(getattr(self, key)) - set(MASK_BASELINES))
-            if unknown:
-                raise ValueError(f"{key}: unknown method(s) {unknown}; choose from {list(MASK_BASELINES)}")
+            methods.refuse_unknown(key, getattr(self, key), curve=key == "curve_methods")  # names the registered
         if self.decoder_layers < 1:
             raise ValueError(f"decoder_layers must be >= 1, got {self.decoder_layers}")
 

@@ -14,11 +14,11 @@ from torch import Tensor
 from lipcore import io, prune
 from lipcore.imp import next_mask, sparsity_report
 from lipcore.physics import Problem
-from lipcore.seeding import derive_seed
 from lipcore.trials import Trial, imp_round
 
 from . import artifacts, layout
 from .params import Params
+from .retrain import fit_stream
 
 
 def dense_round(
@@ -27,7 +27,7 @@ def dense_round(
     """Round 0: fit the dense net from theta_0 and z = `start`; keep theta_0, z and the rewind weights."""
     theta0, z = start
     fit_cfg = params.fit_for(task)
-    trial = Trial(theta0, z, problem, None, derive_seed(params.seed, "fit", seed), fit_label(out))
+    trial = Trial(theta0, z, problem, None, fit_stream(params.seed, seed), fit_label(out))
     outcome = imp_round(params.net, trial, fit_cfg, params.protocol, params.imp, 0, params.device)
 
     meta = {"seed": seed, "net": artifacts.cfg_dict(params.net)}
@@ -55,7 +55,7 @@ def pruned_round(
     trained = artifacts.load_weights(parent / layout.TRAINED, net_cfg)
     mask = next_mask(net_cfg, trained, parent_mask, imp)
     start, z = artifacts.load_rewind(dense, net_cfg)
-    trial = Trial(start, z, problem, mask, derive_seed(params.seed, "fit", seed), fit_label(out))
+    trial = Trial(start, z, problem, mask, fit_stream(params.seed, seed), fit_label(out))
     outcome = imp_round(net_cfg, trial, fit_cfg, params.protocol, imp, k, params.device)
 
     sparsity = sparsity_report(mask, imp.fraction, k)

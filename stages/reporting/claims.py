@@ -3,7 +3,8 @@
 A pair is one (image, task, seed): both methods fitted from the same theta_0, z and reg-noise stream on the
 same observation. Differences are in dB of PSNR at one reported point (lipcore.stats: mean and 95% Student-t
 interval over the pairs, and a verdict). Inputs are the records the stages wrote: evaluate's results.json per
-problem, transfer's matrix.json, multi_evaluate's results.json per group.
+problem, transfer's matrix.json, multi_evaluate's results.json per group. The methods, their order, what each
+one is and its claim: lipcore.methods.
 """
 
 from __future__ import annotations
@@ -11,20 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from lipcore import methods
 from lipcore.stats import Paired, paired
-
-# what LIP is compared with at the headline round, in the report's order, and what each one is
-OPPONENTS = {
-    "dense": "the dense DIP (round 0)",
-    "random_global": "random mask, same number of weights",
-    "random_layer": "random mask, same count per layer (= LIP mask shuffled within layers)",
-    "snip": "SNIP, one shot",
-    "snip_layer": "SNIP's ranking at LIP's count per layer",
-    "snip_iterative": "SNIP in 5 steps",
-    "reinit": "LIP mask from a fresh theta_0 (lottery-ticket control)",
-    "lip_theta0": "LIP mask from theta_0, not the rewind weights",
-    "decoder": "deep decoder with as many parameters",
-}
 
 
 def psnr(scores: dict[str, Any], point: str) -> float:
@@ -50,7 +39,7 @@ def headline_pairs(
 def comparisons(records: dict[str, dict], point: str, task: str | None = None) -> dict[str, Paired]:
     """LIP - X at the headline round for every opponent X that was fitted (over all problems, or one task's)."""
     out = {}
-    for method in OPPONENTS:
+    for method in methods.opponents():
         lip, other = headline_pairs(records, method, point, task)
         if lip:
             out[method] = paired(lip, other)
@@ -190,8 +179,9 @@ def comparison_table(compared: dict[str, Paired]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for method, p in compared.items():
+        what = methods.get(method).what
         lines.append(
-            f"| {method} | {OPPONENTS[method]} | {p.n} | {fmt_paired(p)} | {fmt_detectable(p)} | {p.wins}/{p.n} | "
+            f"| {method} | {what} | {p.n} | {fmt_paired(p)} | {fmt_detectable(p)} | {p.wins}/{p.n} | "
             f"LIP {verdict_words(p)} |"
         )
     return lines
@@ -267,17 +257,9 @@ def claims_section(records: dict[str, dict], transfer: dict[str, Any], multi: di
     else:
         found += f"; no round shown within {MARGIN_DB} dB of dense (95%)"
     found += f" (rounds measured up to {curve[-1][1]:.1%})"
-    lines.append(claim_row("LIP ≈ dense DIP up to high sparsity", found, parity(dense), dense))
-    for method, claim in (
-        ("random_global", "LIP > random pruning (global) at the same sparsity"),
-        ("random_layer", "LIP > random pruning (layer-matched, = shuffled LIP mask)"),
-        ("snip", "LIP > SNIP at the same sparsity"),
-        ("snip_layer", "LIP > SNIP at the same sparsity per layer (no layer collapse)"),
-        ("snip_iterative", "LIP > iterative SNIP at the same sparsity"),
-        ("decoder", "LIP > a deep decoder of the same size"),
-        ("reinit", "(control) LIP > its mask from a fresh theta_0: the init matters too"),
-        ("lip_theta0", "(control) late rewinding > the same mask from theta_0"),
-    ):
+    lines.append(claim_row(methods.get("dense").claim, found, parity(dense), dense))
+    for method in methods.claimed():  # the baselines', then the controls'
+        claim = methods.get(method).claim
         p = compared.get(method)
         if p is not None:
             found = f"LIP − {method} {fmt_paired(p)}, LIP wins {p.wins}/{p.n}"

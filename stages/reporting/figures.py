@@ -12,11 +12,14 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from lipcore import io  # noqa: E402
+from lipcore import io, methods  # noqa: E402
 
 from ..plumbing import layout  # noqa: E402
 
-GRID = ["clean", "degraded", "dense", "lip", "random_global", "snip", "decoder"]  # the methods an image grid shows
+
+def grid_names() -> list[str]:
+    """What an image grid shows: the clean and the degraded image, then the methods lipcore.methods puts in it."""
+    return ["clean", "degraded", *methods.grid()]
 
 
 def save(fig: Any, path: Path) -> None:
@@ -35,7 +38,7 @@ def grid(eval_dir: Path, title: str, path: Path) -> None:
     """One row of images from an evaluate output folder: clean, degraded, then each method's reported output,
     each under its name. Composed with PIL (a matplotlib figure spent ~0.8 s laying out its axes, more than a
     small stage's fits); enlarged pixel for pixel, so what the method made is what one sees."""
-    names = [n for n in GRID if (eval_dir / layout.method_png(n)).exists()]
+    names = [n for n in grid_names() if (eval_dir / layout.method_png(n)).exists()]
     images = [Image.open(eval_dir / layout.method_png(n)).convert("RGB") for n in names]
     ref = max(images, key=lambda img: img.height)  # the full-size images (a super-resolution input is smaller)
     width = math.ceil(ref.width * PANEL / ref.height)

@@ -6,34 +6,29 @@ outputs, not DVC metrics.
 
 PSNR is at each problem's reported point (ES-WMV under the blind protocol, the oracle best under the paper's),
 in dB, averaged over seeds and then over image-tasks; `random` is the better of the random baselines of each
-image-task (the stronger opponent). The GAN numbers are the MSE at the largest measurement count, at the last
-round's sparsity.
+image-task (the stronger opponent; lipcore.methods says which method feeds which column). The GAN numbers are the
+MSE at the largest measurement count, at the last round's sparsity.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-RANDOM_BASELINES = ("random_global", "random_layer")
-COLUMNS = ("dense", "lip", "random", "snip", "decoder")
+from lipcore import methods
+
 DIGITS = 4  # decimals kept: enough to see a change of 0.001 dB, short enough for a column
 
 
 def problem_psnr(summary: dict[str, Any]) -> dict[str, float | None]:
-    """One image-task's PSNR per column at its reported point (None where the method was not run)."""
-    point, methods = summary["shown_point"], summary["headline"]["methods"]
+    """One image-task's PSNR per column at its reported point (None where no method of it was run); a column of
+    several methods (random: random_global and random_layer) takes the best of them, the stronger opponent."""
+    point, fitted = summary["shown_point"], summary["headline"]["methods"]
 
-    def psnr(method: str) -> float | None:
-        return methods[method][f"{point}_psnr"]["mean"] if method in methods else None
+    def best(names: list[str]) -> float | None:
+        values = [fitted[m][f"{point}_psnr"]["mean"] for m in names if m in fitted]
+        return max(values) if values else None
 
-    randoms = [v for v in map(psnr, RANDOM_BASELINES) if v is not None]
-    return {
-        "dense": psnr("dense"),
-        "lip": psnr("lip"),
-        "random": max(randoms) if randoms else None,
-        "snip": psnr("snip"),
-        "decoder": psnr("decoder"),
-    }
+    return {c: best(names) for c, names in methods.headline_columns().items()}
 
 
 def headline(summaries: dict[str, dict[str, Any]], gan: dict[str, Any] | None) -> dict[str, Any]:
@@ -43,7 +38,7 @@ def headline(summaries: dict[str, dict[str, Any]], gan: dict[str, Any] | None) -
     out: dict[str, Any] = {
         # not plain `sparsity`: that is the params key (the target), and DVC would prefix one of the two
         "effective_sparsity": _r(_mean([s["headline"]["effective_sparsity"] for s in summaries.values()])),
-        "psnr": {c: _r(_mean([row[c] for row in rows.values()])) for c in COLUMNS},
+        "psnr": {c: _r(_mean([row[c] for row in rows.values()])) for c in methods.headline_columns()},
         "gain": {
             "lip-dense": _r(_mean([_diff(row["lip"], row["dense"]) for row in rows.values()])),
             "lip-random": _r(_mean([_diff(row["lip"], row["random"]) for row in rows.values()])),
