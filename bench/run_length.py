@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lipcore import io  # noqa: E402
 from lipcore.physics import make_problem  # noqa: E402
 from lipcore.runtime import tune_cpu_allocator  # noqa: E402
-from lipcore.seeding import derive_seed, generator  # noqa: E402
+from lipcore.seeding import generator  # noqa: E402
 from lipcore.trials import Trial, initialisation, train_and_score  # noqa: E402
 from stages.plumbing.params import load_params  # noqa: E402
+from stages.plumbing.retrain import fit_stream  # noqa: E402
 
 
 def shortest_length(peaks: list[int], before: float, share: float, step: int) -> int:
@@ -67,7 +68,7 @@ def pilot(args: argparse.Namespace) -> list[dict]:
                 fit_cfg = replace(fit_cfg, lr=args.lr)
             for seed in args.seeds:
                 theta0, z = initialisation(params.net, params.seed, seed, params.image_size, params.image_size)
-                trial = Trial(theta0, z, problem, None, derive_seed(params.seed, "fit", seed), f"{name}-{task} s{seed}")
+                trial = Trial(theta0, z, problem, None, fit_stream(params.seed, seed), f"{name}-{task} s{seed}")
                 start = time.perf_counter()
                 (outcome,) = train_and_score(params.net, [trial], fit_cfg, "blind", None, params.device)
                 res = outcome.result

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lipcore import io, methods  # noqa: E402
+from lipcore.schema import mark_read  # noqa: E402
 
 from .plumbing import artifacts, entry, layout  # noqa: E402
 from .plumbing.params import load_params  # noqa: E402
@@ -145,10 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     records = {i: artifacts.read_record(args.evaluate / i / layout.RESULTS, keys) for i in ids}
     summaries = [records[i]["summary"] for i in ids]
     transfer = artifacts.read_record(args.transfer / layout.MATRIX, ("round", "point", "psnr", "per_seed"))
+    mark_read(*params.multi.groups.values())  # the report depends on each group as a whole (its membership)
     multi = {
         g: artifacts.read_record(args.evaluate / layout.multi_id(g) / layout.RESULTS, ("summary", "rows"))
-        for g, group in params.multi.groups.items()
-        if group.heldout  # always true; reading it records the group as a params key this stage depends on
+        for g in params.multi.groups
     }
     point = summaries[0]["shown_point"]
 
