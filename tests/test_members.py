@@ -40,7 +40,9 @@ def test_the_vmap_engine_gives_each_member_its_own_nets_output_and_masked_weight
     x, _ = engine.forward_backward(zs, objective, contextlib.nullcontext())
     with torch.no_grad():
         expected = [net(z) for net, z in zip(nets, zs)]  # nets[1] already carries the mask (applied by the engine)
-    for i in range(2):
-        torch.testing.assert_close(x[i], expected[i], rtol=1e-5, atol=1e-6)
+    for i in range(
+        2
+    ):  # grouped and plain convolutions sum in other orders (per CPU kernel); a mixed-up member is ~0.1 off
+        torch.testing.assert_close(x[i], expected[i], rtol=1e-4, atol=1e-5)
     kept = engine.state_dict(1)
     assert all(not kept[name][~m].any() for name, m in mask.items())
