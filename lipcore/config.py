@@ -177,6 +177,30 @@ class SearchConfig(Section):
         return derive(evaluation, iterations=self.iterations)
 
 
+@dataclass(frozen=True)
+class OesConfig(Section):
+    """The Optimal Eye Surgeon mask search (lipcore.oes): Adam on one logit per conv weight of the frozen theta_0.
+
+    The authors' recipe: temperature 0.2, Adam 0.01, kappa = 1e-9 summed over ~3M weights (here kl_weight on
+    the mean: 3e-3), 60k search steps for a 40k-iteration fit (here steps_per_iteration 1.5 of our fit's length).
+    """
+
+    steps_per_iteration: float = 1.5  # search steps per iteration of the evaluation fit
+    lr: float = 0.01
+    temperature: float = 0.2
+    kl_weight: float = 3e-3  # on the mean KL(Bern(sigmoid(p)) || Bern(rho)) over the weights
+
+    def __post_init__(self) -> None:
+        if not self.steps_per_iteration > 0:
+            raise ValueError(f"steps_per_iteration must be > 0, got {self.steps_per_iteration}")
+        if not self.lr > 0 or not self.temperature > 0 or self.kl_weight < 0:
+            raise ValueError("lr and temperature must be > 0 and kl_weight >= 0")
+
+    def steps(self, iterations: int) -> int:
+        """The search length for an evaluation fit of `iterations` (at least one step)."""
+        return max(1, round(self.steps_per_iteration * iterations))
+
+
 def round_chain(chain: Any) -> tuple[tuple[int, int], ...]:
     """An IMP chain [[1, 0], [2, 1], ...] as a tuple of (round, parent) pairs, refused unless in that order."""
     pairs = tuple(tuple(int(v) for v in pair) for pair in chain)

@@ -15,13 +15,14 @@ in REGISTRY below; `registered` adds one for the length of a block (tests).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import baselines, prune
+from . import baselines, oes, prune
 from .config import NetConfig
 from .physics import Problem
 from .trials import fresh_initialisation
@@ -40,6 +41,8 @@ class MaskInputs:
     reference: prune.Mask  # LIP's mask of the round: the method removes exactly as many weights
     generator: torch.Generator  # the method's own stream (random masks draw from it)
     device: str | torch.device | None = "cpu"  # where a scored mask's passes run; the mask comes back on the CPU
+    settings: Mapping[str, Any] = field(default_factory=dict)  # a method's own params, by its name (e.g. "oes")
+    notes: dict[str, Any] = field(default_factory=dict)  # what making the mask reports (e.g. OES's search cost)
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,13 @@ REGISTRY: dict[str, Method] = {
             marker=2,
         ),
         _baseline(
+            "oes",
+            "Optimal Eye Surgeon: a mask learned at theta_0 on the observation (Ghosh et al. 2024)",
+            "LIP > OES (a mask learned at theta_0) at the same sparsity",
+            oes.oes_mask,
+            start=theta0_start,
+        ),
+        _baseline(
             "snip_iterative",
             f"SNIP in {baselines.SNIP_STEPS} steps",
             "LIP > iterative SNIP at the same sparsity",
@@ -262,12 +272,13 @@ def baseline_mask(
     reference: prune.Mask,
     generator: torch.Generator,
     device: str | torch.device | None = "cpu",
+    settings: Mapping[str, Any] | None = None,
 ) -> prune.Mask:
     """The mask of registered method `method` matched to `reference` (the LIP mask it is compared with)."""
     m = get(method)
     if m.mask is None:
         raise ValueError(f"{method!r} makes no mask; choose from {[n for n, e in REGISTRY.items() if e.mask]}")
-    return m.mask(MaskInputs(net_cfg, start, z, problem, reference, generator, device))
+    return m.mask(MaskInputs(net_cfg, start, z, problem, reference, generator, device, settings or {}))
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ from lipcore.scoring import reported_images, shown_point, summarise
 from lipcore.seeding import generator
 from lipcore.trials import Outcome
 
-from .plumbing import artifacts, entry, layout, live
+from .plumbing import artifacts, entry, layout, live, long_run
 from .plumbing.params import Params, load_params
 from .plumbing.retrain import retrain
 from .reporting import figures
@@ -100,6 +100,7 @@ class Run:
     curve_methods: list[str]  # also fitted at every round
     baselines: list[str]  # fitted at the headline round
     controls: list[str]  # LIP's headline mask from another start
+    long_run: int  # > 0: the long-run methods also fitted this many times the run length (plumbing.long_run)
     shown: str  # the reported point of the images and plots
     pid: str  # names the fits and the plots
 
@@ -116,6 +117,7 @@ def plan(args: argparse.Namespace, params: Params) -> Run:
         curve_methods=list(params.evaluate.curve_methods),
         baselines=list(params.evaluate.baselines),
         controls=methods.controls(params.imp.rewind_iteration) if head > 0 else [],
+        long_run=params.evaluate.long_run if head > 0 else 0,
         shown=shown_point(params.protocol),
         pid=layout.pair_id(args.name, args.task),
     )
@@ -130,6 +132,7 @@ class Tally:
     headline: dict[str, list[dict]]
     effective: list[float] = field(default_factory=list)
     images: dict[str, Any] = field(default_factory=dict)
+    long: dict[str, list[dict]] = field(default_factory=dict)  # the long runs' scores, by method
 
     @classmethod
     def empty(cls, run: Run) -> Tally:
@@ -143,6 +146,7 @@ class Planned:
     k: int
     start: dict[str, Tensor]
     mask: Mask
+    notes: dict[str, Any]  # what making the mask reported (OES: its search)
 
 
 def retrain_seed(run: Run, seed: int, tally: Tally) -> None:
@@ -162,6 +166,38 @@ def retrain_seed(run: Run, seed: int, tally: Tally) -> None:
         tally.headline["decoder"].append(scores)
         if seed == run.params.seeds[0]:
             tally.images["decoder"] = image[run.shown]
+    if run.long_run:
+        fit_long_runs(run, seed, start, z, [p for p in planned if p.k == run.head], head_mask, tally)
+
+
+def fit_long_runs(
+    run: Run, seed: int, start: dict[str, Tensor], z: Tensor, head: list[Planned], head_mask: Mask, tally: Tally
+) -> None:
+    """The long runs of one seed (plumbing.long_run): dense (also at OES's recipe), LIP and the long-run
+    baselines of the headline from their starts, and the deep decoder."""
+    factor, label = run.long_run, f"{run.pid} s{seed}"
+    log.info("seed %s: long runs, %d x %d iterations", seed, factor, run.fit_cfg.iterations)
+    theta0 = artifacts.load_init(layout.round_dir(run.args.rounds, seed, 0))[0]
+    masked = [("lip", start, head_mask)]
+    masked += [(p.method, p.start, p.mask) for p in head if p.method in long_run.LONG_RUN]
+    scores = long_run.fit_masks(
+        params=run.params,
+        seed=seed,
+        fit=run.fit_cfg,
+        task=run.args.task,
+        factor=factor,
+        z=z,
+        problem=run.problem,
+        theta0=theta0,
+        masked=masked,
+        label=label,
+    )
+    decoder, _ = fit_decoder(
+        run.params, run.args.task, head_mask, run.problem, seed, f"{label} long decoder", factor=factor
+    )
+    scores["decoder"] = long_run.with_drop(decoder)
+    for method, s in scores.items():
+        tally.long.setdefault(method, []).append(s)
 
 
 def plan_seed(
@@ -199,13 +235,17 @@ def made(run: Run, name: str, seed: int, k: int, z: Tensor, lip_mask: Mask, star
     its start."""
     method = methods.get(name)
     gen = generator(run.params.seed, name, run.args.name, run.args.task, seed, k)
-    inputs = methods.MaskInputs(run.params.net, starts.rewind, z, run.problem, lip_mask, gen, run.params.device)
-    return Planned(name, k, method.start(starts), method.mask(inputs))
+    start = method.start(starts)  # a scored mask (SNIP, OES) is scored at the start it is trained from
+    oes = run.params.evaluate.oes if name == "oes" else None  # read only when fitted: its params key
+    settings = {"oes": (oes, oes.steps(run.fit_cfg.iterations))} if oes is not None else {}
+    inputs = methods.MaskInputs(run.params.net, start, z, run.problem, lip_mask, gen, run.params.device, settings)
+    return Planned(name, k, start, method.mask(inputs), inputs.notes)
 
 
 def record(run: Run, seed: int, p: Planned, res: Outcome, tally: Tally) -> None:
     scores = {**res.scores, "sparsity": {"effective": sparsity(p.mask)}}
     scores["collapsed_layers"] = prune.collapsed_layers(p.mask)
+    scores.update(p.notes)  # e.g. OES's search: its length and objective
     if p.method in tally.curves:
         tally.curves[p.method].setdefault(p.k, []).append(scores)
     if p.k == run.head:
@@ -252,6 +292,9 @@ def write(run: Run, summary: dict[str, Any], tally: Tally, iteration_rows: list[
         artifacts.write_numerics(tmp, run.params.device, run.fit_cfg)
         per_seed_curves = {m: {str(k): v for k, v in sorted(by.items())} for m, by in tally.curves.items()}
         results = {"summary": summary, "per_seed": tally.headline, "per_seed_curves": per_seed_curves}
+        if run.long_run:
+            iterations = run.fit_cfg.iterations * run.long_run
+            results["long_run"] = {"factor": run.long_run, "iterations": iterations, "per_seed": tally.long}
         io.write_json(tmp / layout.RESULTS, results)
         shutil.copy(args.obs / layout.CLEAN_PNG, tmp / layout.method_png("clean"))
         shutil.copy(args.obs / layout.DEGRADED_PNG, tmp / layout.method_png("degraded"))
@@ -270,13 +313,14 @@ def write(run: Run, summary: dict[str, Any], tally: Tally, iteration_rows: list[
 
 
 def fit_decoder(
-    params: Params, task: str, lip_mask: Mask, problem: Problem, seed: int, label: str
+    params: Params, task: str, lip_mask: Mask, problem: Problem, seed: int, label: str, factor: int = 1
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The deep decoder with about as many parameters as the LIP net of `lip_mask` keeps: scores, images."""
+    """The deep decoder with about as many parameters as the LIP net of `lip_mask` keeps: scores, images
+    (factor: a run that many times as long, the long runs')."""
     dec_cfg = matched_decoder(params.net, lip_mask, params.evaluate.decoder_layers)
     dec = build_net(dec_cfg, generator(params.seed, "decoder", seed))
     z_dec = make_input(dec, *problem.x_true.shape[-2:], generator(params.seed, "decoder_z", seed))
-    dec_fit = params.fit_for(task, reg_noise_std=0.0)  # the deep decoder uses no input noise
+    dec_fit = long_run.long_fit(params.fit_for(task, reg_noise_std=0.0), factor)  # no input noise, as its paper
     nets = [(dec.state_dict(), None, label)]
     (res,) = retrain(params=params, seed=seed, nets=nets, z=z_dec, problem=problem, fit=dec_fit, net=dec_cfg)
     parameters = sum(p.numel() for p in dec.parameters())

@@ -20,7 +20,7 @@ from lipcore.schema import mark_read  # noqa: E402
 
 from .plumbing import artifacts, entry, layout  # noqa: E402
 from .plumbing.params import load_params  # noqa: E402
-from .reporting import claims, figures, gan_report, headline  # noqa: E402
+from .reporting import claims, figures, gan_report, headline, overfitting  # noqa: E402
 
 
 def fmt(stat: dict[str, float] | None, digits: int = 2) -> str:
@@ -164,10 +164,12 @@ def main(argv: list[str] | None = None) -> None:
             "truth (as the LIP paper reports); *ES-WMV* stops without it.",
             "",
             *claims.claims_section(records, transfer, multi, point),
+            *overfitting.claim_rows(records),
             "",
             *statistics_section(records, point, list(params.tasks)),
             f"![PSNR vs sparsity]({layout.CURVES_PNG})",
             "",
+            *overfitting.section(records),
             *claims.multi_section(multi, point),
         ]
         for s, i in zip(summaries, ids):

@@ -113,7 +113,8 @@ def tiny_params(**overrides) -> dict:
         "evaluate": {
             "decoder_layers": 3,
             "curve_methods": ["random_global"],
-            "baselines": ["random_global", "random_layer", "snip", "snip_layer", "snip_iterative"],
+            "baselines": ["random_global", "random_layer", "snip", "snip_layer", "snip_iterative", "oes"],
+            "long_run": 2,  # the long runs through every stage test that evaluates
         },
         "transfer": {"pairs": "all"},
         # dvc.yaml interpolates multi.*: every key present (no group: no multi-image stage)

@@ -6,6 +6,7 @@ import torch
 from lipcore import DegradationConfig, NetConfig, build_net, count_parameters, make_input
 from lipcore import prune as P
 from lipcore.baselines import decoder_channels_for, matched_decoder, nonzero_parameters
+from lipcore.config import OesConfig
 from lipcore.methods import baseline_mask, selectable
 from lipcore.physics import make_problem
 
@@ -46,7 +47,9 @@ def test_baseline_masks_remove_exactly_as_many_weights_as_lip(method, tiny_cfg, 
     z = make_input(net, 32, 32, g)
     problem = make_problem(f16_small, DegradationConfig(task="inpaint"), g)
     lip = P.magnitude_prune(net, P.dense_mask(net), 0.36, scope="layer")
-    mask = baseline_mask(method, tiny_cfg, net.state_dict(), z, problem, lip, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    settings = {"oes": (OesConfig(), 20)}  # a short search: the count is what this test checks
+    mask = baseline_mask(method, tiny_cfg, net.state_dict(), z, problem, lip, g, settings=settings)
     assert P.count_kept(mask) == P.count_kept(lip)
     if method in ("random_layer", "snip_layer"):
         assert all(int(mask[n].sum()) == int(lip[n].sum()) for n in lip)

@@ -21,13 +21,13 @@ from tests.conftest import dvc_stages, make_project, run_stage_in_process, tiny_
 
 def test_the_registry_holds_one_entry_per_method_in_the_reports_order():
     assert methods.names() == [
-        *("dense", "lip", "random_global", "random_layer", "snip", "snip_layer", "snip_iterative"),
+        *("dense", "lip", "random_global", "random_layer", "snip", "snip_layer", "oes", "snip_iterative"),
         *("reinit", "lip_theta0", "decoder"),
     ]
     assert all(name == m.name and m.what for name, m in methods.REGISTRY.items())
     assert methods.names("reference") == ["dense", "lip"]
     assert methods.names("control") == ["reinit", "lip_theta0"]
-    assert methods.selectable() == ["random_global", "random_layer", "snip", "snip_layer", "snip_iterative"]
+    assert methods.selectable() == ["random_global", "random_layer", "snip", "snip_layer", "oes", "snip_iterative"]
     assert methods.controls(0) == ["reinit"] and methods.controls(3) == ["reinit", "lip_theta0"]
     # every baseline and control has a claim, and a control trains LIP's own mask from another start
     assert all(methods.get(n).claim for n in methods.opponents())
@@ -120,7 +120,7 @@ def test_the_default_report_keeps_its_order_and_its_columns():
         "decoder": ["decoder"],
     }
     assert methods.claimed() == [
-        *("random_global", "random_layer", "snip", "snip_layer", "snip_iterative", "decoder"),
+        *("random_global", "random_layer", "snip", "snip_layer", "oes", "snip_iterative", "decoder"),
         *("reinit", "lip_theta0"),
     ]
 

@@ -112,7 +112,7 @@ def test_evaluate_transfer_report(project):
         run_evaluate(image, "denoise")
     head = json.loads(layout.headline_metrics("f16", "denoise").read_text())
     assert head["round"] == 2  # 0.36 >= 0.3 > 0.2
-    baselines = {"random_global", "random_layer", "snip", "snip_layer", "snip_iterative"}
+    baselines = {"random_global", "random_layer", "snip", "snip_layer", "snip_iterative", "oes"}
     assert set(head["methods"]) == {"dense", "lip", *baselines, "reinit", "decoder"}
     assert head["methods"]["lip"]["es_psnr"]["mean"] > 10
     lip = fit_metrics("f16", "denoise", 0, 2)
@@ -123,6 +123,16 @@ def test_evaluate_transfer_report(project):
         assert per_seed[method][0]["sparsity"]["effective"] == pytest.approx(head["effective_sparsity"], abs=1e-9)
         assert per_seed[method][0]["collapsed_layers"] == []
     assert per_seed["reinit"][0]["es"] != per_seed["lip"][0]["es"]  # the same mask, another start
+    assert per_seed["oes"][0]["search"]["steps"] == 18  # 1.5 x the 12-iteration fit (evaluate.oes)
+    long = results["long_run"]  # 2 x the run: from each headline fit's start, z and stream
+    assert long["factor"] == 2 and long["iterations"] == 24
+    assert set(long["per_seed"]) == {"dense", "lip", "oes", "random_layer", "decoder", "dense_oes_recipe"}
+    for method, (s,) in long["per_seed"].items():
+        assert s["last"]["iteration"] == 24 and s["drop"] == pytest.approx(s["oracle_best"]["psnr"] - s["last"]["psnr"])
+    # its first 12 iterations are the headline fit's: its peak is at least the headline's oracle best
+    for method, k in (("dense", 0), ("lip", 2)):
+        headline_best = fit_metrics("f16", "denoise", 0, k)["oracle_best"]["psnr"]
+        assert long["per_seed"][method][0]["oracle_best"]["psnr"] >= headline_best - 1e-6, method
     assert set(results["per_seed_curves"]["lip"]) == {"0", "1", "2"}
     curves = [r.split(",") for r in layout.sparsity_plot("f16", "denoise").read_text().splitlines()]
     assert curves[0] == ["sparsity", "psnr", "series", "plot"] and {r[3] for r in curves[1:]} == {"f16-denoise"}
@@ -145,6 +155,8 @@ def test_evaluate_transfer_report(project):
     assert "| LIP > random pruning (global) at the same sparsity |" in md
     assert "| reinit | LIP mask from a fresh theta_0" in md
     assert "no multi-image group in this run" in md
+    assert "## Long runs: does a sparse prior overfit less?" in md and "| dense_oes_recipe |" in md
+    assert "| a sparse prior overfits less: lip (long runs" in md and "| oes | Optimal Eye Surgeon" in md
     assert (project / "report" / layout.CURVES_PNG).exists()
     assert (project / "report" / layout.grid_png("f16-denoise")).exists()
     numbers = json.loads(layout.HEADLINE.read_text())  # the DVC metrics: few, and each what it says

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from lipcore.config import DegradationConfig, FitConfig, ImpConfig, NetConfig, round_chain
+from lipcore.config import DegradationConfig, FitConfig, ImpConfig, NetConfig, OesConfig, round_chain
 from lipcore.csgm import CsgmConfig
 from lipcore.fista import FistaConfig
 from lipcore.gan_prune import DistillConfig
@@ -44,6 +44,8 @@ class EvaluateConfig(Section):
     decoder_layers: int = 6  # deep-decoder baseline; its width is chosen to match LIP's weight count
     curve_methods: tuple[str, ...] = ()  # baselines also fitted at every round's sparsity (for the curves)
     baselines: tuple[str, ...] = ("random_global", "random_layer", "snip", "snip_layer")  # at the headline
+    oes: OesConfig = dataclasses.field(default_factory=OesConfig)  # the OES baseline's mask search (lipcore.oes)
+    long_run: int = 0  # > 0: also fit the long-run methods this many times the run length (plumbing.long_run)
 
     def __post_init__(self) -> None:
         from lipcore import methods
@@ -52,6 +54,8 @@ class EvaluateConfig(Section):
             methods.refuse_unknown(key, getattr(self, key), curve=key == "curve_methods")  # names the registered
         if self.decoder_layers < 1:
             raise ValueError(f"decoder_layers must be >= 1, got {self.decoder_layers}")
+        if self.long_run < 0:
+            raise ValueError(f"long_run must be >= 0 (0: no long runs; k: k times the run length), got {self.long_run}")
 
 
 def refuse_repeats(key: str, values: tuple) -> None:
