@@ -164,6 +164,18 @@ def channel_scores(state: dict[str, Tensor], cfg: NetConfig) -> dict[str, Tensor
     return {c.weight: state[c.weight].detach().abs().sum(dim=(1, 2, 3)) for c in _layout(cfg)}
 
 
+def ticket_scores(cfg: NetConfig, small: dict[str, Tensor], mask: ChannelMask) -> dict[str, Tensor]:
+    """channel_scores of a trained ticket (the state of materialise(cfg, ., mask)), on the full net's channels:
+    each kept filter's L1 norm at its place, 0 at the pruned ones (which prune_channels never ranks again)."""
+    out = {}
+    for c in _layout(cfg):
+        kept = mask[c.weight].cpu()
+        full = torch.zeros(c.out, dtype=small[c.weight].dtype)
+        full[kept] = small[c.weight].detach().abs().sum(dim=(1, 2, 3)).cpu()
+        out[c.weight] = full
+    return out
+
+
 def prune_channels(scores: dict[str, Tensor], mask: ChannelMask, fraction: float = 0.2) -> ChannelMask:
     """Remove round_count(fraction, alive) of the alive channels of EACH layer, those of smallest score (ties:
     lowest index first); a layer always keeps at least one channel (binding only for fraction >= 0.5)."""

@@ -201,6 +201,28 @@ class OesConfig(Section):
         return max(1, round(self.steps_per_iteration * iterations))
 
 
+@dataclass(frozen=True)
+class ChannelsConfig(Section):
+    """Channel tickets (lipcore.channels): IMP over whole output channels of the skip net's convs, each round's
+    ticket materialised as a smaller net and trained from the sliced rewind weights."""
+
+    rounds: int = 0  # 0: none; k: rounds 1..k
+    # of the remaining channels of each layer per round; None: 1 - sqrt(1 - imp.fraction), so that a conv's
+    # weights (out x in channels) shrink by about imp.fraction per round and round k keeps about as many
+    # parameters as LIP's round k
+    fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ValueError(f"rounds must be >= 0 (0: no channel tickets), got {self.rounds}")
+        if self.fraction is not None and not 0.0 < self.fraction < 0.5:
+            raise ValueError(f"fraction must be in (0, 0.5) (or null: matched to imp.fraction), got {self.fraction}")
+
+    def per_round(self, imp_fraction: float) -> float:
+        """The fraction of each layer's channels a round removes."""
+        return self.fraction if self.fraction is not None else 1.0 - (1.0 - imp_fraction) ** 0.5
+
+
 def round_chain(chain: Any) -> tuple[tuple[int, int], ...]:
     """An IMP chain [[1, 0], [2, 1], ...] as a tuple of (round, parent) pairs, refused unless in that order."""
     pairs = tuple(tuple(int(v) for v in pair) for pair in chain)

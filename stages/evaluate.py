@@ -28,7 +28,7 @@ from typing import Any
 from torch import Tensor
 
 from lipcore import io, methods, prune
-from lipcore.baselines import matched_decoder
+from lipcore.baselines import matched_decoder, nonzero_parameters
 from lipcore.config import FitConfig
 from lipcore.imp import headline_round, nominal_sparsity
 from lipcore.nets import build_net, make_input
@@ -38,7 +38,7 @@ from lipcore.scoring import reported_images, shown_point, summarise
 from lipcore.seeding import generator
 from lipcore.trials import Outcome
 
-from .plumbing import artifacts, entry, layout, live, long_run
+from .plumbing import artifacts, channel_tickets, entry, layout, live, long_run
 from .plumbing.params import Params, load_params
 from .plumbing.retrain import retrain
 from .reporting import figures
@@ -133,6 +133,8 @@ class Tally:
     effective: list[float] = field(default_factory=list)
     images: dict[str, Any] = field(default_factory=dict)
     long: dict[str, list[dict]] = field(default_factory=dict)  # the long runs' scores, by method
+    channels: list[list[dict]] = field(default_factory=list)  # per seed, the channel tickets' rounds
+    lip_parameters: dict[int, list[int]] = field(default_factory=dict)  # per LIP round, its nets' parameters
 
     @classmethod
     def empty(cls, run: Run) -> Tally:
@@ -168,6 +170,21 @@ def retrain_seed(run: Run, seed: int, tally: Tally) -> None:
             tally.images["decoder"] = image[run.shown]
     if run.long_run:
         fit_long_runs(run, seed, start, z, [p for p in planned if p.k == run.head], head_mask, tally)
+    if run.params.evaluate.channels.rounds:
+        trained = artifacts.load_weights(layout.round_dir(run.args.rounds, seed, 0) / layout.TRAINED, run.params.net)
+        log.info("seed %s: channel tickets, %d rounds", seed, run.params.evaluate.channels.rounds)
+        tally.channels.append(
+            channel_tickets.fit_rounds(
+                params=run.params,
+                seed=seed,
+                fit=run.fit_cfg,
+                z=z,
+                problem=run.problem,
+                rewind=start,
+                trained=trained,
+                label=f"{run.pid} s{seed}",
+            )
+        )
 
 
 def fit_long_runs(
@@ -221,6 +238,7 @@ def plan_seed(
             tally.headline["dense"].append(m)
             continue
         lip_mask = artifacts.load_round_mask(layout.round_dir(rounds, seed, k), params.net, k)
+        tally.lip_parameters.setdefault(k, []).append(nonzero_parameters(params.net, lip_mask))
         if k == run.head:
             head_mask = lip_mask
         chosen = set(run.curve_methods) | (set(run.baselines) if k == run.head else set())
@@ -295,6 +313,8 @@ def write(run: Run, summary: dict[str, Any], tally: Tally, iteration_rows: list[
         if run.long_run:
             iterations = run.fit_cfg.iterations * run.long_run
             results["long_run"] = {"factor": run.long_run, "iterations": iterations, "per_seed": tally.long}
+        if tally.channels:
+            results["channels"] = channels_record(run, tally)
         io.write_json(tmp / layout.RESULTS, results)
         shutil.copy(args.obs / layout.CLEAN_PNG, tmp / layout.method_png("clean"))
         shutil.copy(args.obs / layout.DEGRADED_PNG, tmp / layout.method_png("degraded"))
@@ -310,6 +330,18 @@ def write(run: Run, summary: dict[str, Any], tally: Tally, iteration_rows: list[
     ):  # `plot` heads the chart (.dvc/plots templates): which image-task it is
         artifacts.write_csv(path, [{**row, "plot": run.pid} for row in rows], [*columns, "plot"])
     figures.grid(args.out, f"{run.pid} ({shown})", args.grid_plot)
+
+
+def channels_record(run: Run, tally: Tally) -> dict[str, Any]:
+    """results.json's channel tickets: the per-round fraction, the dense net's cost, the parameters of LIP's
+    nets per round (the unstructured tickets they are compared with) and each seed's rounds."""
+    _, z = artifacts.load_init(layout.round_dir(run.args.rounds, run.params.seeds[0], 0))
+    return {
+        "fraction": run.params.evaluate.channels.per_round(run.params.imp.fraction),
+        "dense": channel_tickets.dense_cost(run.params.net, z),
+        "lip_parameters": {str(k): v for k, v in sorted(tally.lip_parameters.items())},
+        "per_seed": tally.channels,
+    }
 
 
 def fit_decoder(

@@ -20,7 +20,7 @@ from lipcore.schema import mark_read  # noqa: E402
 
 from .plumbing import artifacts, entry, layout  # noqa: E402
 from .plumbing.params import load_params  # noqa: E402
-from .reporting import claims, figures, gan_report, headline, overfitting  # noqa: E402
+from .reporting import claims, figures, gan_report, headline, overfitting, structured  # noqa: E402
 
 
 def fmt(stat: dict[str, float] | None, digits: int = 2) -> str:
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             f"![PSNR vs sparsity]({layout.CURVES_PNG})",
             "",
             *overfitting.section(records),
+            *structured.section(records, point),
             *claims.multi_section(multi, point),
         ]
         for s, i in zip(summaries, ids):

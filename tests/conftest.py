@@ -115,6 +115,7 @@ def tiny_params(**overrides) -> dict:
             "curve_methods": ["random_global"],
             "baselines": ["random_global", "random_layer", "snip", "snip_layer", "snip_iterative", "oes"],
             "long_run": 2,  # the long runs through every stage test that evaluates
+            "channels": {"rounds": 2, "fraction": None},  # and the channel tickets
         },
         "transfer": {"pairs": "all"},
         # dvc.yaml interpolates multi.*: every key present (no group: no multi-image stage)

@@ -208,3 +208,21 @@ def test_masks_and_states_that_do_not_fit_are_refused():
         C.slice_state(MIXED, state, C.dense_channel_mask(skeleton(MIXED)))
     with pytest.raises(ValueError, match="skip net"):
         C.dense_channel_mask(skeleton(NetConfig(kind="decoder")))
+
+
+def test_a_trained_tickets_scores_are_its_filters_norms_at_their_places_in_the_full_net():
+    """The next round ranks a ticket's own trained filters: with nothing pruned, ticket_scores are channel_scores;
+    pruned, each layer's kept scores sum to its small conv's L1 norm in mask order, and the pruned ones are 0."""
+    state = trained_like(MIXED, 3)
+    dense = C.dense_channel_mask(skeleton(MIXED))
+    same = C.ticket_scores(MIXED, C.materialise(MIXED, state, dense).state_dict(), dense)
+    full = C.channel_scores(state, MIXED)
+    assert all(torch.equal(same[n], full[n]) for n in dense)
+    mask = random_channel_mask(MIXED, 0.4, 4)
+    small = C.materialise(MIXED, state, mask).state_dict()
+    got = C.ticket_scores(MIXED, small, mask)
+    for name, kept in mask.items():
+        norms = small[name].abs().sum(dim=(1, 2, 3))
+        assert torch.allclose(got[name][kept], norms) and bool((got[name][~kept] == 0).all()), name
+    again = C.prune_channels(got, mask, 0.2)  # the next round removes alive channels only
+    assert all(bool((again[n] <= mask[n]).all()) for n in mask)

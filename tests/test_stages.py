@@ -127,8 +127,15 @@ def test_evaluate_transfer_report(project):
     long = results["long_run"]  # 2 x the run: from each headline fit's start, z and stream
     assert long["factor"] == 2 and long["iterations"] == 24
     assert set(long["per_seed"]) == {"dense", "lip", "oes", "random_layer", "decoder", "dense_oes_recipe"}
-    for method, (s,) in long["per_seed"].items():
+    for (s,) in long["per_seed"].values():
         assert s["last"]["iteration"] == 24 and s["drop"] == pytest.approx(s["oracle_best"]["psnr"] - s["last"]["psnr"])
+    ch = results["channels"]  # two channel rounds, each a smaller net: fewer parameters, fewer FLOPs
+    assert ch["fraction"] == pytest.approx(1 - 0.8**0.5) and set(ch["lip_parameters"]) == {"1", "2"}
+    (tickets,) = ch["per_seed"]
+    assert [t["round"] for t in tickets] == [1, 2]
+    assert ch["dense"]["parameters"] > tickets[0]["parameters"] > tickets[1]["parameters"]
+    assert ch["dense"]["flops"] > tickets[0]["flops"] > tickets[1]["flops"]
+    assert tickets[1]["last"]["iteration"] == 12 and tickets[1]["es"]["psnr"] > 10
     # its first 12 iterations are the headline fit's: its peak is at least the headline's oracle best
     for method, k in (("dense", 0), ("lip", 2)):
         headline_best = fit_metrics("f16", "denoise", 0, k)["oracle_best"]["psnr"]
@@ -157,6 +164,7 @@ def test_evaluate_transfer_report(project):
     assert "no multi-image group in this run" in md
     assert "## Long runs: does a sparse prior overfit less?" in md and "| dense_oes_recipe |" in md
     assert "| a sparse prior overfits less: lip (long runs" in md and "| oes | Optimal Eye Surgeon" in md
+    assert "## Channel tickets: structured sparsity that runs faster" in md and "| 2 | 2 |" in md
     assert (project / "report" / layout.CURVES_PNG).exists()
     assert (project / "report" / layout.grid_png("f16-denoise")).exists()
     numbers = json.loads(layout.HEADLINE.read_text())  # the DVC metrics: few, and each what it says

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from lipcore.config import DegradationConfig, FitConfig, ImpConfig, NetConfig, OesConfig, round_chain
+from lipcore.config import ChannelsConfig, DegradationConfig, FitConfig, ImpConfig, NetConfig, OesConfig, round_chain
 from lipcore.csgm import CsgmConfig
 from lipcore.fista import FistaConfig
 from lipcore.gan_prune import DistillConfig
@@ -46,6 +46,7 @@ class EvaluateConfig(Section):
     baselines: tuple[str, ...] = ("random_global", "random_layer", "snip", "snip_layer")  # at the headline
     oes: OesConfig = dataclasses.field(default_factory=OesConfig)  # the OES baseline's mask search (lipcore.oes)
     long_run: int = 0  # > 0: also fit the long-run methods this many times the run length (plumbing.long_run)
+    channels: ChannelsConfig = dataclasses.field(default_factory=ChannelsConfig)  # channel tickets (structured)
 
     def __post_init__(self) -> None:
         from lipcore import methods
@@ -279,6 +280,11 @@ class Params(Section):
                 raise ValueError(f"net.out_channels: {self.net.out_channels}; the pipeline fits RGB images: use 3")
             for task in self.task_defs:  # each task's fit overrides must make a valid fit
                 self.fit_for(task)
+            if self.evaluate.channels.rounds and self.net.kind != "skip":
+                raise ValueError(
+                    f"evaluate.channels.rounds: channel tickets are cut from the skip net; net.kind is "
+                    f"{self.net.kind!r} (use skip, or rounds: 0)"
+                )
         self._check_image_size()
         self._check_degradations()
         self._check_multi()
