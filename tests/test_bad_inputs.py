@@ -238,6 +238,15 @@ PARAMS_ROWS = {
     "gan more measurements than pixels": (_set("gan", {"cs": {"m": [20000]}}), r"m: \[20000\] measurements"),
     "gan no measurements": (_set("gan", {"cs": {"m": [0]}}), r"m: \[0\] measurements"),
     "gan face twice": (_set("gan", {"faces": ["baby", "baby"]}), r"faces.*baby"),
+    "long run negative": (_set("evaluate.long_run", -1), r"long_run must be >= 0"),
+    "oes search of no steps": (_set("evaluate.oes.steps_per_iteration", 0), r"steps_per_iteration must be > 0"),
+    "oes temperature zero": (_set("evaluate.oes.temperature", 0.0), r"lr and temperature must be > 0"),
+    "channel rounds negative": (_set("evaluate.channels.rounds", -2), r"rounds must be >= 0"),
+    "channel fraction too large": (_set("evaluate.channels.fraction", 0.6), r"fraction must be in \(0, 0.5\)"),
+    "channel tickets of a deep decoder": (
+        _sets(_set("net.kind", "decoder"), _set("evaluate.channels.rounds", 2)),
+        r"evaluate\.channels\.rounds: channel tickets are cut from the skip net",
+    ),
 }
 
 
