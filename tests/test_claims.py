@@ -161,3 +161,38 @@ def test_the_run_length_check_counts_late_peaks_and_fits_that_stopped_themselves
     assert not check["inpaint"]["holds"] and check["inpaint"]["peak_early"] == 8
     table = "\n".join(claims.run_length_lines(records))
     assert "| denoise | 10 |" in table and "**passes**" in table and "**fails**" in table
+
+
+def test_the_channel_tickets_table_pairs_each_round_with_dense_and_the_lip_round_of_nearest_size():
+    """A hand-made record: two seeds, two channel rounds; LIP rounds of 80% and 50% of the parameters."""
+    from stages.reporting import structured
+
+    def s(v):
+        return {"es": {"psnr": v}}
+
+    rec = {
+        "per_seed_curves": {"lip": {"0": [s(30.0), s(31.0)], "1": [s(30.5), s(31.2)], "2": [s(29.0), s(30.0)]}},
+        "channels": {
+            "fraction": 0.1,
+            "dense": {"parameters": 1000, "flops": 400},
+            "lip_parameters": {"1": [800, 800], "2": [500, 500]},
+            "per_seed": [
+                [
+                    {"round": 1, "parameters": 780, "flops": 300, **s(30.2)},
+                    {"round": 2, "parameters": 600, "flops": 200, **s(29.6)},
+                ],
+                [
+                    {"round": 1, "parameters": 780, "flops": 300, **s(31.1)},
+                    {"round": 2, "parameters": 600, "flops": 200, **s(30.4)},
+                ],
+            ],
+        },
+    }
+    one, two = structured.rows({"a": rec}, "es")
+    assert one["lip_rounds"] == [1] and two["lip_rounds"] == [2]  # 600 is nearer 500 than 800
+    assert one["vs_dense"].mean == pytest.approx(0.15) and two["vs_lip"].mean == pytest.approx(0.5)
+    assert one["parameters"] == pytest.approx(0.78) and two["flops_ratio"] == pytest.approx(2.0)
+    assert structured.within(one["vs_dense"]) in ("yes", "not shown", "no")
+    rec["channels"]["lip_parameters"] = {}  # no IMP round to compare with: the LIP columns stay empty
+    (alone, _) = structured.rows({"a": rec}, "es")
+    assert alone["vs_lip"] is None and "| 1 | 2 | 78.0% | 1.33 |" in "\n".join(structured.section({"a": rec}, "es"))

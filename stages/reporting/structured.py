@@ -33,14 +33,15 @@ def rows(records: dict[str, dict], point: str) -> list[dict[str, Any]]:
         for seed, tickets in enumerate(ch["per_seed"]):
             for t in tickets:
                 r = by_round.setdefault(t["round"], {k: [] for k in ("t", "d", "lt", "l", "p", "f", "lk", "lp")})
-                k = _nearest_lip_round(ch["lip_parameters"], t["parameters"])
                 r["t"].append(claims.psnr(t, point))
                 r["d"].append(dense[seed])
-                r["l"].append(claims.psnr(lip_curve[str(k)][seed], point))
                 r["p"].append(t["parameters"] / ch["dense"]["parameters"])
                 r["f"].append(ch["dense"]["flops"] / t["flops"])
-                r["lk"].append(k)
-                r["lp"].append(ch["lip_parameters"][str(k)][seed] / ch["dense"]["parameters"])
+                if ch["lip_parameters"]:  # no IMP round (an empty imp.chain): nothing unstructured to compare
+                    k = _nearest_lip_round(ch["lip_parameters"], t["parameters"])
+                    r["l"].append(claims.psnr(lip_curve[str(k)][seed], point))
+                    r["lk"].append(k)
+                    r["lp"].append(ch["lip_parameters"][str(k)][seed] / ch["dense"]["parameters"])
     out = []
     for k, r in sorted(by_round.items()):
         out.append(
@@ -52,8 +53,8 @@ def rows(records: dict[str, dict], point: str) -> list[dict[str, Any]]:
                 "psnr": claims.mean(r["t"]),
                 "vs_dense": paired(r["t"], r["d"]),
                 "lip_rounds": sorted(set(r["lk"])),
-                "lip_parameters": claims.mean(r["lp"]),
-                "vs_lip": paired(r["t"], r["l"]),
+                "lip_parameters": claims.mean(r["lp"]) if r["lp"] else None,
+                "vs_lip": paired(r["t"], r["l"]) if r["l"] else None,
             }
         )
     return out
@@ -88,10 +89,13 @@ def section(records: dict[str, dict], point: str) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
-        lip = ", ".join(str(k) for k in r["lip_rounds"])
+        lip, vs_lip = "–", "–"
+        if r["vs_lip"] is not None:
+            lip = ", ".join(str(k) for k in r["lip_rounds"]) + f" ({r['lip_parameters']:.1%})"
+            vs_lip = claims.fmt_paired(r["vs_lip"])
         lines.append(
             f"| {r['round']} | {r['n']} | {r['parameters']:.1%} | {r['flops_ratio']:.2f} | {r['psnr']:.2f} | "
             f"{claims.fmt_paired(r['vs_dense'])} | {claims.fmt_detectable(r['vs_dense'])} | "
-            f"{within(r['vs_dense'])} | {lip} ({r['lip_parameters']:.1%}) | {claims.fmt_paired(r['vs_lip'])} |"
+            f"{within(r['vs_dense'])} | {lip} | {vs_lip} |"
         )
     return [*lines, ""]
