@@ -138,7 +138,9 @@ class Tally:
 
     @classmethod
     def empty(cls, run: Run) -> Tally:
-        headline = ["dense", "lip", *run.baselines, *run.controls, "decoder"]
+        # a curve method is fitted at the headline round too: it joins the headline (the baselines' order first)
+        extra = [m for m in run.curve_methods if m not in run.baselines]
+        headline = ["dense", "lip", *run.baselines, *extra, *run.controls, "decoder"]
         return cls({m: {} for m in ["lip", *run.curve_methods]}, {m: [] for m in headline})
 
 

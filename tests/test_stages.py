@@ -200,6 +200,21 @@ def test_late_rewinding_adds_the_theta0_control(project):
     assert per_seed["lip_theta0"][0]["es"] != per_seed["lip"][0]["es"]
 
 
+def test_a_curve_method_that_is_no_headline_baseline_joins_the_headline(project):
+    """evaluate.curve_methods fits its methods at every round, the headline round included: a curve method not
+    listed in evaluate.baselines is scored there too (it failed with a KeyError before)."""
+    params = tiny_params(images=["f16"])
+    params["evaluate"].update(curve_methods=["random_global"], baselines=["random_layer"], long_run=0)
+    params["evaluate"]["channels"] = {"rounds": 0, "fraction": None}
+    write_params(project / "params.yaml", params)
+    run_chain(params)
+    run_evaluate("f16", "denoise")
+    results = io.read_json(layout.evaluate_dir("f16", "denoise") / layout.RESULTS)
+    assert set(results["per_seed"]) == {"dense", "lip", "random_layer", "random_global", "reinit", "decoder"}
+    head = results["summary"]["headline"]["round"]
+    assert results["per_seed"]["random_global"] == results["per_seed_curves"]["random_global"][str(head)]
+
+
 def run_multi(params, group="g", seeds=(0,)):
     for mode in params["multi"]["modes"]:
         rounds = layout.multi_rounds(group, mode)
