@@ -98,6 +98,10 @@ def test_the_executor_builds_every_artifact_and_dvc_agrees(built):
     report = (path / "report/tiny/report.md").read_text()
     assert "| lip |" in report and "## Claims" in report and "## Multi-image LIP: group g" in report
     assert "## GAN compressive sensing" in report and "dense/mom" in report
+    # OES, the long runs and the channel tickets, through the real pipeline
+    assert "| oes | Optimal Eye Surgeon" in report and "## Long runs: does a sparse prior overfit less?" in report
+    assert "## Channel tickets: structured sparsity that runs faster" in report
+    assert "oes" in head["methods"]
     assert "Data and pipelines are up to date" in run_command([dvc, "status"], path, env)
 
 
