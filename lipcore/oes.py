@@ -57,19 +57,14 @@ def relaxed_mask(logits: Tensor, temperature: float, generator: torch.Generator)
 def top_k_mask(logits: prune.Mask, kept: int, generator: torch.Generator) -> prune.Mask:
     """Keep exactly `kept` weights, those of largest logit; ties broken by a random order from `generator`."""
     names = list(logits)
-    flat = torch.cat([logits[n].detach().flatten().cpu() for n in names])
+    flat = prune._flat(logits, names, torch.device("cpu"))
     if not 0 < kept <= flat.numel():
         raise ValueError(f"kept must be in [1, {flat.numel()}], got {kept}")
     order = torch.randperm(flat.numel(), generator=generator)
     ranked = order[torch.argsort(flat[order], descending=True, stable=True)]  # equal logits: random order
     keep = torch.zeros(flat.numel(), dtype=torch.bool)
     keep[ranked[:kept]] = True
-    out, i = {}, 0
-    for n in names:
-        size = logits[n].numel()
-        out[n] = keep[i : i + size].view(logits[n].shape)
-        i += size
-    return out
+    return {n: part.view(logits[n].shape) for n, part in zip(names, keep.split([logits[n].numel() for n in names]))}
 
 
 @dataclass(frozen=True)
