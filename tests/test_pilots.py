@@ -1,11 +1,21 @@
-"""bench/run_length.py: the pilot's two run-length rules, on hand-made curves (the fits themselves are bench work)."""
+"""The pilots that set the studies' run lengths (bench/run_length.py, bench/gan_search_length.py): their rules on
+hand-made curves (the fits and searches themselves are bench work)."""
 
 import importlib.util
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location("run_length", Path(__file__).parents[1] / "bench" / "run_length.py")
-run_length = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_length)
+import torch
+
+
+def bench_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_length = bench_script("run_length")
+gan_search_length = bench_script("gan_search_length")
 
 
 def test_the_peak_rule_puts_the_share_th_peak_before_the_early_part_of_the_run():
@@ -39,3 +49,20 @@ def test_the_plateau_rule_reads_the_best_so_far_so_a_falling_fit_counts_as_flat(
 def test_best_every_keeps_the_best_logged_value_up_to_each_multiple_of_the_step():
     history = {"iteration": [0, 50, 100, 150, 200, 250, 300], "psnr": [10.0, 12.0, 11.0, 15.0, 13.0, 14.0, 14.5]}
     assert run_length.best_every(history, "psnr", 100) == [12.0, 15.0, 15.0]
+
+
+def test_the_gan_pilot_keeps_each_images_best_restart_at_the_search_length_and_measures_its_last_fifth():
+    # 2 images x 2 restarts, 10 steps. Image 0: restart 1 ends lower (1.0 against 2.0); image 1: restart 0 (0.5).
+    # At step 10 (index 9) the chosen rows are 1 and 2; at step 8 (0.8 x 10, index 7) they stood at 1.5 and 0.5:
+    # a mean of 1.0 shed to 0.75, a third of the end's 0.75
+    losses = torch.ones(10, 4)
+    losses[:, 0] = 2.0
+    losses[7, 1], losses[9, 1] = 1.5, 1.0
+    losses[7, 2], losses[9, 2] = 0.5, 0.5
+    losses[:, 3] = 3.0
+    drop, pick = gan_search_length.last_fifth_drop(losses, restarts=2, length=10)
+    assert pick.tolist() == [1, 2]
+    assert abs(drop - 1 / 3) < 1e-6
+    # a search of 5 steps judges by step 5 (index 4), where every chosen row is flat
+    drop, pick = gan_search_length.last_fifth_drop(losses, restarts=2, length=5)
+    assert drop == 0.0
