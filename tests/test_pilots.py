@@ -60,9 +60,19 @@ def test_the_gan_pilot_keeps_each_images_best_restart_at_the_search_length_and_m
     losses[7, 1], losses[9, 1] = 1.5, 1.0
     losses[7, 2], losses[9, 2] = 0.5, 0.5
     losses[:, 3] = 3.0
-    drop, pick = gan_search_length.last_fifth_drop(losses, restarts=2, length=10)
+    drop, pick = gan_search_length.last_fifth_drop(losses, restarts=2, length=10, window=1)
     assert pick.tolist() == [1, 2]
     assert abs(drop - 1 / 3) < 1e-6
     # a search of 5 steps judges by step 5 (index 4), where every chosen row is flat
-    drop, pick = gan_search_length.last_fifth_drop(losses, restarts=2, length=5)
+    drop, pick = gan_search_length.last_fifth_drop(losses, restarts=2, length=5, window=1)
+    assert drop == 0.0
+
+
+def test_the_gan_pilot_averages_each_end_of_the_last_fifth_over_a_window_so_jitter_is_not_a_trend():
+    # one image, one restart: a flat loss of 1 jittering by +-0.5 every other step. A search of 15 steps read at
+    # single steps compares step 12 (1.5) with step 15 (0.5): a drop of 200%; windows of 4 steps read 1 and 1
+    losses = torch.tensor([1.5 if i % 2 else 0.5 for i in range(20)]).view(20, 1)
+    drop, _ = gan_search_length.last_fifth_drop(losses, restarts=1, length=15, window=1)
+    assert abs(drop - 2.0) < 1e-6
+    drop, _ = gan_search_length.last_fifth_drop(losses, restarts=1, length=15, window=4)
     assert drop == 0.0
