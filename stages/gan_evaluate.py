@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     scored = gan.scored_rounds
     rounds = [artifacts.read_gan_record(layout.gan_round_dir(k, args.rounds)) for k in (0, *scored)]
     last = scored[-1]
+    kinds_scored = gan.pruned_kinds
+    grid_methods = tuple(c for c in GRID_METHODS if c != "rewind" or "rewind" in kinds_scored)
 
     per_m, grids, lambdas = {}, {}, {}
     for m in gan.cs.m:
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             "methods": {name: summary(rows, kinds) for name, rows in methods.items()},
             "paired_vs_dense": {
                 f"{kind}@{k}": paired_mse(methods[f"{kind}@{k}"], methods["dense"], kinds)
-                for kind in ("lip", "random", "rewind")
+                for kind in kinds_scored
                 for k in scored
             },
             # the sparse-generator claim's control: LIP against a random mask of the same sparsity, image by image
@@ -70,38 +72,34 @@ def main(argv: list[str] | None = None) -> None:
         }
         images = {**cs_x, **dip_x}
         ticket = next(n for n in dip_x if n.startswith("dip_lip@"))
-        columns = {
-            "adjoint": "adjoint",
-            "fista": "fista",
-            "dense": "dense",
-            "lip": f"lip@{last}",
-            "random": f"random@{last}",
-            "rewind": f"rewind@{last}",
-            "dip": "dip",
-            "dip_lip": ticket,
-        }
-        grids[m] = torch.cat([x, *(images[columns[c]] for c in GRID_METHODS)], dim=-1)  # one row per image
+        columns = {"adjoint": "adjoint", "fista": "fista", "dense": "dense", "dip": "dip", "dip_lip": ticket}
+        columns.update({kind: f"{kind}@{last}" for kind in kinds_scored})
+        grids[m] = torch.cat([x, *(images[columns[c]] for c in grid_methods)], dim=-1)  # one row per image
 
-    robust, _ = read(layout.GAN_ROBUST.name, args.cs, gan.cs.robust_m)
+    robust = None
+    if gan.robust:
+        record, _ = read(layout.GAN_ROBUST.name, args.cs, gan.cs.robust_m)
+        robust = {
+            **{k: record[k] for k in ("m", "outliers", "outlier_value", "mom_block")},
+            "methods": {name: summary(rows, kinds) for name, rows in record["methods"].items()},
+        }
     results: dict[str, Any] = {
         "images": names,
         "kinds": kinds,
         "rounds": rounds,
         "fista_lambda": {str(m): lam for m, lam in lambdas.items()},
         "m": {str(m): v for m, v in per_m.items()},
-        "robust": {
-            **{k: robust[k] for k in ("m", "outliers", "outlier_value", "mom_block")},
-            "methods": {name: summary(rows, kinds) for name, rows in robust["methods"].items()},
-        },
-        "grid_columns": ["truth", *GRID_METHODS],
+        "robust": robust,  # None: left out (gan.robust: false)
+        "grid_columns": ["truth", *grid_methods],
         "grid_round": last,
     }
     with layout.GAN_EVALUATE_OUT.write(args.out) as tmp:
         io.write_json(tmp / layout.RESULTS, results)
         for m, grid in grids.items():
             io.save_png(((torch.cat(list(grid), dim=-2) + 1) / 2)[None], tmp / layout.GAN_GRID.format(m=m))
-    io.write_json(args.metrics, metrics(per_m, results["robust"]))
-    for path, (rows, columns) in ((args.sparsity_plot, sparsity_rows(per_m, rounds)), (args.m_plot, m_rows(per_m))):
+    io.write_json(args.metrics, metrics(per_m, robust))
+    sparsity = sparsity_rows(per_m, rounds, kinds_scored)
+    for path, (rows, columns) in ((args.sparsity_plot, sparsity), (args.m_plot, m_rows(per_m))):
         # `plot` heads the chart (.dvc/plots templates)
         artifacts.write_csv(path, [{**row, "plot": PLOT_HEADER} for row in rows], [*columns, "plot"])
 
@@ -155,13 +153,15 @@ def search_curve(cs: dict[str, Any]) -> dict[str, Any] | None:
     return {**curve, "dense_last_fifth_drop": (at_80 - dense[-1]) / dense[-1]}
 
 
-def metrics(per_m: dict[int, Any], robust: dict[str, Any]) -> dict[str, Any]:
-    """metrics/gan.json (dvc metrics show / diff): mean MSE of every method at every m, and the robust setting."""
+def metrics(per_m: dict[int, Any], robust: dict[str, Any] | None) -> dict[str, Any]:
+    """metrics/gan.json (dvc metrics show / diff): mean MSE of every method at every m, and the robust setting
+    (unless it was left out)."""
     out: dict[str, Any] = {
         f"m{m}": {name: round(v["all"]["mse"]["mean"], 6) for name, v in entry_["methods"].items()}
         for m, entry_ in per_m.items()
     }
-    out["robust"] = {name: round(v["all"]["mse"]["mean"], 6) for name, v in robust["methods"].items()}
+    if robust is not None:
+        out["robust"] = {name: round(v["all"]["mse"]["mean"], 6) for name, v in robust["methods"].items()}
     out["m"] = list(per_m)
     return out
 
@@ -169,12 +169,12 @@ def metrics(per_m: dict[int, Any], robust: dict[str, Any]) -> dict[str, Any]:
 PLOT_HEADER = "mean over the test images (in-range and real faces)"
 
 
-def sparsity_rows(per_m: dict[int, Any], rounds: list[dict]) -> tuple[list[dict], list[str]]:
+def sparsity_rows(per_m: dict[int, Any], rounds: list[dict], kinds: tuple[str, ...]) -> tuple[list[dict], list[str]]:
     """MSE vs sparsity, long format (one row per round, kind and m; round 0 is the dense generator for every kind):
     the plot draws one line per series."""
     rows = []
     for m, entry_ in per_m.items():
-        for kind in ("lip", "random", "rewind"):
+        for kind in kinds:
             for r in rounds:
                 name = "dense" if r["round"] == 0 else f"{kind}@{r['round']}"
                 mse = entry_["methods"][name]["all"]["mse"]["mean"]

@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     args = entry.start(ap, argv)
     layout.GAN_CS_OUT.check(args.out)
     params = load_params(args.params)
+    if not params.gan.robust:  # left out (gan.robust: false): a record that says so, and no search
+        with layout.GAN_CS_OUT.write(args.out) as tmp:
+            gan_study.write_recoveries(tmp, {}, {"m": None, "off": True, "images": [], "methods": {}})
+        return
     cs = params.gan.cs
     x, names, kinds = gan_study.load_testset(args.testset)
     last = params.gan.rounds[-1]

@@ -89,13 +89,15 @@ def load_round(
 def generators(params: Params, rounds: Path) -> dict[str, nn.Module]:
     """Every generator the study scores, by method name: dense; lip@k (IMP, distilled), random@k (random mask of
     round k's layer-wise sparsity, distilled) and rewind@k (round k's mask on the pretrained weights, no
-    retraining) for every scored round (gan.scored; default every round of gan.chain)."""
+    retraining; unless gan.rewind is off) for every scored round (gan.scored; default every round of gan.chain)."""
     dense, _ = load_round(layout.gan_round_dir(0, rounds), 0)
     nets: dict[str, nn.Module] = {"dense": dense}
     for k in params.gan.scored_rounds:
         lip, mask = load_round(layout.gan_round_dir(k, rounds), k)
         random, _ = load_round(layout.gan_round_dir(k, rounds), k, "random")
-        nets.update({f"lip@{k}": lip, f"random@{k}": random, f"rewind@{k}": rewound(dense, mask)})
+        nets.update({f"lip@{k}": lip, f"random@{k}": random})
+        if params.gan.rewind:
+            nets[f"rewind@{k}"] = rewound(dense, mask)
     return nets
 
 

@@ -183,6 +183,11 @@ class GanConfig(Section):
     # the rounds whose generators compressive sensing scores (gan_cs, gan_evaluate); null: every round of the chain.
     # A latent search costs the same for every generator, so scoring only the last round cuts gan_cs by the rest.
     scored: tuple[int, ...] | None = None
+    # Two parts the sparse-generator claim does not need, each a latent search per generator at full length: a
+    # study on a budget can leave them out. rewind: score rewind@k (round k's mask on the pretrained weights, not
+    # retrained) beside lip@k and random@k; robust: run gan_robust's outlier setting (4 searches at robust_m).
+    rewind: bool = True
+    robust: bool = True
 
     def __post_init__(self) -> None:
         refuse_non_names("faces", self.faces)
@@ -212,6 +217,12 @@ class GanConfig(Section):
     def scored_rounds(self) -> tuple[int, ...]:
         """The rounds compressive sensing scores, in chain order."""
         return self.rounds if self.scored is None else tuple(k for k in self.rounds if k in self.scored)
+
+    @property
+    def pruned_kinds(self) -> tuple[str, ...]:
+        """The pruned generators scored at each scored round (method names kind@k): LIP, its random control, and
+        rewind unless gan.rewind is off."""
+        return ("lip", "random", "rewind") if self.rewind else ("lip", "random")
 
 
 @dataclass(frozen=True)

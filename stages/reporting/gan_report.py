@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt
 from ..plumbing import artifacts, layout
 from . import figures
 
-CURVE_KINDS = ("lip", "random", "rewind")
 TITLE = "## GAN compressive sensing: a pruned pretrained generator as the prior"
 
 
@@ -28,15 +27,20 @@ def section(gan_dir: Path, out: Path) -> list[str]:
     n_range, n_face = res["kinds"].count("in_range"), res["kinds"].count("face")
     levels = ", ".join(f"{r['sparsity']:.1%}" for r in rounds[1:])
     faces = ", ".join(n for n, k in zip(res["images"], res["kinds"]) if k == "face")
+    faces = f" ({faces})" if faces else ""
+    rewind = (
+        "; *rewind*: the LIP mask on the pretrained weights, not retrained"
+        if "rewind" in pruned_kinds(res)
+        else " (the rewind control was left out: `gan.rewind: false`)"
+    )
     lines = [
         TITLE,
         "",
         f"The DCGAN face generator of `gan-face-generate` (3,574,784 conv weights), pruned by IMP "
         f"({levels}), each round rewound to the pretrained "
         "weights and retrained by distillation from the dense generator; *random*: a random mask with the same "
-        "sparsity in every layer, retrained the same way; *rewind*: the LIP mask on the pretrained weights, not "
-        f"retrained. CSGM on {n_range} in-range images (made by the dense generator) and {n_face} real faces "
-        f"({faces}). Per-pixel MSE in [-1, 1] "
+        f"sparsity in every layer, retrained the same way{rewind}. CSGM on {n_range} in-range images (made by the "
+        f"dense generator) and {n_face} real faces{faces}. Per-pixel MSE in [-1, 1] "
         "units (lower is better), mean ± std over the images.",
         "",
         *verdict_lines(res),
@@ -45,7 +49,7 @@ def section(gan_dir: Path, out: Path) -> list[str]:
     ]
     for m in ms:
         lines += [f"### m = {m} measurements ({int(m) / 12288:.1%} of n)", "", *mse_table(res["m"][m]), ""]
-        lines += [*paired_table(res["m"][m], [r["round"] for r in rounds[1:]]), ""]
+        lines += [*paired_table(res["m"][m], [r["round"] for r in rounds[1:]], pruned_kinds(res)), ""]
         grid = layout.GAN_GRID.format(m=m)
         shutil.copyfile(Path(gan_dir) / grid, out / grid)
         lines += [
@@ -62,6 +66,13 @@ def section(gan_dir: Path, out: Path) -> list[str]:
         *robust_lines(res["robust"]),
     ]
     return lines
+
+
+def pruned_kinds(res: dict[str, Any]) -> list[str]:
+    """The pruned generators gan_evaluate scored per round (lip, random, and rewind unless it was left out), read
+    from the methods it scored at its first m."""
+    methods = next(iter(res["m"].values()))["methods"]
+    return [kind for kind in ("lip", "random", "rewind") if any(n.startswith(f"{kind}@") for n in methods)]
 
 
 def stat(v: dict[str, Any], kind: str) -> str:
@@ -85,7 +96,7 @@ def interval(p: dict[str, Any] | None) -> str:
     return f"{p['mean']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}] {p['verdict']} ({p['lower']}/{p['n']} lower{power})"
 
 
-def paired_table(entry: dict[str, Any], rounds: list[int]) -> list[str]:
+def paired_table(entry: dict[str, Any], rounds: list[int], kinds: list[str]) -> list[str]:
     rows = [
         "Paired MSE difference to the dense generator per image, mean [95% interval]; *better*: the interval lies "
         "below 0.",
@@ -93,7 +104,7 @@ def paired_table(entry: dict[str, Any], rounds: list[int]) -> list[str]:
         "| generator | all | in-range | faces |",
         "|---|---|---|---|",
     ]
-    for kind in CURVE_KINDS:
+    for kind in kinds:
         for k in rounds:
             p = entry["paired_vs_dense"][f"{kind}@{k}"]
             rows.append(
@@ -160,7 +171,9 @@ def convergence_lines(res: dict[str, Any], path: Path) -> list[str]:
     ]
 
 
-def robust_lines(robust: dict[str, Any]) -> list[str]:
+def robust_lines(robust: dict[str, Any] | None) -> list[str]:
+    if robust is None:
+        return ["### Robust setting", "", "Not run here (`gan.robust: false`).", ""]
     rows = [
         f"### Robust setting: {robust['m']} measurements, the last {robust['outliers']} all-ones rows measuring "
         f"{robust['outlier_value']:g}",
@@ -182,7 +195,7 @@ def sparsity_figure(res: dict[str, Any], path: Path) -> None:
     x = [r["sparsity"] for r in res["rounds"]]
     for ax, m in zip(axes[0], ms):
         methods = res["m"][m]["methods"]
-        for kind in CURVE_KINDS:
+        for kind in pruned_kinds(res):
             names = ["dense", *(f"{kind}@{r['round']}" for r in res["rounds"][1:])]
             y = [methods[n]["all"]["mse"]["mean"] for n in names]
             ax.plot(x, y, marker="o", label=kind)
