@@ -136,6 +136,8 @@ def tiny_params(**overrides) -> dict:
             "fista": {"iterations": 3, "lambdas": [0.01, 0.1]},
             "dip": {"ticket": None, "seed": None, "fit": {"iterations": 6}},
             "scored": None,
+            "rewind": True,
+            "robust": True,
         },
     }
     params.update(overrides)

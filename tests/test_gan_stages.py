@@ -141,3 +141,31 @@ def test_gan_scored_picks_the_rounds_compressive_sensing_scores(tmp_path):
     path.write_text(yaml.safe_dump({**params, "gan": {**params["gan"], "scored": [4]}}))
     with pytest.raises(ValueError, match=r"scored: \[4\] not rounds of gan.chain \[1, 2, 3\]"):
         load_params(path)
+
+
+def test_a_study_can_leave_out_the_rewind_control_and_the_robust_setting(tmp_path, monkeypatch):
+    """gan.rewind / gan.robust off (params.transfer-gan.yaml, for the budget): no rewind@k search, gan_robust writes
+    a record that says it did not run, and evaluate, metrics and the report carry on without them; with no real
+    faces the report names none."""
+    from stages.reporting import gan_report
+
+    params = tiny_params(images=["f16"])
+    params["gan"] = {**params["gan"], "rewind": False, "robust": False, "in_range": 2, "faces": []}
+    path = make_project(tmp_path / "project", params)
+    monkeypatch.chdir(path)
+    for stage in dvc_stages(path):
+        if not stage.addressing.startswith(("evaluate", "transfer", "report")):
+            run_stage_in_process(stage)
+    robust = json.loads((path / "outs/gan/cs/robust/results.json").read_text())
+    assert robust["off"] is True and robust["methods"] == {}
+    results = json.loads((path / "outs/evaluate/gan/results.json").read_text())
+    assert results["kinds"] == ["in_range", "in_range"] and results["robust"] is None
+    methods = results["m"]["100"]["methods"]
+    assert set(methods) == {"dense", "lip@1", "random@1", "fista", "adjoint", "dip", "dip_lip@2"}
+    assert set(results["m"]["100"]["paired_vs_dense"]) == {"lip@1", "random@1"}
+    assert "rewind" not in results["grid_columns"]
+    assert "robust" not in json.loads((path / "metrics/gan.json").read_text())
+    text = "\n".join(gan_report.section(path / "outs/evaluate/gan", tmp_path))
+    assert "Not run here (`gan.robust: false`)." in text and "rewind@" not in text
+    assert "2 in-range images (made by the dense generator) and 0 real faces. " in text
+    assert "the rewind control was left out" in text
