@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
             f"# Lottery image priors: report ({params.setting})",
             "",
             f"Protocol **{params.protocol}**; images {list(params.images)}, tasks {list(params.tasks)}, "
-            f"seeds {list(params.seeds)}, image size {params.image_size}, {params.fit.iterations} iterations "
-            "per fit. Values are mean ± std over seeds. *Oracle best* picks the iteration with the ground "
+            f"seeds {list(params.seeds)}, image size {params.image_size}, {claims.run_lengths(records)}. "
+            "Values are mean ± std over seeds. *Oracle best* picks the iteration with the ground "
             "truth (as the LIP paper reports); *ES-WMV* stops without it.",
             "",
             *claims.claims_section(records, transfer, multi, point),

@@ -161,6 +161,11 @@ def test_the_run_length_check_counts_late_peaks_and_fits_that_stopped_themselves
     assert not check["inpaint"]["holds"] and check["inpaint"]["peak_early"] == 8
     table = "\n".join(claims.run_length_lines(records))
     assert "| denoise | 10 |" in table and "**passes**" in table and "**fails**" in table
+    # the report's header says each task's run length when the tasks ran for different lengths (task_defs)
+    assert claims.run_lengths(records) == "1000 iterations per fit"
+    records["a-sr4"] = rec("sr4", [dense(100, 3000)])
+    assert claims.run_lengths(records) == "iterations per fit: denoise 1000, inpaint 1000, sr4 3000"
+    assert claims.run_lengths({}) == "no dense fit recorded its length"
 
 
 def test_the_channel_tickets_table_pairs_each_round_with_dense_and_the_lip_round_of_nearest_size():

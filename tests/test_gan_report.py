@@ -36,7 +36,12 @@ def _record():
             },
         },
         "paired_lip_vs_random": {"lip@4": {"in_range": _paired(-0.02, -0.03, -0.01, "better")}},
-        "search_curve": {"every": 10, "methods": {"dense": [1.0, 0.5, 0.3, 0.25, 0.2]}, "dense_last_fifth_drop": 0.25},
+        "search_curve": {
+            "every": 10,
+            "methods": {"dense": [1.0, 0.5, 0.3, 0.25, 0.2]},
+            **{"dense_last_fifth_drop": 0.25, "dense_last_fifth_progress": 0.0625, "dense_flat": False},
+            "noise_floor": 0.0001,
+        },
     }
     return {"m": {"1000": entry}}
 
@@ -54,6 +59,7 @@ def test_the_verdict_picks_the_best_lip_round_per_kind_and_reads_its_paired_test
 def test_the_convergence_lines_give_the_last_fifths_drop_and_draw_the_curve(tmp_path):
     lines = gan_report.convergence_lines(_record(), tmp_path / layout.GAN_CURVE_PNG)
     assert "m = 1000: 25.0%" in lines[0]
+    assert "| 1000 | 0.2 | 0.0001 | 2e+03× | 6.25% | **no** |" in lines
     assert (tmp_path / layout.GAN_CURVE_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = _record()
     del record["m"]["1000"]["search_curve"]

@@ -367,6 +367,17 @@ def run_length_check(records: dict[str, dict]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def run_lengths(records: dict[str, dict]) -> str:
+    """How long each task's dense fits ran (their longest: a fit ES-WMV stopped ran less), as the report's header
+    says it: one number when every task ran as long, else one per task (task_defs.<task>.fit.iterations)."""
+    ran = {task: c["ran"][-1] for task, c in run_length_check(records).items()}
+    if not ran:
+        return "no dense fit recorded its length"
+    if len(set(ran.values())) == 1:
+        return f"{next(iter(ran.values()))} iterations per fit"
+    return "iterations per fit: " + ", ".join(f"{task} {n}" for task, n in ran.items())
+
+
 def run_length_lines(records: dict[str, dict]) -> list[str]:
     """The run-length check as a table, one row per task."""
     lines = [
