@@ -236,8 +236,9 @@ def plan_seed(
         if k == run.head:
             tally.headline["lip"].append(m)
             tally.effective.append(m["sparsity"]["effective"])
-        if k == 0:
-            tally.headline["dense"].append(m)
+        if k == 0:  # the run-length check's facts (stages/reporting/claims.py): how the dense fit's best rose
+            history = artifacts.read_history(layout.round_dir(rounds, seed, 0))
+            tally.headline["dense"].append({**m, "best_by_tenth": best_by_tenth(history, m["output"])})
             continue
         lip_mask = artifacts.load_round_mask(layout.round_dir(rounds, seed, k), params.net, k)
         tally.lip_parameters.setdefault(k, []).append(nonzero_parameters(params.net, lip_mask))
@@ -377,6 +378,20 @@ def sparsity_plot_rows(curves: dict[str, list[dict]], shown: str) -> list[dict[s
         by_x[0.0] = dense  # round 0 is the dense net, for every method
         rows += [{"sparsity": x, "psnr": v, "series": method} for x, v in sorted(by_x.items())]
     return rows
+
+
+def best_by_tenth(history: dict[str, list], output: str) -> list[float | None]:
+    """The best PSNR of the reported output (`output`: out or ema) so far at each tenth of the run (10%, ..., 100%
+    of its last logged iteration), from its history.json: a fit whose best still rose in its last fifth had not
+    reached its plateau. None for a tenth with no measured row yet."""
+    column = history["psnr_ema" if output == "ema" else "psnr_out"]
+    rows = [(it, v) for it, v in zip(history["iteration"], column) if v is not None]
+    end = history["iteration"][-1] if history["iteration"] else 0
+    out: list[float | None] = []
+    for tenth in range(1, 11):
+        seen = [v for it, v in rows if it <= end * tenth / 10]
+        out.append(max(seen) if seen else None)
+    return out
 
 
 ITERATION_COLUMNS = ("iteration", "psnr", "series", "es_stop")

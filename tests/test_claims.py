@@ -161,6 +161,20 @@ def test_the_run_length_check_counts_late_peaks_and_fits_that_stopped_themselves
     assert not check["inpaint"]["holds"] and check["inpaint"]["peak_early"] == 8
     table = "\n".join(claims.run_length_lines(records))
     assert "| denoise | 10 |" in table and "**passes**" in table and "**fails**" in table
+
+    # noise-free tasks: a late peak that gains < 0.1 dB over the last fifth passes as a plateau
+    def creeping(gain):  # peak at the end, the best so far rising `gain` dB after 80% of the run
+        return {**dense(1000, 1000), "best_by_tenth": [20.0 + t for t in range(7)] + [27.0, 27.0, 27.0 + gain]}
+
+    assert claims.late_gain(creeping(0.05)) == pytest.approx(0.05)  # the best at 80% (the 8th tenth) to the end
+    plateau = {"b-sr4": rec("sr4", [creeping(0.05)] * 9 + [creeping(0.5)])}
+    check = claims.run_length_check(plateau)["sr4"]
+    assert not check["holds"] and check["plateau"] and check["flat"] == 9
+    assert "| 9 of 10 (" in "\n".join(claims.run_length_lines(plateau))
+    assert "**passes (plateau)**" in "\n".join(claims.run_length_lines(plateau))
+    creep = {"b-sr4": rec("sr4", [creeping(0.05)] * 8 + [creeping(0.5)] * 2)}
+    assert not claims.run_length_check(creep)["sr4"]["plateau"]
+    assert claims.run_length_check(records)["denoise"]["flat"] is None  # records from before best_by_tenth
     # the report's header says each task's run length when the tasks ran for different lengths (task_defs)
     assert claims.run_lengths(records) == "1000 iterations per fit"
     records["a-sr4"] = rec("sr4", [dense(100, 3000)])

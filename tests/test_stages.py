@@ -287,6 +287,18 @@ def test_iteration_plot_holds_each_fit_to_its_own_end_with_its_es_stop(tmp_path)
     ]
 
 
+def test_best_by_tenth_is_the_best_psnr_so_far_of_the_reported_output_at_each_tenth_of_the_run():
+    """The run-length check's facts: rows up to each tenth of the last logged iteration; a gap (null) is skipped."""
+    hist = {
+        "iteration": [10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
+        "psnr_out": [5.0, 9.0, 7.0, None, 8.0, 9.5, 9.0, 9.0, 10.0, 9.0],
+        "psnr_ema": [1.0] * 10,
+    }
+    assert evaluate.best_by_tenth(hist, "raw") == [5.0, 9.0, 9.0, 9.0, 9.0, 9.5, 9.5, 9.5, 10.0, 10.0]
+    assert evaluate.best_by_tenth(hist, "ema") == [1.0] * 10
+    assert evaluate.best_by_tenth({**hist, "psnr_out": [None] * 10}, "raw") == [None] * 10
+
+
 def test_es_stop_runs_through_evaluate(project):
     params = tiny_params(images=["f16"])
     params["fit"] = {**params["fit"], "es_stop": True, "iterations": 40, "log_every": 2}
