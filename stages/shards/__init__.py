@@ -1,0 +1,287 @@
+"""A setting run a few images at a time, across sessions whose machines keep only what git holds.
+
+A setting too big for one sitting (params.transfer-single.yaml: ~13 core-hours) runs as shards: each a subset of
+its images, run with the executor like any setting, then exported into the repository (evaluate's folders and
+the transfer matrix of its problems: a few hundred kB per problem) to be committed. When every image is in, merge
+builds the setting's report from the committed shards, the same report.md, figure for figure, that one run of
+the whole setting writes: every seed is derived from names (lipcore.seeding), so a problem's results do not
+depend on which other images ran beside it.
+
+    python -m stages.shards run params.transfer-single.yaml --images kate zebra   # in a clone; rerun to resume
+    git add report/transfer-single-shards && git commit
+    python -m stages.shards run params.transfer-single.yaml --images butterfly bird   # the next session
+    python -m stages.shards status params.transfer-single.yaml    # which images are in, which are left
+    python -m stages.shards merge params.transfer-single.yaml     # all in: report/transfer-single/
+
+`run` writes the shard's params over params.yaml (refused if params.yaml is neither the setting nor a shard of
+it), reproduces the shard's evaluate and transfer stages (and, in the shard holding the GAN study's ticket, the
+GAN study) with `python -m stages.executor`, and exports. Only settings whose problems do not meet across images
+shard: no multi-image groups, and transfer only across tasks of one image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lipcore import io
+from lipcore.imp import headline_round
+
+from .. import report, transfer
+from ..plumbing import artifacts, layout
+from ..plumbing.params import Params, load_params, read_params_yaml
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- what a shard is
+
+
+def digest(setting_file: Path) -> str:
+    """The setting's identity, images aside: shards merge only when every other number is the same."""
+    data = read_params_yaml(setting_file)
+    rest = {k: v for k, v in data.items() if k != "images"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_shardable(params: Params, setting_file: Path) -> None:
+    """Refuse a setting whose results depend on several images at once (they would differ shard by shard)."""
+    if params.multi.groups:
+        raise ValueError(
+            f"{setting_file}: multi.groups {sorted(params.multi.groups)} fit several images together; "
+            "a setting with multi-image groups cannot run image by image (run it whole)"
+        )
+    if params.transfer.pairs != "across_tasks" and len(params.images) > 1:
+        raise ValueError(
+            f"{setting_file}: transfer.pairs is {params.transfer.pairs!r}, which retrains masks across images; "
+            "set it to across_tasks to run this setting image by image (or run it whole)"
+        )
+
+
+def ticket_image(params: Params) -> str:
+    """The image whose shard runs the GAN study (its DIP baseline uses that problem's LIP ticket)."""
+    problem, _ = params.gan_ticket()
+    return next(i for i in params.images for t in params.tasks if layout.pair_id(i, t) == problem)
+
+
+def shard_name(images: list[str]) -> str:
+    return "+".join(images)
+
+
+def shard_images(params: Params, images: list[str], setting_file: Path) -> list[str]:
+    """`images` in the setting's order, each one of its images, once."""
+    unknown = [i for i in images if i not in params.images]
+    if unknown or not images or len(set(images)) != len(images):
+        raise ValueError(
+            f"--images {images}: give distinct images of {setting_file}'s images {list(params.images)}"
+            + (f" ({unknown} are not)" if unknown else "")
+        )
+    return [i for i in params.images if i in images]
+
+
+def shard_params(setting_file: Path, params: Params, images: list[str]) -> dict[str, Any]:
+    """The setting with its images cut to `images`; a GAN ticket the shard does not hold is dropped (the shard runs
+    no GAN stage, and the params check would refuse a ticket that is not one of its problems)."""
+    data = read_params_yaml(setting_file)
+    data["images"] = list(images)
+    if ticket_image(params) not in images and data.get("gan", {}).get("dip", {}).get("ticket") is not None:
+        data["gan"]["dip"]["ticket"] = None
+    return data
+
+
+def targets(params: Params, images: list[str]) -> list[str]:
+    """The stages a shard reproduces (with everything upstream): its problems' evaluate, the transfer matrix, and
+    the GAN study in the ticket's shard. Not the report: merge writes it once every shard is in."""
+    wanted = [f"evaluate@{layout.pair_id(i, t)}" for i in images for t in params.tasks] + ["transfer"]
+    return wanted + (["gan_evaluate"] if ticket_image(params) in images else [])
+
+
+# ---------------------------------------------------------------- the shards on disk
+
+
+def existing(setting: str) -> dict[str, dict[str, Any]]:
+    """Every exported shard of `setting`: its folder name -> its shard.json."""
+    root = layout.shards_dir(setting)
+    found = {}
+    for entry in sorted(root.iterdir()) if root.is_dir() else ():
+        if (entry / layout.SHARD).is_file():
+            found[entry.name] = artifacts.read_record(entry / layout.SHARD, ("setting", "digest", "images"))
+    return found
+
+
+def write_shard_params(setting_file: Path, params: Params, images: list[str], path: Path = Path("params.yaml")) -> None:
+    """Write the shard's params over `path`, only where that loses nothing: `path` absent, a copy of the setting,
+    or a shard of it written here."""
+    header = layout.SHARD_PARAMS_HEADER.format(setting_file=setting_file.name, images=images)
+    if path.exists():
+        text = path.read_text()
+        ours = text.startswith(layout.SHARD_PARAMS_HEADER.split("{")[0] + setting_file.name + ":")
+        if text != setting_file.read_text() and not ours:
+            raise ValueError(
+                f"{path} is neither {setting_file} nor a shard of it; refusing to replace it (commit or move it, "
+                "and run shards in a clone of their own)"
+            )
+    body = yaml.safe_dump(shard_params(setting_file, params, images), sort_keys=False)
+    with io.atomic_path(path) as tmp:
+        tmp.write_text(f"{header}\n{body}")
+
+
+def export(params: Params, setting_file: Path, images: list[str], evaluate: Path, transfer_dir: Path) -> Path:
+    """Copy the finished shard into layout.shards_dir: evaluate's folders of its problems (and the GAN study's),
+    its transfer matrix, and shard.json. Refused if a problem has not been evaluated."""
+    ids = [layout.pair_id(i, t) for i in images for t in params.tasks]
+    with_gan = ticket_image(params) in images
+    sources = [evaluate / i for i in ids] + ([evaluate / layout.GAN_EVALUATE.name] if with_gan else [])
+    missing = [str(p) for p in sources if not (p / layout.RESULTS).is_file()]
+    missing += [] if (transfer_dir / layout.MATRIX).is_file() else [str(transfer_dir / layout.MATRIX)]
+    if missing:
+        raise ValueError(f"shard {images} is not finished: {missing} missing; run its stages first (stages.shards run)")
+    out = layout.shards_dir(params.setting) / shard_name(images)
+    with layout.SHARD_OUT.write(out) as tmp:
+        for src in sources:
+            shutil.copytree(src, tmp / layout.SHARD_EVALUATE / src.name)
+        (tmp / layout.SHARD_TRANSFER).mkdir()
+        shutil.copy(transfer_dir / layout.MATRIX, tmp / layout.SHARD_TRANSFER / layout.MATRIX)
+        record = {"setting": params.setting, "digest": digest(setting_file), "images": images, "gan": with_gan}
+        io.write_json(tmp / layout.SHARD, {**record, "commit": _commit()})
+    return out
+
+
+def _commit() -> str | None:
+    """The code's git commit, for the record (None outside a git checkout)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
+
+
+def left(params: Params, setting_file: Path) -> tuple[dict[str, dict], list[str]]:
+    """The setting's shards (refused if one is of other params, or two hold the same image), and the images left."""
+    shards = existing(params.setting)
+    want, seen = digest(setting_file), {}
+    for name, shard in shards.items():
+        if shard["digest"] != want:
+            raise ValueError(
+                f"{layout.shards_dir(params.setting) / name} was made with other params than {setting_file} "
+                "(they differ in more than images); remove it and run that shard again"
+            )
+        for image in shard["images"]:
+            if image in seen:
+                raise ValueError(f"image {image} is in two shards ({seen[image]}, {name}); remove one")
+            seen[image] = name
+    return shards, [i for i in params.images if i not in seen]
+
+
+# ---------------------------------------------------------------- merge
+
+
+def merged_matrix(params: Params, matrices: list[dict[str, Any]]) -> dict[str, Any]:
+    """The transfer matrix of the whole setting from its shards': rows in the setting's order (each source's row
+    lies in one shard, as transfer is within an image), or the note the whole setting's transfer stage writes."""
+    head = headline_round(params.sparsity, params.imp)
+    pairs = [(image, task) for image in params.images for task in params.tasks]
+    ids = [layout.pair_id(*p) for p in pairs]
+    for m in matrices:
+        if m["round"] != head:
+            raise ValueError(f"a shard's transfer matrix is of round {m['round']}, the setting's headline is {head}")
+    point = matrices[0]["point"]
+    nothing = transfer.nothing_to_transfer(head, pairs, params.transfer)
+    if nothing:
+        return {"round": head, "point": point, "psnr": {}, "note": nothing, "full": {}, "per_seed": {}}
+    rows = {key: {} for key in ("psnr", "full", "per_seed")}
+    for m in matrices:
+        for key, table in rows.items():
+            table.update(m[key])
+    ordered = {key: {s: table[s] for s in ids if s in table} for key, table in rows.items()}
+    return {"round": head, "point": point, **ordered}
+
+
+def merge(setting_file: Path, out: Path | None = None) -> Path:
+    """Build the setting's report from its shards (all images in); returns the report folder."""
+    params = load_params(setting_file)
+    check_shardable(params, setting_file)
+    shards, missing = left(params, setting_file)
+    if missing:
+        raise ValueError(
+            f"images {missing} of {setting_file} are in no shard yet; run "
+            f"`python -m stages.shards run {setting_file} --images {' '.join(missing)}` (or a few of them) first"
+        )
+    root = layout.shards_dir(params.setting)
+    out = out or layout.report_dir(params.setting)
+    with tempfile.TemporaryDirectory(prefix="lip-shards-") as scratch:
+        evaluate, transfer_dir = Path(scratch) / "evaluate", Path(scratch) / "transfer"
+        evaluate.mkdir()
+        transfer_dir.mkdir()
+        matrices = []
+        for name in shards:
+            for entry in sorted((root / name / layout.SHARD_EVALUATE).iterdir()):
+                (evaluate / entry.name).symlink_to(entry.resolve(), target_is_directory=True)
+            path = root / name / layout.SHARD_TRANSFER / layout.MATRIX
+            matrices.append(artifacts.read_record(path, ("round", "point", "psnr", "full", "per_seed")))
+        io.write_json(transfer_dir / layout.MATRIX, merged_matrix(params, matrices))
+        report.main(
+            [
+                *("--params", str(setting_file), "--evaluate", str(evaluate), "--transfer", str(transfer_dir)),
+                *("--out", str(out), "--headline", str(root / layout.SHARDS_HEADLINE)),
+            ]
+        )
+    return out
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run(setting_file: Path, images: list[str], executor_args: list[str]) -> Path:
+    """Write the shard's params, reproduce its stages with the executor, export it; returns the shard folder."""
+    params = load_params(setting_file)
+    check_shardable(params, setting_file)
+    images = shard_images(params, images, setting_file)
+    shards, todo = left(params, setting_file)
+    done = [i for i in images if i not in todo]
+    if done:
+        raise ValueError(f"images {done} are already in a shard of {params.setting} ({sorted(shards)}); leave them out")
+    write_shard_params(setting_file, params, images)
+    command = [sys.executable, "-m", "stages.executor", *executor_args, *targets(params, images)]
+    log.info("shard %s: %s", shard_name(images), " ".join(command))
+    if subprocess.run(command).returncode != 0:
+        raise ValueError(f"the executor stopped before shard {images} was done; rerun the same command to resume")
+    return export(params, setting_file, images, layout.EVALUATE, layout.TRANSFER)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, what in (
+        ("run", "run a shard's stages with the executor and export it"),
+        ("status", "which images are in a shard, which are left"),
+        ("merge", "build the setting's report from its shards"),
+    ):
+        cmd = sub.add_parser(name, help=what)
+        cmd.add_argument("setting", type=Path, help="the setting's params file, e.g. params.transfer-single.yaml")
+        if name == "run":
+            cmd.add_argument("--images", nargs="+", required=True, help="the shard's images (of the setting's)")
+            cmd.add_argument("--workers", type=int, help="passed to the executor")
+    args = ap.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "run":
+        print(run(args.setting, args.images, ["--workers", str(args.workers)] if args.workers else []))
+    elif args.command == "status":
+        params = load_params(args.setting)
+        shards, missing = left(params, args.setting)
+        for name, shard in shards.items():
+            print(f"{name}: {shard['images']} (commit {shard.get('commit')})")
+        print(f"left: {missing}" if missing else "all images are in: merge")
+    else:
+        print(merge(args.setting))

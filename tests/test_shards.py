@@ -1,0 +1,152 @@
+"""stages.shards: a setting run image by image merges into the report that one run of the whole setting writes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import shards
+from stages.plumbing import layout
+from stages.plumbing.params import load_params
+from tests.conftest import dvc_stages, make_project, run_stage_in_process, tiny_params
+
+SETTING = "params.tiny.yaml"
+
+
+def sharded_params() -> dict:
+    """Two images, two tasks, transfer across the tasks of each image, the GAN study at its smallest."""
+    params = tiny_params(images=["f16", "baby"], tasks=["denoise", "inpaint"])
+    params["transfer"] = {"pairs": "across_tasks"}
+    params["evaluate"].update(baselines=["random_layer"], long_run=0, channels={"rounds": 0, "fraction": None})
+    return params
+
+
+def run_in_process(project: Path, monkeypatch: pytest.MonkeyPatch, wanted: list[str] | None) -> None:
+    """Every stage of the project's params.yaml (only those upstream of `wanted`, if given), in process."""
+    monkeypatch.chdir(project)
+    stages = dvc_stages(project)
+    if wanted is not None:
+        import networkx as nx
+        from dvc.repo import Repo
+
+        with Repo(str(project)) as repo:
+            graph = repo.index.graph
+            keep = {s for t in wanted for s in repo.stage.collect(t)}
+            keep |= {d for s in list(keep) for d in nx.descendants(graph, s)}  # DVC's edges point upstream
+            names = {s.addressing for s in keep}
+        stages = [s for s in stages if s.addressing in names]
+    for stage in stages:
+        run_stage_in_process(stage)
+
+
+@pytest.fixture(scope="module")
+def whole_and_sharded(tmp_path_factory):
+    """The tiny setting run whole, and run as two shards (f16 with the GAN study, then baby) in clones of their
+    own, exported and merged in a third folder that holds nothing but the setting and the shards."""
+    params = sharded_params()
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        whole = make_project(tmp_path_factory.mktemp("whole"), params)
+        run_in_process(whole, monkeypatch, None)
+        merged = tmp_path_factory.mktemp("merged")
+        (merged / SETTING).write_text(yaml.safe_dump(params))
+        for images in (["f16"], ["baby"]):
+            clone = make_project(tmp_path_factory.mktemp(shards.shard_name(images)), params)
+            setting = clone / SETTING
+            shutil.copy(clone / "params.yaml", setting)
+            monkeypatch.chdir(clone)
+            loaded = load_params(setting)
+            shards.write_shard_params(Path(SETTING), loaded, images)
+            run_in_process(clone, monkeypatch, shards.targets(loaded, images))
+            out = shards.export(loaded, Path(SETTING), images, layout.EVALUATE, layout.TRANSFER)
+            shutil.copytree(out, merged / out)
+        monkeypatch.chdir(merged)
+        shards.merge(Path(SETTING))
+    finally:
+        monkeypatch.undo()
+    return whole, merged
+
+
+def test_a_merged_report_is_the_whole_runs_byte_for_byte(whole_and_sharded):
+    whole, merged = whole_and_sharded
+    ours, theirs = merged / layout.report_dir("tiny"), whole / layout.report_dir("tiny")
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in theirs.iterdir())
+    assert (ours / layout.REPORT_MD).read_text() == (theirs / layout.REPORT_MD).read_text()
+    for png in theirs.glob("*.png"):  # the grids, the PSNR-vs-sparsity grid, the GAN figures
+        assert (ours / png.name).read_bytes() == png.read_bytes(), png.name
+    headline = merged / layout.shards_dir("tiny") / layout.SHARDS_HEADLINE
+    assert headline.read_text() == (whole / layout.HEADLINE).read_text()
+
+
+def test_only_the_tickets_shard_runs_the_gan_study(whole_and_sharded):
+    _, merged = whole_and_sharded
+    root = merged / layout.shards_dir("tiny")
+    held = {p.name: sorted(q.name for q in (p / layout.SHARD_EVALUATE).iterdir()) for p in root.iterdir() if p.is_dir()}
+    assert held == {"f16": ["f16-denoise", "f16-inpaint", "gan"], "baby": ["baby-denoise", "baby-inpaint"]}
+
+
+def test_status_names_the_images_left_and_merge_refuses_until_all_are_in(whole_and_sharded, monkeypatch, capsys):
+    _, merged = whole_and_sharded
+    work = Path(shutil.copytree(merged, merged.parent / "partial"))
+    shutil.rmtree(work / layout.shards_dir("tiny") / "baby")
+    monkeypatch.chdir(work)
+    shards.main(["status", SETTING])
+    assert "left: ['baby']" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"images \['baby'\] .* are in no shard yet.*--images baby"):
+        shards.merge(Path(SETTING))
+
+
+def test_a_shard_of_other_params_or_an_image_twice_is_refused(whole_and_sharded, monkeypatch):
+    _, merged = whole_and_sharded
+    work = Path(shutil.copytree(merged, merged.parent / "changed"))
+    monkeypatch.chdir(work)
+    params = sharded_params()
+    params["fit"]["iterations"] = 13
+    Path(SETTING).write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match="made with other params"):
+        shards.merge(Path(SETTING))
+    Path(SETTING).write_text(yaml.safe_dump(sharded_params()))
+    shutil.copytree(layout.shards_dir("tiny") / "baby", layout.shards_dir("tiny") / "baby-again")
+    with pytest.raises(ValueError, match="image baby is in two shards"):
+        shards.merge(Path(SETTING))
+    shutil.rmtree(layout.shards_dir("tiny") / "baby-again")
+    with pytest.raises(ValueError, match=r"images \['baby'\] are already in a shard"):
+        shards.run(Path(SETTING), ["baby"], [])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"transfer": {"pairs": "all"}}, "retrains masks across images"),
+        ({"multi": {"groups": {"g": {"train": ["f16", "baby"], "heldout": ["kate"]}}}}, "multi-image groups"),
+    ],
+)
+def test_a_setting_whose_problems_meet_across_images_is_refused(tmp_path, monkeypatch, change, message):
+    params = sharded_params() | {"images": ["f16", "baby", "kate"]}
+    for key, value in change.items():
+        params[key] = {**params[key], **value}
+    monkeypatch.chdir(tmp_path)
+    Path(SETTING).write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match=message):
+        shards.run(Path(SETTING), ["f16"], [])
+
+
+def test_shard_params_replace_only_the_setting_or_a_shard_of_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path(SETTING).write_text(yaml.safe_dump(sharded_params()))
+    params = load_params(Path(SETTING))
+    Path("params.yaml").write_text("seed: 1\n")  # someone's own params
+    with pytest.raises(ValueError, match="neither params.tiny.yaml nor a shard of it"):
+        shards.write_shard_params(Path(SETTING), params, ["f16"])
+    assert Path("params.yaml").read_text() == "seed: 1\n"
+    shutil.copy(SETTING, "params.yaml")
+    shards.write_shard_params(Path(SETTING), params, ["baby"])
+    shards.write_shard_params(Path(SETTING), params, ["f16"])  # over a shard of it
+    written = load_params(Path("params.yaml"))
+    assert list(written.images) == ["f16"] and written.fit == params.fit
+    with pytest.raises(ValueError, match=r"--images \['dog'\].*\['dog'\] are not"):
+        shards.shard_images(params, ["dog"], Path(SETTING))
+    assert shards.shard_images(params, ["baby", "f16"], Path(SETTING)) == ["f16", "baby"]  # the setting's order
