@@ -275,7 +275,7 @@ def ran_by_executor(out: str) -> list[str]:
 # is free first.
 SLOW_FIRST = (
     *("test_pipeline_e2e.py", "test_executor_faults.py", "test_params_deps.py", "test_stages.py"),
-    *("test_bad_inputs.py", "test_fit.py"),
+    *("test_bad_inputs.py", "test_shards.py", "test_fit.py"),
 )
 
 
@@ -283,7 +283,7 @@ SLOW_FIRST = (
 # quick loop (README: "Tests").
 PIPELINE = (
     *("test_pipeline_e2e.py", "test_executor_faults.py", "test_params_deps.py", "test_stages.py"),
-    *("test_bad_inputs.py", "test_gan_stages.py", "test_parallel.py", "test_layout.py"),
+    *("test_bad_inputs.py", "test_gan_stages.py", "test_parallel.py", "test_layout.py", "test_shards.py"),
 )
 
 
