@@ -77,21 +77,21 @@ def test_a_merged_report_is_the_whole_runs_byte_for_byte(whole_and_sharded):
     assert (ours / layout.REPORT_MD).read_text() == (theirs / layout.REPORT_MD).read_text()
     for png in theirs.glob("*.png"):  # the grids, the PSNR-vs-sparsity grid, the GAN figures
         assert (ours / png.name).read_bytes() == png.read_bytes(), png.name
-    headline = merged / layout.shards_dir("tiny") / layout.SHARDS_HEADLINE
+    headline = merged / shards.shards_dir("tiny") / shards.SHARDS_HEADLINE
     assert headline.read_text() == (whole / layout.HEADLINE).read_text()
 
 
 def test_only_the_tickets_shard_runs_the_gan_study(whole_and_sharded):
     _, merged = whole_and_sharded
-    root = merged / layout.shards_dir("tiny")
-    held = {p.name: sorted(q.name for q in (p / layout.SHARD_EVALUATE).iterdir()) for p in root.iterdir() if p.is_dir()}
+    root = merged / shards.shards_dir("tiny")
+    held = {p.name: sorted(q.name for q in (p / shards.SHARD_EVALUATE).iterdir()) for p in root.iterdir() if p.is_dir()}
     assert held == {"f16": ["f16-denoise", "f16-inpaint", "gan"], "baby": ["baby-denoise", "baby-inpaint"]}
 
 
 def test_status_names_the_images_left_and_merge_refuses_until_all_are_in(whole_and_sharded, monkeypatch, capsys):
     _, merged = whole_and_sharded
     work = Path(shutil.copytree(merged, merged.parent / "partial"))
-    shutil.rmtree(work / layout.shards_dir("tiny") / "baby")
+    shutil.rmtree(work / shards.shards_dir("tiny") / "baby")
     monkeypatch.chdir(work)
     shards.main(["status", SETTING])
     assert "left: ['baby']" in capsys.readouterr().out
@@ -109,10 +109,10 @@ def test_a_shard_of_other_params_or_an_image_twice_is_refused(whole_and_sharded,
     with pytest.raises(ValueError, match="made with other params"):
         shards.merge(Path(SETTING))
     Path(SETTING).write_text(yaml.safe_dump(sharded_params()))
-    shutil.copytree(layout.shards_dir("tiny") / "baby", layout.shards_dir("tiny") / "baby-again")
+    shutil.copytree(shards.shards_dir("tiny") / "baby", shards.shards_dir("tiny") / "baby-again")
     with pytest.raises(ValueError, match="image baby is in two shards"):
         shards.merge(Path(SETTING))
-    shutil.rmtree(layout.shards_dir("tiny") / "baby-again")
+    shutil.rmtree(shards.shards_dir("tiny") / "baby-again")
     with pytest.raises(ValueError, match=r"images \['baby'\] are already in a shard"):
         shards.run(Path(SETTING), ["baby"], [])
 

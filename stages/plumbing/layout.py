@@ -229,19 +229,3 @@ GAN_TESTSET_OUT = OutputDir("gan_prepare", TESTSET, (TESTSET, TESTSET_PNG))
 GAN_CS_OUT = OutputDir("gan_cs / gan_robust / gan_dip", RESULTS, (RESULTS, RECOVERED, NUMERICS))
 GAN_EVALUATE_OUT = OutputDir("gan_evaluate", RESULTS, (RESULTS, GAN_GRID.format(m="*")))
 REPORT_OUT = OutputDir("report", REPORT_MD, (REPORT_MD, CURVES_PNG, grid_png("*"), "gan_*.png"))
-
-# ---------------------------------------------------------------- shards (stages/shards.py)
-
-
-def shards_dir(setting: str) -> Path:
-    """Where a setting run image by image keeps its finished parts, beside (not inside) the report it merges into:
-    the report stage replaces its folder as a whole."""
-    return REPORT / f"{setting}-shards"
-
-
-SHARD = "shard.json"  # inside a shard: what it holds and which params made it
-SHARD_EVALUATE = "evaluate"  # inside a shard: evaluate's folders for its problems (and the GAN study's, in one shard)
-SHARD_TRANSFER = "transfer"  # inside a shard: its transfer matrix
-SHARD_PARAMS_HEADER = "# shard of {setting_file}: images {images} (python -m stages.shards; not a setting to edit)"
-SHARD_OUT = OutputDir("shards export", SHARD, (SHARD, SHARD_EVALUATE, SHARD_TRANSFER))
-SHARDS_HEADLINE = "headline.json"  # inside shards_dir: the merged report's headline numbers

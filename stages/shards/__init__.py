@@ -44,6 +44,24 @@ from ..plumbing.params import Params, load_params, read_params_yaml
 log = logging.getLogger(__name__)
 
 
+# ---------------------------------------------------------------- the names of a shard's files
+# Here, not in plumbing/layout.py: that folder is a code dependency of every stage, and no stage reads these.
+
+
+def shards_dir(setting: str) -> Path:
+    """Where a setting run image by image keeps its finished parts, beside (not inside) the report it merges into:
+    the report stage replaces its folder as a whole."""
+    return layout.REPORT / f"{setting}-shards"
+
+
+SHARD = "shard.json"  # inside a shard: what it holds and which params made it
+SHARD_EVALUATE = "evaluate"  # inside a shard: evaluate's folders for its problems (and the GAN study's, in one shard)
+SHARD_TRANSFER = "transfer"  # inside a shard: its transfer matrix
+SHARD_PARAMS_HEADER = "# shard of {setting_file}: images {images} (python -m stages.shards; not a setting to edit)"
+SHARD_OUT = layout.OutputDir("shards export", SHARD, (SHARD, SHARD_EVALUATE, SHARD_TRANSFER))
+SHARDS_HEADLINE = "headline.json"  # inside shards_dir: the merged report's headline numbers
+
+
 # ---------------------------------------------------------------- what a shard is
 
 
@@ -111,21 +129,21 @@ def targets(params: Params, images: list[str]) -> list[str]:
 
 def existing(setting: str) -> dict[str, dict[str, Any]]:
     """Every exported shard of `setting`: its folder name -> its shard.json."""
-    root = layout.shards_dir(setting)
+    root = shards_dir(setting)
     found = {}
     for entry in sorted(root.iterdir()) if root.is_dir() else ():
-        if (entry / layout.SHARD).is_file():
-            found[entry.name] = artifacts.read_record(entry / layout.SHARD, ("setting", "digest", "images"))
+        if (entry / SHARD).is_file():
+            found[entry.name] = artifacts.read_record(entry / SHARD, ("setting", "digest", "images"))
     return found
 
 
 def write_shard_params(setting_file: Path, params: Params, images: list[str], path: Path = Path("params.yaml")) -> None:
     """Write the shard's params over `path`, only where that loses nothing: `path` absent, a copy of the setting,
     or a shard of it written here."""
-    header = layout.SHARD_PARAMS_HEADER.format(setting_file=setting_file.name, images=images)
+    header = SHARD_PARAMS_HEADER.format(setting_file=setting_file.name, images=images)
     if path.exists():
         text = path.read_text()
-        ours = text.startswith(layout.SHARD_PARAMS_HEADER.split("{")[0] + setting_file.name + ":")
+        ours = text.startswith(SHARD_PARAMS_HEADER.split("{")[0] + setting_file.name + ":")
         if text != setting_file.read_text() and not ours:
             raise ValueError(
                 f"{path} is neither {setting_file} nor a shard of it; refusing to replace it (commit or move it, "
@@ -137,7 +155,7 @@ def write_shard_params(setting_file: Path, params: Params, images: list[str], pa
 
 
 def export(params: Params, setting_file: Path, images: list[str], evaluate: Path, transfer_dir: Path) -> Path:
-    """Copy the finished shard into layout.shards_dir: evaluate's folders of its problems (and the GAN study's),
+    """Copy the finished shard into shards_dir: evaluate's folders of its problems (and the GAN study's),
     its transfer matrix, and shard.json. Refused if a problem has not been evaluated."""
     ids = [layout.pair_id(i, t) for i in images for t in params.tasks]
     with_gan = ticket_image(params) in images
@@ -146,14 +164,14 @@ def export(params: Params, setting_file: Path, images: list[str], evaluate: Path
     missing += [] if (transfer_dir / layout.MATRIX).is_file() else [str(transfer_dir / layout.MATRIX)]
     if missing:
         raise ValueError(f"shard {images} is not finished: {missing} missing; run its stages first (stages.shards run)")
-    out = layout.shards_dir(params.setting) / shard_name(images)
-    with layout.SHARD_OUT.write(out) as tmp:
+    out = shards_dir(params.setting) / shard_name(images)
+    with SHARD_OUT.write(out) as tmp:
         for src in sources:
-            shutil.copytree(src, tmp / layout.SHARD_EVALUATE / src.name)
-        (tmp / layout.SHARD_TRANSFER).mkdir()
-        shutil.copy(transfer_dir / layout.MATRIX, tmp / layout.SHARD_TRANSFER / layout.MATRIX)
+            shutil.copytree(src, tmp / SHARD_EVALUATE / src.name)
+        (tmp / SHARD_TRANSFER).mkdir()
+        shutil.copy(transfer_dir / layout.MATRIX, tmp / SHARD_TRANSFER / layout.MATRIX)
         record = {"setting": params.setting, "digest": digest(setting_file), "images": images, "gan": with_gan}
-        io.write_json(tmp / layout.SHARD, {**record, "commit": _commit()})
+        io.write_json(tmp / SHARD, {**record, "commit": _commit()})
     return out
 
 
@@ -173,7 +191,7 @@ def left(params: Params, setting_file: Path) -> tuple[dict[str, dict], list[str]
     for name, shard in shards.items():
         if shard["digest"] != want:
             raise ValueError(
-                f"{layout.shards_dir(params.setting) / name} was made with other params than {setting_file} "
+                f"{shards_dir(params.setting) / name} was made with other params than {setting_file} "
                 "(they differ in more than images); remove it and run that shard again"
             )
         for image in shard["images"]:
@@ -217,7 +235,7 @@ def merge(setting_file: Path, out: Path | None = None) -> Path:
             f"images {missing} of {setting_file} are in no shard yet; run "
             f"`python -m stages.shards run {setting_file} --images {' '.join(missing)}` (or a few of them) first"
         )
-    root = layout.shards_dir(params.setting)
+    root = shards_dir(params.setting)
     out = out or layout.report_dir(params.setting)
     with tempfile.TemporaryDirectory(prefix="lip-shards-") as scratch:
         evaluate, transfer_dir = Path(scratch) / "evaluate", Path(scratch) / "transfer"
@@ -225,15 +243,15 @@ def merge(setting_file: Path, out: Path | None = None) -> Path:
         transfer_dir.mkdir()
         matrices = []
         for name in shards:
-            for entry in sorted((root / name / layout.SHARD_EVALUATE).iterdir()):
+            for entry in sorted((root / name / SHARD_EVALUATE).iterdir()):
                 (evaluate / entry.name).symlink_to(entry.resolve(), target_is_directory=True)
-            path = root / name / layout.SHARD_TRANSFER / layout.MATRIX
+            path = root / name / SHARD_TRANSFER / layout.MATRIX
             matrices.append(artifacts.read_record(path, ("round", "point", "psnr", "full", "per_seed")))
         io.write_json(transfer_dir / layout.MATRIX, merged_matrix(params, matrices))
         report.main(
             [
                 *("--params", str(setting_file), "--evaluate", str(evaluate), "--transfer", str(transfer_dir)),
-                *("--out", str(out), "--headline", str(root / layout.SHARDS_HEADLINE)),
+                *("--out", str(out), "--headline", str(root / SHARDS_HEADLINE)),
             ]
         )
     return out
