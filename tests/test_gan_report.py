@@ -66,6 +66,16 @@ def test_the_convergence_lines_give_the_last_fifths_drop_and_draw_the_curve(tmp_
     assert gan_report.convergence_lines(record, tmp_path / "none.png") == []  # a record from before the curves
 
 
+def test_the_values_of_m_are_reported_in_increasing_order(tmp_path):
+    """gan_evaluate's JSON keeps m as sorted strings ("1000" < "200"); the report reads them as numbers."""
+    entry = _record()["m"]["1000"]
+    record = {"m": {"1000": entry, "200": entry, "3000": entry}}
+    said = [line.split(",")[0] for line in gan_report.verdict_lines(record) if "in-range images:" in line]
+    assert said == ["- m = 200", "- m = 1000", "- m = 3000"]
+    drops = gan_report.convergence_lines(record, tmp_path / layout.GAN_CURVE_PNG)[0]
+    assert drops.index("m = 200:") < drops.index("m = 1000:") < drops.index("m = 3000:")
+
+
 @pytest.mark.parametrize("verdict, word", [("worse", "no, worse"), ("too few pairs", "too few images")])
 def test_other_verdicts_are_said_in_words(verdict, word):
     record = _record()

@@ -15,11 +15,16 @@ from . import figures
 TITLE = "## GAN compressive sensing: a pruned pretrained generator as the prior"
 
 
+def by_m(res: dict[str, Any]) -> dict[str, Any]:
+    """The record with its m entries in increasing m (JSON keeps them as sorted strings: 1000 before 200)."""
+    return {**res, "m": dict(sorted(res["m"].items(), key=lambda item: int(item[0])))}
+
+
 def section(gan_dir: Path, out: Path) -> list[str]:
     """The section's Markdown lines; its figures written into `out` (the report folder being made)."""
     if not (Path(gan_dir) / layout.RESULTS).exists():  # only when the stage is called by hand: dvc repro runs it
         return [TITLE, "", f"Not measured: {gan_dir} holds no results; run `dvc repro gan_evaluate`."]
-    res = artifacts.read_record(Path(gan_dir) / layout.RESULTS, ("m", "rounds", "robust", "images", "kinds"))
+    res = by_m(artifacts.read_record(Path(gan_dir) / layout.RESULTS, ("m", "rounds", "robust", "images", "kinds")))
     ms = list(res["m"])
     rounds = res["rounds"]
     sparsity_figure(res, out / layout.GAN_SPARSITY_PNG)
@@ -124,7 +129,7 @@ def verdict_lines(res: dict[str, Any]) -> list[str]:
     generator's own distribution (in-range images) and on real faces apart, and LIP against random at its sparsity."""
     lines = ["**Does a sparse generator beat the dense one here?** (in-range images and real faces apart)", ""]
     words = {"better": "yes", "worse": "no, worse", "no difference": "not shown"}
-    for m, entry in res["m"].items():
+    for m, entry in by_m(res)["m"].items():
         for kind, what in (("in_range", "in-range images"), ("face", "real faces")):
             if kind not in entry["methods"]["dense"]:
                 continue
@@ -148,7 +153,7 @@ def verdict_lines(res: dict[str, Any]) -> list[str]:
 
 def convergence_lines(res: dict[str, Any], path: Path) -> list[str]:
     """The dense generator's latent-search loss per m (figure), and how much its last fifth still took off."""
-    curves = {m: e.get("search_curve") for m, e in res["m"].items()}
+    curves = {m: e.get("search_curve") for m, e in by_m(res)["m"].items()}
     if not all(curves.values()):
         return []
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
