@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -139,7 +140,7 @@ def test_shard_params_replace_only_the_setting_or_a_shard_of_it(tmp_path, monkey
     Path(SETTING).write_text(yaml.safe_dump(sharded_params()))
     params = load_params(Path(SETTING))
     Path("params.yaml").write_text("seed: 1\n")  # someone's own params
-    with pytest.raises(ValueError, match="neither params.tiny.yaml nor a shard of it"):
+    with pytest.raises(ValueError, match="neither params.tiny.yaml, a shard of it nor the committed"):
         shards.write_shard_params(Path(SETTING), params, ["f16"])
     assert Path("params.yaml").read_text() == "seed: 1\n"
     shutil.copy(SETTING, "params.yaml")
@@ -150,3 +151,22 @@ def test_shard_params_replace_only_the_setting_or_a_shard_of_it(tmp_path, monkey
     with pytest.raises(ValueError, match=r"--images \['dog'\].*\['dog'\] are not"):
         shards.shard_images(params, ["dog"], Path(SETTING))
     assert shards.shard_images(params, ["baby", "f16"], Path(SETTING)) == ["f16", "baby"]  # the setting's order
+
+
+def test_shard_params_replace_a_fresh_clones_committed_params_but_not_an_edit_of_it(tmp_path, monkeypatch):
+    """The documented first step in a fresh clone: params.yaml there is the committed default, which git restores."""
+    monkeypatch.chdir(tmp_path)
+    Path(SETTING).write_text(yaml.safe_dump(sharded_params()))
+    params = load_params(Path(SETTING))
+    Path("params.yaml").write_text("seed: 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([*git, "add", "params.yaml"], check=True)
+    subprocess.run([*git, "commit", "-qm", "default params"], check=True)
+    Path("params.yaml").write_text("seed: 2\n")  # an edit git does not hold
+    with pytest.raises(ValueError, match="refusing to replace it"):
+        shards.write_shard_params(Path(SETTING), params, ["f16"])
+    assert Path("params.yaml").read_text() == "seed: 2\n"
+    subprocess.run(["git", "checkout", "-q", "params.yaml"], check=True)
+    shards.write_shard_params(Path(SETTING), params, ["f16"])
+    assert list(load_params(Path("params.yaml")).images) == ["f16"]

@@ -13,10 +13,10 @@ depend on which other images ran beside it.
     python -m stages.shards status params.transfer-single.yaml    # which images are in, which are left
     python -m stages.shards merge params.transfer-single.yaml     # all in: report/transfer-single/
 
-`run` writes the shard's params over params.yaml (refused if params.yaml is neither the setting nor a shard of
-it), reproduces the shard's evaluate and transfer stages (and, in the shard holding the GAN study's ticket, the
-GAN study) with `python -m stages.executor`, and exports. Only settings whose problems do not meet across images
-shard: no multi-image groups, and transfer only across tasks of one image.
+`run` writes the shard's params over params.yaml (refused unless params.yaml is the setting, a shard of it or
+the committed params.yaml, which git restores), reproduces the shard's evaluate and transfer stages (and, in the
+shard holding the GAN study's ticket, the GAN study) with `python -m stages.executor`, and exports. Only settings
+whose problems do not meet across images shard: no multi-image groups, and transfer only across tasks of one image.
 """
 
 from __future__ import annotations
@@ -139,15 +139,15 @@ def existing(setting: str) -> dict[str, dict[str, Any]]:
 
 def write_shard_params(setting_file: Path, params: Params, images: list[str], path: Path = Path("params.yaml")) -> None:
     """Write the shard's params over `path`, only where that loses nothing: `path` absent, a copy of the setting,
-    or a shard of it written here."""
+    a shard of it written here, or the version git holds (a fresh clone's default params.yaml)."""
     header = SHARD_PARAMS_HEADER.format(setting_file=setting_file.name, images=images)
     if path.exists():
         text = path.read_text()
         ours = text.startswith(SHARD_PARAMS_HEADER.split("{")[0] + setting_file.name + ":")
-        if text != setting_file.read_text() and not ours:
+        if text not in (setting_file.read_text(), _committed(path)) and not ours:
             raise ValueError(
-                f"{path} is neither {setting_file} nor a shard of it; refusing to replace it (commit or move it, "
-                "and run shards in a clone of their own)"
+                f"{path} is neither {setting_file}, a shard of it nor the committed {path}; refusing to replace it "
+                "(commit or move it, and run shards in a clone of their own)"
             )
     body = yaml.safe_dump(shard_params(setting_file, params, images), sort_keys=False)
     with io.atomic_path(path) as tmp:
@@ -173,6 +173,15 @@ def export(params: Params, setting_file: Path, images: list[str], evaluate: Path
         record = {"setting": params.setting, "digest": digest(setting_file), "images": images, "gan": with_gan}
         io.write_json(tmp / SHARD, {**record, "commit": _commit()})
     return out
+
+
+def _committed(path: Path) -> str | None:
+    """`path` as the checkout's HEAD holds it (None if git holds no such file, or outside a git checkout)."""
+    try:
+        done = subprocess.run(["git", "show", f"HEAD:./{path}"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout
 
 
 def _commit() -> str | None:
