@@ -95,7 +95,12 @@ def test_status_names_the_images_left_and_merge_refuses_until_all_are_in(whole_a
     shutil.rmtree(work / shards.shards_dir("tiny") / "baby")
     monkeypatch.chdir(work)
     shards.main(["status", SETTING])
-    assert "left: ['baby']" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "left: ['baby']" in out
+    # the run-length check over f16 alone: one row per task, each of one fit (one seed; the whole run's have two)
+    assert "over the 1 shard(s) in so far" in out and "## Run length" in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("| denoise |", "| inpaint |"))]
+    assert [(r[0], r[1]) for r in rows] == [("| denoise", "1"), ("| inpaint", "1")]
     with pytest.raises(ValueError, match=r"images \['baby'\] .* are in no shard yet.*--images baby"):
         shards.merge(Path(SETTING))
 

@@ -10,7 +10,7 @@ depend on which other images ran beside it.
     python -m stages.shards run params.transfer-single.yaml --images kate zebra   # in a clone; rerun to resume
     git add report/transfer-single-shards && git commit
     python -m stages.shards run params.transfer-single.yaml --images butterfly bird   # the next session
-    python -m stages.shards status params.transfer-single.yaml    # which images are in, which are left
+    python -m stages.shards status params.transfer-single.yaml    # images in and left, run-length check so far
     python -m stages.shards merge params.transfer-single.yaml     # all in: report/transfer-single/
 
 `run` writes the shard's params over params.yaml (refused unless params.yaml is the setting, a shard of it or
@@ -40,6 +40,7 @@ from lipcore.imp import headline_round
 from .. import report, transfer
 from ..plumbing import artifacts, layout
 from ..plumbing.params import Params, load_params, read_params_yaml
+from ..reporting import claims
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,20 @@ def left(params: Params, setting_file: Path) -> tuple[dict[str, dict], list[str]
     return shards, [i for i in params.images if i not in seen]
 
 
+def run_length_so_far(params: Params, shards: dict[str, dict]) -> list[str]:
+    """The report's run-length check over the problems of the shards in so far: a run length that fails on the
+    first images is worth knowing before the rest of the setting is run with it."""
+    root = shards_dir(params.setting)
+    records = {}
+    for name in shards:
+        for image in params.images:
+            for task in params.tasks:
+                path = root / name / SHARD_EVALUATE / layout.pair_id(image, task) / layout.RESULTS
+                if path.is_file():
+                    records[path.parent.name] = artifacts.read_record(path, ("summary", "per_seed"))
+    return claims.run_length_lines(records) if records else []
+
+
 # ---------------------------------------------------------------- merge
 
 
@@ -291,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     for name, what in (
         ("run", "run a shard's stages with the executor and export it"),
-        ("status", "which images are in a shard, which are left"),
+        ("status", "which images are in a shard, which are left, and the run-length check so far"),
         ("merge", "build the setting's report from its shards"),
     ):
         cmd = sub.add_parser(name, help=what)
@@ -310,5 +325,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, shard in shards.items():
             print(f"{name}: {shard['images']} (commit {shard.get('commit')})")
         print(f"left: {missing}" if missing else "all images are in: merge")
+        check = run_length_so_far(params, shards)
+        if check:
+            print(f"\nThe run-length check over the {len(shards)} shard(s) in so far:\n")
+            print("\n".join(check))
     else:
         print(merge(args.setting))
