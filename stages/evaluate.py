@@ -233,12 +233,15 @@ def plan_seed(
     for k in run.rounds:
         m = artifacts.read_fit_metrics(layout.round_dir(rounds, seed, k), k)
         tally.curves["lip"].setdefault(k, []).append(m)
-        if k == run.head:
-            tally.headline["lip"].append(m)
-            tally.effective.append(m["sparsity"]["effective"])
-        if k == 0:  # the run-length check's facts (stages/reporting/claims.py): how the dense fit's best rose
-            history = artifacts.read_history(layout.round_dir(rounds, seed, 0))
-            tally.headline["dense"].append({**m, "best_by_tenth": best_by_tenth(history, m["output"])})
+        if k in (0, run.head):  # the run-length check's facts (stages/reporting/claims.py): how the best rose
+            history = artifacts.read_history(layout.round_dir(rounds, seed, k))
+            scored = {**m, "best_by_tenth": best_by_tenth(history, m["output"])}
+            if k == 0:
+                tally.headline["dense"].append(scored)
+            if k == run.head:
+                tally.headline["lip"].append(scored)
+                tally.effective.append(m["sparsity"]["effective"])
+        if k == 0:
             continue
         lip_mask = artifacts.load_round_mask(layout.round_dir(rounds, seed, k), params.net, k)
         tally.lip_parameters.setdefault(k, []).append(nonzero_parameters(params.net, lip_mask))

@@ -182,6 +182,44 @@ def test_the_run_length_check_counts_late_peaks_and_fits_that_stopped_themselves
     assert claims.run_lengths({}) == "no dense fit recorded its length"
 
 
+def test_a_creeping_task_passes_when_lip_minus_dense_is_flat_over_the_last_fifth():
+    """Both fits still rise (no plateau), but LIP - dense, paired per fit, moves less than 0.1 dB after 80% of
+    the run: stopping earlier would not have changed the headline. A shift of 0.3 dB fails."""
+
+    def fit(rise_late, round_=0, base=30.0):  # best so far at each tenth, peak at the end: rises `rise_late` dB
+        tenths = [base - 5 + t * 0.5 for t in range(8)] + [base, base + rise_late]
+        tenths[7] = base - 0.001  # the 8th tenth: just below the 9th
+        return {
+            "round": round_,
+            "es": {"psnr": base},
+            "oracle_best": {"psnr": tenths[-1], "iteration": 3000},
+            "last": {"iteration": 3000},
+            "es_detected": None,
+            "best_by_tenth": tenths,
+        }
+
+    def rec(dense_late, lip_late):
+        per_seed = {"dense": [fit(g) for g in dense_late], "lip": [fit(g, round_=10, base=29) for g in lip_late]}
+        return {"summary": {"task": "sr4"}, "per_seed": per_seed}
+
+    dense_late = [0.40, 0.35, 0.45, 0.30, 0.50, 0.38]  # every fit creeps: no plateau
+    close = {"a-sr4": rec(dense_late, [g + d for g, d in zip(dense_late, [0.02, -0.03, 0.01, 0.0, -0.01, 0.03])])}
+    check = claims.run_length_check(close)["sr4"]
+    assert not check["holds"] and not check["plateau"] and check["flat"] == 0
+    assert check["lip_shift"].n == 6 and check["lip_shift"].mean == pytest.approx(0.02 / 6, abs=1e-9)
+    assert check["lip_flat"]
+    assert "**passes (LIP − dense flat)**" in "\n".join(claims.run_length_lines(close))
+    moving = {"a-sr4": rec(dense_late, [g + 0.3 for g in dense_late])}  # LIP catches up 0.3 dB late in the run
+    check = claims.run_length_check(moving)["sr4"]
+    assert check["lip_shift"].mean == pytest.approx(0.3) and not check["lip_flat"]
+    assert "**fails**" in "\n".join(claims.run_length_lines(moving))
+    # records from before LIP's best_by_tenth was recorded: no shift, the check as before
+    for lip in close["a-sr4"]["per_seed"]["lip"]:
+        del lip["best_by_tenth"]
+    assert claims.run_length_check(close)["sr4"]["lip_shift"] is None
+    assert "| – | **fails** |" in "\n".join(claims.run_length_lines(close))
+
+
 def test_the_channel_tickets_table_pairs_each_round_with_dense_and_the_lip_round_of_nearest_size():
     """A hand-made record: two seeds, two channel rounds; LIP rounds of 80% and 50% of the parameters."""
     from stages.reporting import structured

@@ -123,6 +123,10 @@ def test_evaluate_transfer_report(project):
         assert per_seed[method][0]["sparsity"]["effective"] == pytest.approx(head["effective_sparsity"], abs=1e-9)
         assert per_seed[method][0]["collapsed_layers"] == []
     assert per_seed["reinit"][0]["es"] != per_seed["lip"][0]["es"]  # the same mask, another start
+    for method in ("dense", "lip"):  # the run-length check's facts: how each headline fit's best rose
+        (rise,) = (s["best_by_tenth"] for s in per_seed[method])
+        measured = [r for r in rise if r is not None]  # a 12-iteration fit has no row in its first tenths
+        assert len(rise) == 10 and measured and measured == sorted(measured) and rise[-1] == max(measured)
     assert per_seed["oes"][0]["search"]["steps"] == 18  # 1.5 x the 12-iteration fit (evaluate.oes)
     long = results["long_run"]  # 2 x the run: from each headline fit's start, z and stream
     assert long["factor"] == 2 and long["iterations"] == 24
