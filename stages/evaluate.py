@@ -38,7 +38,7 @@ from lipcore.scoring import reported_images, shown_point, summarise
 from lipcore.seeding import generator
 from lipcore.trials import Outcome
 
-from .plumbing import artifacts, channel_tickets, entry, layout, live, long_run
+from .plumbing import artifacts, channel_tickets, entry, layout, live, long_run, resume
 from .plumbing.params import Params, load_params
 from .plumbing.retrain import retrain
 from .reporting import figures
@@ -52,10 +52,18 @@ def main(argv: list[str] | None = None) -> None:
     layout.EVALUATE_OUT.check(args.out)  # before any work: never replace a folder given by mistake
     run = plan(args, load_params(args.params))
     iteration_rows = iteration_plot_rows(args.rounds, run.params.seeds[0], run.head)  # fails before any fit
+    saved, seeds_done = resume.checkpoint(args.out, resume_key(run)), []
     tally = Tally.empty(run)
+    if (earlier := saved.load()) is not None:  # a stopped run's finished seeds (stages/plumbing/resume.py)
+        seeds_done, tally = earlier.done, earlier.state
+        log.info("seeds %s: read from the stopped run's %s", seeds_done, saved.path)
     for seed in run.params.seeds:
-        retrain_seed(run, seed, tally)
+        if seed not in seeds_done:
+            retrain_seed(run, seed, tally)
+            seeds_done.append(seed)
+            saved.save(seeds_done, tally)
     write(run, summarise_run(run, tally), tally, iteration_rows)
+    saved.clear()
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -121,6 +129,14 @@ def plan(args: argparse.Namespace, params: Params) -> Run:
         shown=shown_point(params.protocol),
         pid=layout.pair_id(args.name, args.task),
     )
+
+
+def resume_key(run: Run) -> str:
+    """What a saved tally must have been made from to be taken up: this stage's arguments and inputs, its code
+    and its arithmetic."""
+    args = run.args
+    inputs = [args.obs, args.rounds]
+    return resume.stage_key(vars(args), Path(args.params), inputs, run.params.device, run.fit_cfg.precision)
 
 
 @dataclass

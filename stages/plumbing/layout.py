@@ -28,6 +28,7 @@ REPORT = Path("report")
 # runs that check before any command that interpolates a params value
 PARAMS_CHECKED = Path("outs/params-checked.json")
 LIVE = Path("live")  # scratch, not an output: each fitting stage's progress (stages/plumbing/live.py); git ignores it
+RESUME = Path("resume")  # scratch, not an output: what a stopped stage had finished (stages/plumbing/resume.py)
 
 # ---------------------------------------------------------------- directories
 
@@ -183,6 +184,7 @@ GAN_SPARSITY_PNG = "gan_mse_vs_sparsity.png"  # the report's GAN section
 GAN_M_PNG = "gan_mse_vs_m.png"
 GAN_CURVE_PNG = "gan_search_curve.png"
 LIVE_PROGRESS = "progress.json"  # in each live/<out>/: every fit's latest row
+RESUME_FILE = "progress.pt"  # in resume/<out>/: the finished parts of the stage writing <out>
 
 
 def report_dir(setting: str) -> Path:
@@ -229,3 +231,8 @@ GAN_TESTSET_OUT = OutputDir("gan_prepare", TESTSET, (TESTSET, TESTSET_PNG))
 GAN_CS_OUT = OutputDir("gan_cs / gan_robust / gan_dip", RESULTS, (RESULTS, RECOVERED, NUMERICS))
 GAN_EVALUATE_OUT = OutputDir("gan_evaluate", RESULTS, (RESULTS, GAN_GRID.format(m="*")))
 REPORT_OUT = OutputDir("report", REPORT_MD, (REPORT_MD, CURVES_PNG, grid_png("*"), "gan_*.png"))
+
+
+def scratch_dir(base: Path, out: Path | str) -> Path:
+    """<base>/<out>: a stage's scratch folder under `base` (live/, resume/), always inside it, never its output."""
+    return base.joinpath(*[p for p in Path(out).parts if p not in ("/", "..", ".")])

@@ -98,4 +98,4 @@ def watches_fits(main: Callable[[list[str] | None], None]) -> Callable[[list[str
 
 def live_dir(out: str) -> Path:
     """live/<out>, always inside live/ (LiveFits deletes the files it finds there: never the stage's output)."""
-    return layout.LIVE.joinpath(*[p for p in Path(out).parts if p not in ("/", "..", ".")])
+    return layout.scratch_dir(layout.LIVE, out)
