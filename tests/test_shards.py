@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +178,28 @@ def test_shard_params_replace_a_fresh_clones_committed_params_but_not_an_edit_of
     subprocess.run(["git", "checkout", "-q", "params.yaml"], check=True)
     shards.write_shard_params(Path(SETTING), params, ["f16"])
     assert list(load_params(Path("params.yaml")).images) == ["f16"]
+
+
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda signum, frame: (out.write_text("stopped"), sys.exit(3)))
+out.write_text("running")
+time.sleep(60)
+"""
+
+
+def test_a_sigterm_to_the_shard_command_stops_its_executor(tmp_path):
+    """`kill <shards run>` stops the executor it runs (before: the executor went on, orphaned, and the shard
+    command was gone)."""
+    state = tmp_path / "child"
+    executor = [sys.executable, "-c", CHILD, str(state)]
+    wrapper = f"import sys; from stages.shards import run_child; sys.exit(run_child({executor!r}))"
+    shard = subprocess.Popen([sys.executable, "-c", wrapper], cwd=Path(__file__).parents[1])
+    deadline = time.monotonic() + 30
+    while not (state.exists() and state.read_text() == "running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shard.send_signal(signal.SIGTERM)
+    assert shard.wait(timeout=30) == 3  # the executor's own status, after its own stop
+    assert state.read_text() == "stopped"

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -296,9 +297,27 @@ def run(setting_file: Path, images: list[str], executor_args: list[str]) -> Path
     write_shard_params(setting_file, params, images)
     command = [sys.executable, "-m", "stages.executor", *executor_args, *targets(params, images)]
     log.info("shard %s: %s", shard_name(images), " ".join(command))
-    if subprocess.run(command).returncode != 0:
+    if run_child(command) != 0:
         raise ValueError(f"the executor stopped before shard {images} was done; rerun the same command to resume")
     return export(params, setting_file, images, layout.EVALUATE, layout.TRANSFER)
+
+
+def run_child(command: list[str]) -> int:
+    """Run `command` and return its exit status, passing on a SIGINT or SIGTERM sent to this process: the
+    executor then stops as it does when stopped itself (its stages recorded, dvc.lock written). subprocess.run
+    does not: a SIGTERM to this process alone ended it and left the executor running, orphaned, and a Ctrl-C
+    SIGKILLed the executor a quarter of a second into its graceful stop."""
+    child = subprocess.Popen(command)
+
+    def pass_on(signum: int, frame) -> None:
+        child.send_signal(signum)  # a Ctrl-C reaches the child from the terminal too: the executor takes it twice
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> None:
