@@ -33,6 +33,11 @@ RESUME = Path("resume")  # scratch, not an output: what a stopped stage had fini
 # ---------------------------------------------------------------- directories
 
 
+def scratch_dir(base: Path, out: Path | str) -> Path:
+    """<base>/<out>: a stage's scratch folder under `base` (live/, resume/), always inside it, never its output."""
+    return base.joinpath(*[p for p in Path(out).parts if p not in ("/", "..", ".")])
+
+
 def pair_id(image: str, task: str) -> str:
     """The name of one image x task problem (dvc.yaml: ${item.image}-${item.task})."""
     return f"{image}-{task}"
@@ -231,8 +236,3 @@ GAN_TESTSET_OUT = OutputDir("gan_prepare", TESTSET, (TESTSET, TESTSET_PNG))
 GAN_CS_OUT = OutputDir("gan_cs / gan_robust / gan_dip", RESULTS, (RESULTS, RECOVERED, NUMERICS))
 GAN_EVALUATE_OUT = OutputDir("gan_evaluate", RESULTS, (RESULTS, GAN_GRID.format(m="*")))
 REPORT_OUT = OutputDir("report", REPORT_MD, (REPORT_MD, CURVES_PNG, grid_png("*"), "gan_*.png"))
-
-
-def scratch_dir(base: Path, out: Path | str) -> Path:
-    """<base>/<out>: a stage's scratch folder under `base` (live/, resume/), always inside it, never its output."""
-    return base.joinpath(*[p for p in Path(out).parts if p not in ("/", "..", ".")])
