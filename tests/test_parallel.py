@@ -94,3 +94,36 @@ def test_a_gpu_the_workers_would_not_see_is_refused(tmp_path, monkeypatch, capsy
     parallel.refuse_hidden_gpus("auto", ExecutorConfig(), "auto")  # another cluster: its nodes, not this one
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     parallel.refuse_hidden_gpus("auto", ExecutorConfig(), None)
+
+
+def test_ready_stages_start_critical_path_first_then_longest_first(tmp_path, monkeypatch):
+    """Among stages with equal chains, the one whose params declare the most iterations starts first: a shard's
+    four last stages started in DVC's order, its longest (8000 iterations a fit) 36 min after the others."""
+    import yaml
+    from dvc.repo import Repo
+
+    from stages.executor import ledger
+
+    params = {
+        "fit": {"iterations": 300, "lr": 0.01},
+        "task_defs": {"short": {"fit": {"iterations": 100}}, "long": {"fit": {"iterations": 8000, "on": True}}},
+        "flag": True,  # a bool is not a count of iterations
+    }
+    stage = {"cmd": "true", "outs": []}
+    stages = {
+        "a_short": {**stage, "params": ["fit", "task_defs.short.fit"], "outs": ["a"]},
+        "b_none": {**stage, "params": ["flag"], "outs": ["b"]},
+        "c_long": {**stage, "params": ["fit", "task_defs.long.fit"], "outs": ["c"]},
+        "d_after_a": {**stage, "deps": ["a"], "outs": ["d"]},  # a chain of 2 beats any count of iterations
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    monkeypatch.chdir(tmp_path)
+    Repo.init(no_scm=True)
+    with Repo(".") as repo:
+        plan = ledger.plan(repo)
+        got = {s.addressing: plan.iterations[s] for s in plan.stages}
+        order = [s.addressing for s in sorted(plan.stages, key=plan.priority)]
+    assert got == {"a_short": 300, "b_none": 0, "c_long": 8000, "d_after_a": 0}
+    assert order[:2] == ["a_short", "c_long"]  # a_short's chain of 2 first, though c_long declares more iterations
+    assert set(order[2:]) == {"b_none", "d_after_a"}  # their ties go in DVC's order

@@ -46,11 +46,21 @@ from lipcore.io import atomic_path
 @dataclass
 class Plan:
     """The stages to consider (targets and everything upstream of them, frozen stages left out), each with the
-    stages it depends on and its priority: the longest chain of stages that wait on it (critical path first)."""
+    stages it depends on and what orders them when several are ready: the longest chain of stages that wait on it
+    (critical path first), then the most iterations its params declare (the longest stage first), then DVC's order.
+
+    The second key is for a pipeline's last stages, which all have a chain of one: in DVC's order, a shard's
+    longest evaluate (inpainting, 8000 iterations a fit) started 36 min after two shorter ones and ended its
+    shard 23 min later than the longest-first order would have."""
 
     stages: list[Stage]
     upstream: dict[Stage, list[Stage]]
     chain: dict[Stage, int] = field(default_factory=dict)
+    iterations: dict[Stage, int] = field(default_factory=dict)
+
+    def priority(self, stage: Stage) -> tuple[int, int, int]:
+        """Sorts ready stages: the one to start first, first."""
+        return -self.chain[stage], -self.iterations.get(stage, 0), self.stages.index(stage)
 
 
 def plan(repo: Repo, targets: list[str] | None = None) -> Plan:
@@ -64,7 +74,24 @@ def plan(repo: Repo, targets: list[str] | None = None) -> Plan:
     chain: dict[Stage, int] = {}
     for stage in reversed(stages):  # dependents first: each stage's chain is 1 + its longest dependent's
         chain[stage] = 1 + max((chain[d] for d in graph.predecessors(stage)), default=0)
-    return Plan(stages, upstream, chain)
+    return Plan(stages, upstream, chain, {stage: declared_iterations(stage) for stage in stages})
+
+
+def declared_iterations(stage: Stage) -> int:
+    """The largest `iterations` among the params the stage tracks: a proxy for how long it runs (a fit's cost is
+    its iterations), cheap to read, and 0 for a stage that declares none. Only for ordering: a wrong guess costs
+    time, never a result."""
+    from dvc.dependency.param import ParamsDependency
+
+    def found(key: str, value) -> Iterator[int]:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from found(str(k), v)
+        elif key.rsplit(".", 1)[-1] == "iterations" and type(value) is int:  # not a bool, not null
+            yield value
+
+    params = [dep.read_params() for dep in stage.deps if isinstance(dep, ParamsDependency)]
+    return max((n for tracked in params for key, value in tracked.items() for n in found(key, value)), default=0)
 
 
 def is_out_of_date(stage: Stage, upstream: list[Stage]) -> bool:

@@ -349,7 +349,7 @@ def _release_ready(
     repo, work: ledger.Plan, waiting: set, done: set, ready: list, progress: Progress, order, lock: ledger.Lockfile
 ) -> None:
     """Move every waiting stage whose upstream is done: up to date or restored from the run cache -> done (which
-    may release more), out of date -> ready. `ready` is kept longest-chain first, then in DVC's order."""
+    may release more), out of date -> ready. `ready` is kept in the order to start them (Plan.priority)."""
     released = True
     while released:
         released = False
@@ -367,7 +367,7 @@ def _release_ready(
                 log.info(progress.line(f"{stage.addressing} restored from the run cache"))
             else:
                 ready.append(stage)
-    ready.sort(key=lambda s: (-work.chain[s], order[s]))
+    ready.sort(key=work.priority)
 
 
 def _restored(repo, stage, lock: ledger.Lockfile) -> bool:
