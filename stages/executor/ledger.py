@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import networkx as nx
@@ -58,9 +59,14 @@ class Plan:
     chain: dict[Stage, int] = field(default_factory=dict)
     iterations: dict[Stage, int] = field(default_factory=dict)
 
+    @cached_property
+    def order(self) -> dict[Stage, int]:
+        """Each stage's place in DVC's order (dependencies first)."""
+        return {stage: i for i, stage in enumerate(self.stages)}
+
     def priority(self, stage: Stage) -> tuple[int, int, int]:
         """Sorts ready stages: the one to start first, first."""
-        return -self.chain[stage], -self.iterations.get(stage, 0), self.stages.index(stage)
+        return -self.chain[stage], -self.iterations.get(stage, 0), self.order[stage]
 
 
 def plan(repo: Repo, targets: list[str] | None = None) -> Plan:

@@ -285,7 +285,6 @@ _PIDS: dict[int, int] = {}  # id(worker handle) -> its process on this machine
 def _schedule(ray, repo, work: ledger.Plan, pool: list, progress: Progress) -> str | None:
     """Run every out-of-date stage once its upstream stages are done, critical path first, on idle workers;
     record each as it finishes. Returns the first failure's message, or None."""
-    order = {stage: i for i, stage in enumerate(work.stages)}
     waiting = set(work.stages)
     done: set = set()
     ready: list = []  # out of date, upstream done, started with DVC, waiting for a worker
@@ -298,7 +297,7 @@ def _schedule(ray, repo, work: ledger.Plan, pool: list, progress: Progress) -> s
             if _stop_asked:
                 raise Stopped(_stop_asked[0])
             if failure is None:
-                _release_ready(repo, work, waiting, done, ready, progress, order, lock)
+                _release_ready(repo, work, waiting, done, ready, progress, lock)
             while idle and ready and failure is None:
                 stage = ready.pop(0)
                 worker = idle.pop()
@@ -346,14 +345,14 @@ def _schedule(ray, repo, work: ledger.Plan, pool: list, progress: Progress) -> s
 
 
 def _release_ready(
-    repo, work: ledger.Plan, waiting: set, done: set, ready: list, progress: Progress, order, lock: ledger.Lockfile
+    repo, work: ledger.Plan, waiting: set, done: set, ready: list, progress: Progress, lock: ledger.Lockfile
 ) -> None:
     """Move every waiting stage whose upstream is done: up to date or restored from the run cache -> done (which
     may release more), out of date -> ready. `ready` is kept in the order to start them (Plan.priority)."""
     released = True
     while released:
         released = False
-        for stage in sorted(waiting, key=order.get):
+        for stage in sorted(waiting, key=work.order.get):
             if not all(up in done for up in work.upstream[stage]):
                 continue
             waiting.discard(stage)
