@@ -108,6 +108,41 @@ def test_status_names_the_images_left_and_merge_refuses_until_all_are_in(whole_a
         shards.merge(Path(SETTING))
 
 
+def test_the_report_so_far_is_over_the_images_in_and_names_those_left(whole_and_sharded, monkeypatch):
+    whole, merged = whole_and_sharded
+    work = Path(shutil.copytree(merged, merged.parent / "so-far"))
+    shutil.rmtree(work / shards.shards_dir("tiny") / "baby")
+    monkeypatch.chdir(work)
+    out = shards.merge(Path(SETTING), so_far=True)
+    assert out == layout.report_dir("tiny" + shards.SO_FAR)
+    text = (out / layout.REPORT_MD).read_text()
+    title, mark, *_ = [line for line in text.splitlines() if line]
+    assert title.startswith("# Lottery image priors: report (tiny)")
+    assert mark.startswith(f"**So far: 1 of 2 images of {SETTING}; ['baby'] are not in yet.**")
+    assert "images ['f16'], tasks ['denoise', 'inpaint']" in text
+    # f16's own sections are the whole run's, word for word and figure for figure; baby has none
+    whole_text = (whole / layout.report_dir("tiny") / layout.REPORT_MD).read_text()
+    for section in ("## f16 / denoise", "## f16 / inpaint"):
+        assert _section(text, section) == _section(whole_text, section)
+        pair = section.removeprefix("## ").replace(" / ", "-")
+        png = layout.grid_png(pair)
+        assert (out / png).read_bytes() == (whole / layout.report_dir("tiny") / png).read_bytes()
+    assert "## baby /" not in text and not (out / layout.grid_png("baby-denoise")).exists()
+    # the setting's own report and headline are left alone
+    report_md = layout.report_dir("tiny") / layout.REPORT_MD
+    assert (work / report_md).read_text() == (merged / report_md).read_text()
+    assert (work / shards.shards_dir("tiny") / shards.SHARDS_HEADLINE).read_text() == (
+        merged / shards.shards_dir("tiny") / shards.SHARDS_HEADLINE
+    ).read_text()
+
+
+def _section(text: str, heading: str) -> str:
+    """The lines from `heading` up to the next heading of the same level."""
+    start = text.index(heading + "\n")
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end != -1 else len(text)]
+
+
 def test_a_shard_of_other_params_or_an_image_twice_is_refused(whole_and_sharded, monkeypatch):
     _, merged = whole_and_sharded
     work = Path(shutil.copytree(merged, merged.parent / "changed"))

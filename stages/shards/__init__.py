@@ -12,6 +12,7 @@ depend on which other images ran beside it.
     python -m stages.shards run params.transfer-single.yaml --images butterfly bird   # the next session
     python -m stages.shards status params.transfer-single.yaml    # images in and left, run-length check so far
     python -m stages.shards merge params.transfer-single.yaml     # all in: report/transfer-single/
+    python -m stages.shards merge params.transfer-single.yaml --so-far   # before: report/transfer-single-so-far/
 
 `run` writes the shard's params over params.yaml (refused unless params.yaml is the setting, a shard of it or
 the committed params.yaml, which git restores), reproduces the shard's evaluate and transfer stages (and, in the
@@ -250,22 +251,34 @@ def merged_matrix(params: Params, matrices: list[dict[str, Any]]) -> dict[str, A
     return {"round": head, "point": point, **ordered}
 
 
-def merge(setting_file: Path, out: Path | None = None) -> Path:
-    """Build the setting's report from its shards (all images in); returns the report folder."""
+def merge(setting_file: Path, out: Path | None = None, so_far: bool = False) -> Path:
+    """Build the setting's report from its shards (all images in); returns the report folder. With `so_far`, the
+    report of the images in so far, in a folder of its own (report/<setting>-so-far): the report a run of the
+    setting cut to those images writes, under a line that names the images left."""
     params = load_params(setting_file)
     check_shardable(params, setting_file)
     shards, missing = left(params, setting_file)
-    if missing:
+    if missing and not so_far:
         raise ValueError(
             f"images {missing} of {setting_file} are in no shard yet; run "
-            f"`python -m stages.shards run {setting_file} --images {' '.join(missing)}` (or a few of them) first"
+            f"`python -m stages.shards run {setting_file} --images {' '.join(missing)}` (or a few of them) first, "
+            "or add --so-far for the report of the images in so far"
         )
+    if not shards:
+        raise ValueError(f"{setting_file} has no shard in {shards_dir(params.setting)} yet; nothing to merge")
     root = shards_dir(params.setting)
-    out = out or layout.report_dir(params.setting)
+    partial = bool(missing)
+    out = out or layout.report_dir(f"{params.setting}{SO_FAR if partial else ''}")
     with tempfile.TemporaryDirectory(prefix="lip-shards-") as scratch:
         evaluate, transfer_dir = Path(scratch) / "evaluate", Path(scratch) / "transfer"
         evaluate.mkdir()
         transfer_dir.mkdir()
+        params_file, headline_file = setting_file, root / SHARDS_HEADLINE
+        if partial:  # the setting cut to the images in; its headline numbers are not the setting's: not kept
+            params_file, headline_file = Path(scratch) / "params.yaml", Path(scratch) / SHARDS_HEADLINE
+            images_in = [i for i in params.images if i not in missing]
+            params_file.write_text(yaml.safe_dump(shard_params(setting_file, params, images_in), sort_keys=False))
+            params = load_params(params_file)
         matrices = []
         for name in shards:
             for entry in sorted((root / name / SHARD_EVALUATE).iterdir()):
@@ -275,11 +288,28 @@ def merge(setting_file: Path, out: Path | None = None) -> Path:
         io.write_json(transfer_dir / layout.MATRIX, merged_matrix(params, matrices))
         report.main(
             [
-                *("--params", str(setting_file), "--evaluate", str(evaluate), "--transfer", str(transfer_dir)),
-                *("--out", str(out), "--headline", str(root / SHARDS_HEADLINE)),
+                *("--params", str(params_file), "--evaluate", str(evaluate), "--transfer", str(transfer_dir)),
+                *("--out", str(out), "--headline", str(headline_file)),
             ]
         )
+    if partial:
+        mark_so_far(out / layout.REPORT_MD, setting_file, len(params.images), missing)
     return out
+
+
+SO_FAR = "-so-far"  # the folder of a setting's report over the images in so far: report/<setting>-so-far
+
+
+def mark_so_far(report_md: Path, setting_file: Path, n_in: int, missing: list[str]) -> None:
+    """Say under the report's title that it holds only some of the setting's images, and which are left."""
+    title, rest = report_md.read_text().split("\n", 1)
+    mark = (
+        f"**So far: {n_in} of {n_in + len(missing)} images of {setting_file.name}; {missing} are not in yet.** "
+        f"Every claim below is over the images in; `python -m stages.shards merge {setting_file.name} --so-far` "
+        "wrote this, and `merge` without --so-far writes the setting's report once every image is in."
+    )
+    with io.atomic_path(report_md) as tmp:
+        tmp.write_text(f"{title}\n\n{mark}\n{rest}")
 
 
 # ---------------------------------------------------------------- the command
@@ -333,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         if name == "run":
             cmd.add_argument("--images", nargs="+", required=True, help="the shard's images (of the setting's)")
             cmd.add_argument("--workers", type=int, help="passed to the executor")
+        if name == "merge":
+            cmd.add_argument("--so-far", action="store_true", help="the report of the images in so far")
     args = ap.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
@@ -349,4 +381,4 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nThe run-length check over the {len(shards)} shard(s) in so far:\n")
             print("\n".join(check))
     else:
-        print(merge(args.setting))
+        print(merge(args.setting, so_far=args.so_far))
