@@ -1,6 +1,6 @@
 """A setting run a few images at a time, across sessions whose machines keep only what git holds.
 
-A setting too big for one sitting (params.transfer-single.yaml: ~13 core-hours) runs as shards: each a subset of
+A setting too big for one sitting (params.transfer-single.yaml: ~29 core-hours) runs as shards: each a subset of
 its images, run with the executor like any setting, then exported into the repository (evaluate's folders and
 the transfer matrix of its problems: a few hundred kB per problem) to be committed. When every image is in, merge
 builds the setting's report from the committed shards, the same report.md, figure for figure, that one run of
