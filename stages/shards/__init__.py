@@ -63,6 +63,7 @@ SHARD_TRANSFER = "transfer"  # inside a shard: its transfer matrix
 SHARD_PARAMS_HEADER = "# shard of {setting_file}: images {images} (python -m stages.shards; not a setting to edit)"
 SHARD_OUT = layout.OutputDir("shards export", SHARD, (SHARD, SHARD_EVALUATE, SHARD_TRANSFER))
 SHARDS_HEADLINE = "headline.json"  # inside shards_dir: the merged report's headline numbers
+SO_FAR = "-so-far"  # the folder of a setting's report over the images in so far: report/<setting>-so-far
 
 
 # ---------------------------------------------------------------- what a shard is
@@ -268,6 +269,7 @@ def merge(setting_file: Path, out: Path | None = None, so_far: bool = False) -> 
         raise ValueError(f"{setting_file} has no shard in {shards_dir(params.setting)} yet; nothing to merge")
     root = shards_dir(params.setting)
     partial = bool(missing)
+    images_in = [i for i in params.images if i not in missing]
     out = out or layout.report_dir(f"{params.setting}{SO_FAR if partial else ''}")
     with tempfile.TemporaryDirectory(prefix="lip-shards-") as scratch:
         evaluate, transfer_dir = Path(scratch) / "evaluate", Path(scratch) / "transfer"
@@ -276,7 +278,6 @@ def merge(setting_file: Path, out: Path | None = None, so_far: bool = False) -> 
         params_file, headline_file = setting_file, root / SHARDS_HEADLINE
         if partial:  # the setting cut to the images in; its headline numbers are not the setting's: not kept
             params_file, headline_file = Path(scratch) / "params.yaml", Path(scratch) / SHARDS_HEADLINE
-            images_in = [i for i in params.images if i not in missing]
             params_file.write_text(yaml.safe_dump(shard_params(setting_file, params, images_in), sort_keys=False))
             params = load_params(params_file)
         matrices = []
@@ -293,11 +294,8 @@ def merge(setting_file: Path, out: Path | None = None, so_far: bool = False) -> 
             ]
         )
     if partial:
-        mark_so_far(out / layout.REPORT_MD, setting_file, len(params.images), missing)
+        mark_so_far(out / layout.REPORT_MD, setting_file, len(images_in), missing)
     return out
-
-
-SO_FAR = "-so-far"  # the folder of a setting's report over the images in so far: report/<setting>-so-far
 
 
 def mark_so_far(report_md: Path, setting_file: Path, n_in: int, missing: list[str]) -> None:
