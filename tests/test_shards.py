@@ -108,6 +108,19 @@ def test_status_names_the_images_left_and_merge_refuses_until_all_are_in(whole_a
         shards.merge(Path(SETTING))
 
 
+def test_status_checks_the_run_length_of_the_images_asked_for_alone(whole_and_sharded, monkeypatch, capsys):
+    _, merged = whole_and_sharded
+    monkeypatch.chdir(merged)
+    shards.main(["status", SETTING, "--images", "baby"])
+    out = capsys.readouterr().out
+    assert "all images are in" in out and "The run-length check over images ['baby']" in out
+    # baby's own fits only: one per task, where both shards together have two
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("| denoise |", "| inpaint |"))]
+    assert [(r[0], r[1]) for r in rows] == [("| denoise", "1"), ("| inpaint", "1")]
+    with pytest.raises(ValueError, match=r"images \['lena'\] are in no shard"):
+        shards.main(["status", SETTING, "--images", "lena"])
+
+
 def test_the_report_so_far_is_over_the_images_in_and_names_those_left(whole_and_sharded, monkeypatch):
     whole, merged = whole_and_sharded
     work = Path(shutil.copytree(merged, merged.parent / "so-far"))

@@ -11,6 +11,7 @@ depend on which other images ran beside it.
     git add report/transfer-single-shards && git commit
     python -m stages.shards run params.transfer-single.yaml --images butterfly bird   # the next session
     python -m stages.shards status params.transfer-single.yaml    # images in and left, run-length check so far
+    python -m stages.shards status params.transfer-single.yaml --images kate   # the check over kate alone
     python -m stages.shards merge params.transfer-single.yaml     # all in: report/transfer-single/
     python -m stages.shards merge params.transfer-single.yaml --so-far   # before: report/transfer-single-so-far/
 
@@ -214,13 +215,13 @@ def left(params: Params, setting_file: Path) -> tuple[dict[str, dict], list[str]
     return shards, [i for i in params.images if i not in seen]
 
 
-def run_length_so_far(params: Params, shards: dict[str, dict]) -> list[str]:
-    """The report's run-length check over the problems of the shards in so far: a run length that fails on the
-    first images is worth knowing before the rest of the setting is run with it."""
+def run_length_so_far(params: Params, shards: dict[str, dict], images: list[str] | None = None) -> list[str]:
+    """The report's run-length check over the problems of the shards in so far (of `images` alone, if given): a
+    run length that fails on the first images is worth knowing before the rest of the setting is run with it."""
     root = shards_dir(params.setting)
     records = {}
     for name in shards:
-        for image in params.images:
+        for image in images or params.images:
             for task in params.tasks:
                 path = root / name / SHARD_EVALUATE / layout.pair_id(image, task) / layout.RESULTS
                 if path.is_file():
@@ -361,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
         if name == "run":
             cmd.add_argument("--images", nargs="+", required=True, help="the shard's images (of the setting's)")
             cmd.add_argument("--workers", type=int, help="passed to the executor")
+        if name == "status":
+            cmd.add_argument("--images", nargs="+", help="the run-length check over these images alone")
         if name == "merge":
             cmd.add_argument("--so-far", action="store_true", help="the report of the images in so far")
     args = ap.parse_args(argv)
@@ -374,9 +377,15 @@ def main(argv: list[str] | None = None) -> None:
         for name, shard in shards.items():
             print(f"{name}: {shard['images']} (commit {shard.get('commit')})")
         print(f"left: {missing}" if missing else "all images are in: merge")
-        check = run_length_so_far(params, shards)
+        images = args.images
+        if images:
+            held = [i for shard in shards.values() for i in shard["images"]]
+            if absent := [i for i in images if i not in held]:
+                raise ValueError(f"images {absent} are in no shard of {args.setting} (in: {held})")
+        check = run_length_so_far(params, shards, images)
         if check:
-            print(f"\nThe run-length check over the {len(shards)} shard(s) in so far:\n")
+            over = f"images {images}" if images else f"the {len(shards)} shard(s) in so far"
+            print(f"\nThe run-length check over {over}:\n")
             print("\n".join(check))
     else:
         print(merge(args.setting, so_far=args.so_far))
