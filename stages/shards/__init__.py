@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"left: {missing}" if missing else "all images are in: merge")
         images = args.images
         if images:
-            held = [i for shard in shards.values() for i in shard["images"]]
+            held = [i for i in params.images if i not in missing]  # from left(), as merge counts them
             if absent := [i for i in images if i not in held]:
                 raise ValueError(f"images {absent} are in no shard of {args.setting} (in: {held})")
         check = run_length_so_far(params, shards, images)
