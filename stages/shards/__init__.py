@@ -61,7 +61,9 @@ def shards_dir(setting: str) -> Path:
 SHARD = "shard.json"  # inside a shard: what it holds and which params made it
 SHARD_EVALUATE = "evaluate"  # inside a shard: evaluate's folders for its problems (and the GAN study's, in one shard)
 SHARD_TRANSFER = "transfer"  # inside a shard: its transfer matrix
-SHARD_PARAMS_HEADER = "# shard of {setting_file}: images {images} (python -m stages.shards; not a setting to edit)"
+SHARD_PARAMS_HEADER = (
+    "# shard of {setting_file}: images {images}, seeds {seeds} (python -m stages.shards; not a setting to edit)"
+)
 SHARD_OUT = layout.OutputDir("shards export", SHARD, (SHARD, SHARD_EVALUATE, SHARD_TRANSFER))
 SHARDS_HEADLINE = "headline.json"  # inside shards_dir: the merged report's headline numbers
 SO_FAR = "-so-far"  # the folder of a setting's report over the images in so far: report/<setting>-so-far
@@ -97,8 +99,15 @@ def ticket_image(params: Params) -> str:
     return next(i for i in params.images for t in params.tasks if layout.pair_id(i, t) == problem)
 
 
-def shard_name(images: list[str]) -> str:
-    return "+".join(images)
+def holds_ticket(params: Params, images: list[str], seeds: list[int]) -> bool:
+    """Whether the shard of `images` x `seeds` holds the GAN study's ticket (its image and its seed)."""
+    return ticket_image(params) in images and params.gan_ticket()[1] in seeds
+
+
+def shard_name(params: Params, images: list[str], seeds: list[int]) -> str:
+    """`kate+zebra`, or `kate+zebra@s0` for a shard of some of the setting's seeds."""
+    name = "+".join(images)
+    return name if list(seeds) == list(params.seeds) else f"{name}@" + "+".join(f"s{s}" for s in seeds)
 
 
 def shard_images(params: Params, images: list[str], setting_file: Path) -> list[str]:
@@ -112,21 +121,39 @@ def shard_images(params: Params, images: list[str], setting_file: Path) -> list[
     return [i for i in params.images if i in images]
 
 
-def shard_params(setting_file: Path, params: Params, images: list[str]) -> dict[str, Any]:
-    """The setting with its images cut to `images`; a GAN ticket the shard does not hold is dropped (the shard runs
-    no GAN stage, and the params check would refuse a ticket that is not one of its problems)."""
+def shard_seeds(params: Params, seeds: list[int] | None, setting_file: Path) -> list[int]:
+    """`seeds` in the setting's order, each one of its seeds, once; None: all of them."""
+    if seeds is None:
+        return list(params.seeds)
+    unknown = [s for s in seeds if s not in params.seeds]
+    if unknown or not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(
+            f"--seeds {seeds}: give distinct seeds of {setting_file}'s seeds {list(params.seeds)}"
+            + (f" ({unknown} are not)" if unknown else "")
+        )
+    return [s for s in params.seeds if s in seeds]
+
+
+def shard_params(setting_file: Path, params: Params, images: list[str], seeds: list[int]) -> dict[str, Any]:
+    """The setting with its images cut to `images` and its seeds to `seeds`; a GAN ticket the shard does not hold
+    is dropped (the shard runs no GAN stage, and the params check would refuse a ticket or a ticket seed that is
+    not one of its problems or seeds)."""
     data = read_params_yaml(setting_file)
     data["images"] = list(images)
-    if ticket_image(params) not in images and data.get("gan", {}).get("dip", {}).get("ticket") is not None:
-        data["gan"]["dip"]["ticket"] = None
+    data["seeds"] = list(seeds)
+    dip = data.get("gan", {}).get("dip", {})
+    if not holds_ticket(params, images, seeds):
+        for key in ("ticket", "seed"):
+            if dip.get(key) is not None:
+                dip[key] = None
     return data
 
 
-def targets(params: Params, images: list[str]) -> list[str]:
+def targets(params: Params, images: list[str], seeds: list[int]) -> list[str]:
     """The stages a shard reproduces (with everything upstream): its problems' evaluate, the transfer matrix, and
     the GAN study in the ticket's shard. Not the report: merge writes it once every shard is in."""
     wanted = [f"evaluate@{layout.pair_id(i, t)}" for i in images for t in params.tasks] + ["transfer"]
-    return wanted + (["gan_evaluate"] if ticket_image(params) in images else [])
+    return wanted + (["gan_evaluate"] if holds_ticket(params, images, seeds) else [])
 
 
 # ---------------------------------------------------------------- the shards on disk
@@ -142,10 +169,12 @@ def existing(setting: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def write_shard_params(setting_file: Path, params: Params, images: list[str], path: Path = Path("params.yaml")) -> None:
+def write_shard_params(
+    setting_file: Path, params: Params, images: list[str], seeds: list[int], path: Path = Path("params.yaml")
+) -> None:
     """Write the shard's params over `path`, only where that loses nothing: `path` absent, a copy of the setting,
     a shard of it written here, or the version git holds (a fresh clone's default params.yaml)."""
-    header = SHARD_PARAMS_HEADER.format(setting_file=setting_file.name, images=images)
+    header = SHARD_PARAMS_HEADER.format(setting_file=setting_file.name, images=images, seeds=seeds)
     if path.exists():
         text = path.read_text()
         ours = text.startswith(SHARD_PARAMS_HEADER.split("{")[0] + setting_file.name + ":")
@@ -154,28 +183,31 @@ def write_shard_params(setting_file: Path, params: Params, images: list[str], pa
                 f"{path} is neither {setting_file}, a shard of it nor the committed {path}; refusing to replace it "
                 "(commit or move it, and run shards in a clone of their own)"
             )
-    body = yaml.safe_dump(shard_params(setting_file, params, images), sort_keys=False)
+    body = yaml.safe_dump(shard_params(setting_file, params, images, seeds), sort_keys=False)
     with io.atomic_path(path) as tmp:
         tmp.write_text(f"{header}\n{body}")
 
 
-def export(params: Params, setting_file: Path, images: list[str], evaluate: Path, transfer_dir: Path) -> Path:
+def export(
+    params: Params, setting_file: Path, images: list[str], seeds: list[int], evaluate: Path, transfer_dir: Path
+) -> Path:
     """Copy the finished shard into shards_dir: evaluate's folders of its problems (and the GAN study's),
     its transfer matrix, and shard.json. Refused if a problem has not been evaluated."""
     ids = [layout.pair_id(i, t) for i in images for t in params.tasks]
-    with_gan = ticket_image(params) in images
+    with_gan = holds_ticket(params, images, seeds)
     sources = [evaluate / i for i in ids] + ([evaluate / layout.GAN_EVALUATE.name] if with_gan else [])
     missing = [str(p) for p in sources if not (p / layout.RESULTS).is_file()]
     missing += [] if (transfer_dir / layout.MATRIX).is_file() else [str(transfer_dir / layout.MATRIX)]
     if missing:
         raise ValueError(f"shard {images} is not finished: {missing} missing; run its stages first (stages.shards run)")
-    out = shards_dir(params.setting) / shard_name(images)
+    out = shards_dir(params.setting) / shard_name(params, images, seeds)
     with SHARD_OUT.write(out) as tmp:
         for src in sources:
             shutil.copytree(src, tmp / SHARD_EVALUATE / src.name)
         (tmp / SHARD_TRANSFER).mkdir()
         shutil.copy(transfer_dir / layout.MATRIX, tmp / SHARD_TRANSFER / layout.MATRIX)
-        record = {"setting": params.setting, "digest": digest(setting_file), "images": images, "gan": with_gan}
+        record = {"setting": params.setting, "digest": digest(setting_file), "images": images, "seeds": seeds}
+        record["gan"] = with_gan
         io.write_json(tmp / SHARD, {**record, "commit": _commit()})
     return out
 
@@ -198,21 +230,36 @@ def _commit() -> str | None:
     return done.stdout.strip()
 
 
-def left(params: Params, setting_file: Path) -> tuple[dict[str, dict], list[str]]:
-    """The setting's shards (refused if one is of other params, or two hold the same image), and the images left."""
+def covered(params: Params, setting_file: Path) -> tuple[dict[str, dict], dict[tuple[str, int], str]]:
+    """The setting's shards (refused if one is of other params, or two hold the same image and seed), and which
+    shard holds each (image, seed) in so far. A shard.json without seeds (written before shards split by seed)
+    holds all of the setting's seeds."""
     shards = existing(params.setting)
     want, seen = digest(setting_file), {}
     for name, shard in shards.items():
         if shard["digest"] != want:
             raise ValueError(
                 f"{shards_dir(params.setting) / name} was made with other params than {setting_file} "
-                "(they differ in more than images); remove it and run that shard again"
+                "(they differ in more than images and seeds); remove it and run that shard again"
             )
-        for image in shard["images"]:
-            if image in seen:
-                raise ValueError(f"image {image} is in two shards ({seen[image]}, {name}); remove one")
-            seen[image] = name
-    return shards, [i for i in params.images if i not in seen]
+        for cell in ((i, s) for i in shard["images"] for s in shard.get("seeds", params.seeds)):
+            if cell in seen:
+                raise ValueError(f"image {cell[0]} seed {cell[1]} is in two shards ({seen[cell]}, {name}); remove one")
+            seen[cell] = name
+    return shards, seen
+
+
+def left(params: Params, setting_file: Path) -> tuple[dict[str, dict], list[str]]:
+    """The setting's shards, and the images left: those with a seed in no shard yet."""
+    shards, seen = covered(params, setting_file)
+    return shards, [i for i in params.images if any((i, s) not in seen for s in params.seeds)]
+
+
+def seeds_left(params: Params, setting_file: Path) -> dict[str, list[int]]:
+    """Each image with a seed in no shard yet -> those seeds."""
+    _, seen = covered(params, setting_file)
+    todo = {i: [s for s in params.seeds if (i, s) not in seen] for i in params.images}
+    return {i: seeds for i, seeds in todo.items() if seeds}
 
 
 def run_length_so_far(params: Params, shards: dict[str, dict], images: list[str] | None = None) -> list[str]:
@@ -314,21 +361,21 @@ def mark_so_far(report_md: Path, setting_file: Path, n_in: int, missing: list[st
 # ---------------------------------------------------------------- the command
 
 
-def run(setting_file: Path, images: list[str], executor_args: list[str]) -> Path:
+def run(setting_file: Path, images: list[str], executor_args: list[str], seeds: list[int] | None = None) -> Path:
     """Write the shard's params, reproduce its stages with the executor, export it; returns the shard folder."""
     params = load_params(setting_file)
     check_shardable(params, setting_file)
     images = shard_images(params, images, setting_file)
-    shards, todo = left(params, setting_file)
-    done = [i for i in images if i not in todo]
-    if done:
-        raise ValueError(f"images {done} are already in a shard of {params.setting} ({sorted(shards)}); leave them out")
-    write_shard_params(setting_file, params, images)
-    command = [sys.executable, "-m", "stages.executor", *executor_args, *targets(params, images)]
-    log.info("shard %s: %s", shard_name(images), " ".join(command))
+    seeds = shard_seeds(params, seeds, setting_file)
+    shards, seen = covered(params, setting_file)
+    if done := [f"{i} seed {s}" for i in images for s in seeds if (i, s) in seen]:
+        raise ValueError(f"{done} are already in a shard of {params.setting} ({sorted(shards)}); leave them out")
+    write_shard_params(setting_file, params, images, seeds)
+    command = [sys.executable, "-m", "stages.executor", *executor_args, *targets(params, images, seeds)]
+    log.info("shard %s: %s", shard_name(params, images, seeds), " ".join(command))
     if run_child(command) != 0:
         raise ValueError(f"the executor stopped before shard {images} was done; rerun the same command to resume")
-    return export(params, setting_file, images, layout.EVALUATE, layout.TRANSFER)
+    return export(params, setting_file, images, seeds, layout.EVALUATE, layout.TRANSFER)
 
 
 def run_child(command: list[str]) -> int:
@@ -361,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         cmd.add_argument("setting", type=Path, help="the setting's params file, e.g. params.transfer-single.yaml")
         if name == "run":
             cmd.add_argument("--images", nargs="+", required=True, help="the shard's images (of the setting's)")
+            cmd.add_argument("--seeds", nargs="+", type=int, help="the shard's seeds (of the setting's; default all)")
             cmd.add_argument("--workers", type=int, help="passed to the executor")
         if name == "status":
             cmd.add_argument("--images", nargs="+", help="the run-length check over these images alone")
@@ -370,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "run":
-        print(run(args.setting, args.images, ["--workers", str(args.workers)] if args.workers else []))
+        print(run(args.setting, args.images, ["--workers", str(args.workers)] if args.workers else [], args.seeds))
     elif args.command == "status":
         params = load_params(args.setting)
         shards, missing = left(params, args.setting)
