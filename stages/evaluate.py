@@ -296,16 +296,22 @@ def record(run: Run, seed: int, p: Planned, res: Outcome, tally: Tally) -> None:
 
 def summarise_run(run: Run, tally: Tally) -> dict[str, Any]:
     """The headline (every method's mean +- std over seeds) and every method's curve along the rounds."""
-    fraction = run.params.imp.fraction
+    return summarise_tally(run.params, run.args.name, run.args.task, tally)
+
+
+def summarise_tally(params: Params, image: str, task: str, tally: Tally) -> dict[str, Any]:
+    """summarise_run's summary from the tally alone (and the params): also of seeds tallied in several runs, which
+    stages.shards stitches into one."""
+    fraction, head = params.imp.fraction, headline_round(params.sparsity, params.imp)
     return {
-        "image": run.args.name,
-        "task": run.args.task,
-        "protocol": run.params.protocol,
-        "shown_point": run.shown,
+        "image": image,
+        "task": task,
+        "protocol": params.protocol,
+        "shown_point": shown_point(params.protocol),
         "headline": {
-            "target_sparsity": run.params.sparsity,
-            "round": run.head,
-            "nominal_sparsity": nominal_sparsity(fraction, run.head),
+            "target_sparsity": params.sparsity,
+            "round": head,
+            "nominal_sparsity": nominal_sparsity(fraction, head),
             "effective_sparsity": sum(tally.effective) / len(tally.effective),
             "methods": {m: summarise(v) for m, v in tally.headline.items() if v},
         },

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from lipcore import io
 from lipcore.imp import headline_round
@@ -45,13 +46,20 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cells = measure(params, args.degrade, args.rounds, pairs, head)
 
+    record = tabulate(cells, head, shown, nothing)
+    with layout.TRANSFER_OUT.write(args.out) as tmp:
+        artifacts.write_numerics(tmp, params.device, params.fit)
+        io.write_json(tmp / layout.MATRIX, record)
+    io.write_json(args.metrics, {k: v for k, v in record.items() if k not in ("full", "per_seed")})
+
+
+def tabulate(cells: dict[str, dict[str, list[dict]]], head: int, shown: str, nothing: str | None) -> dict[str, Any]:
+    """The matrix record (matrix.json) of per-seed scores `cells` (source -> target -> one per seed): each cell's
+    mean +- std over seeds, its `shown` PSNR to 3 decimals, and why nothing was measured, if so."""
     matrix = {s: {t: summarise(v) for t, v in row.items()} for s, row in cells.items()}
     psnr = {s: {t: round(m[f"{shown}_psnr"]["mean"], 3) for t, m in row.items()} for s, row in matrix.items()}
     result = {"round": head, "point": shown, "psnr": psnr, **({"note": nothing} if nothing else {})}
-    with layout.TRANSFER_OUT.write(args.out) as tmp:
-        artifacts.write_numerics(tmp, params.device, params.fit)
-        io.write_json(tmp / layout.MATRIX, {**result, "full": matrix, "per_seed": cells})
-    io.write_json(args.metrics, result)
+    return {**result, "full": matrix, "per_seed": cells}
 
 
 def measure(

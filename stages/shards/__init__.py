@@ -1,24 +1,28 @@
-"""A setting run a few images at a time, across sessions whose machines keep only what git holds.
+"""A setting run a few images (or seeds) at a time, across sessions whose machines keep only what git holds.
 
 A setting too big for one sitting (params.transfer-single.yaml: ~29 core-hours) runs as shards: each a subset of
-its images, run with the executor like any setting, then exported into the repository (evaluate's folders and
-the transfer matrix of its problems: a few hundred kB per problem) to be committed. When every image is in, merge
-builds the setting's report from the committed shards, the same report.md, figure for figure, that one run of
-the whole setting writes: every seed is derived from names (lipcore.seeding), so a problem's results do not
-depend on which other images ran beside it.
+its images, and of its seeds if need be, run with the executor like any setting, then exported into the repository
+(evaluate's folders and the transfer matrix of its problems: a few hundred kB per problem) to be committed. When
+every image is in with every seed, merge builds the setting's report from the committed shards, the same report.md,
+figure for figure, that one run of the whole setting writes: every seed is derived from names (lipcore.seeding)
+and every seed's fits are apart from the other seeds', so a problem's results do not depend on which other images
+or seeds ran beside it, and a problem run seed by seed is stitched into the records of one run (stitch.py).
 
     python -m stages.shards run params.transfer-single.yaml --images kate zebra   # in a clone; rerun to resume
     git add report/transfer-single-shards && git commit
     python -m stages.shards run params.transfer-single.yaml --images butterfly bird   # the next session
-    python -m stages.shards status params.transfer-single.yaml    # images in and left, run-length check so far
+    python -m stages.shards run params.transfer-single-long.yaml --images kate --seeds 0   # one image, one seed
+    python -m stages.shards status params.transfer-single.yaml    # images (and seeds) in and left, run-length check
     python -m stages.shards status params.transfer-single.yaml --images kate   # the check over kate alone
     python -m stages.shards merge params.transfer-single.yaml     # all in: report/transfer-single/
     python -m stages.shards merge params.transfer-single.yaml --so-far   # before: report/transfer-single-so-far/
 
 `run` writes the shard's params over params.yaml (refused unless params.yaml is the setting, a shard of it or
 the committed params.yaml, which git restores), reproduces the shard's evaluate and transfer stages (and, in the
-shard holding the GAN study's ticket, the GAN study) with `python -m stages.executor`, and exports. Only settings
-whose problems do not meet across images shard: no multi-image groups, and transfer only across tasks of one image.
+shard holding the GAN study's ticket, its image and seed, the GAN study) with `python -m stages.executor`, and
+exports. Only settings whose problems do not meet across images shard: no multi-image groups, and transfer only
+across tasks of one image. A shard of one seed is the unit that fits a session where one image of all seeds does
+not (params.transfer-single-long.yaml: ~1 h 10 min of the 2-core Zen 4 per image and seed).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from .. import report, transfer
 from ..plumbing import artifacts, layout
 from ..plumbing.params import Params, load_params, read_params_yaml
 from ..reporting import claims
+from . import stitch
 
 log = logging.getLogger(__name__)
 
@@ -262,54 +267,75 @@ def seeds_left(params: Params, setting_file: Path) -> dict[str, list[int]]:
     return {i: seeds for i, seeds in todo.items() if seeds}
 
 
+def parts(params: Params, shards: dict[str, dict]) -> dict[str, list[tuple[Path, list[int]]]]:
+    """Each folder name of the shards' evaluate (a problem, or the GAN study's) -> the shard folders holding it
+    and the seeds each holds."""
+    root, found = shards_dir(params.setting), {}
+    for name, shard in shards.items():
+        for entry in sorted((root / name / SHARD_EVALUATE).iterdir()):
+            found.setdefault(entry.name, []).append((entry, list(shard.get("seeds", params.seeds))))
+    return found
+
+
+def problem_results(params: Params, held: list[tuple[Path, list[int]]]) -> dict[str, Any]:
+    """One problem's results.json over the seeds its shards hold: one shard's as it is, several stitched."""
+    keys = ("summary", "per_seed")
+    records = [(artifacts.read_record(folder / layout.RESULTS, keys), seeds) for folder, seeds in held]
+    return records[0][0] if len(records) == 1 else stitch.results(params, records)
+
+
 def run_length_so_far(params: Params, shards: dict[str, dict], images: list[str] | None = None) -> list[str]:
-    """The report's run-length check over the problems of the shards in so far (of `images` alone, if given): a
-    run length that fails on the first images is worth knowing before the rest of the setting is run with it."""
-    root = shards_dir(params.setting)
-    records = {}
-    for name in shards:
-        for image in images or params.images:
-            for task in params.tasks:
-                path = root / name / SHARD_EVALUATE / layout.pair_id(image, task) / layout.RESULTS
-                if path.is_file():
-                    records[path.parent.name] = artifacts.read_record(path, ("summary", "per_seed"))
+    """The report's run-length check over the problems of the shards in so far (of `images` alone, if given), over
+    the seeds in so far: a run length that fails on the first images is worth knowing before the rest of the
+    setting is run with it."""
+    held = parts(params, shards)
+    ids = [layout.pair_id(image, task) for image in images or params.images for task in params.tasks]
+    records = {pid: problem_results(params, held[pid]) for pid in ids if pid in held}
     return claims.run_length_lines(records) if records else []
 
 
 # ---------------------------------------------------------------- merge
 
 
-def merged_matrix(params: Params, matrices: list[dict[str, Any]]) -> dict[str, Any]:
-    """The transfer matrix of the whole setting from its shards': rows in the setting's order (each source's row
-    lies in one shard, as transfer is within an image), or the note the whole setting's transfer stage writes."""
+def merged_matrix(params: Params, matrices: list[tuple[dict[str, Any], list[int]]]) -> dict[str, Any]:
+    """The transfer matrix of the whole setting from its shards' (each with the seeds it ran): every cell's
+    per-seed scores joined in the setting's seed order (transfer is within an image, so a cell's seeds lie in the
+    shards of its image), or the note the whole setting's transfer stage writes."""
     head = headline_round(params.sparsity, params.imp)
     pairs = [(image, task) for image in params.images for task in params.tasks]
-    ids = [layout.pair_id(*p) for p in pairs]
-    for m in matrices:
+    for m, _ in matrices:
         if m["round"] != head:
             raise ValueError(f"a shard's transfer matrix is of round {m['round']}, the setting's headline is {head}")
-    point = matrices[0]["point"]
     nothing = transfer.nothing_to_transfer(head, pairs, params.transfer)
-    if nothing:
-        return {"round": head, "point": point, "psnr": {}, "note": nothing, "full": {}, "per_seed": {}}
-    rows = {key: {} for key in ("psnr", "full", "per_seed")}
-    for m in matrices:
-        for key, table in rows.items():
-            table.update(m[key])
-    ordered = {key: {s: table[s] for s in ids if s in table} for key, table in rows.items()}
-    return {"round": head, "point": point, **ordered}
+    return stitch.matrix(params, matrices, [layout.pair_id(*p) for p in pairs], nothing)
+
+
+def gather_evaluate(params: Params, shards: dict[str, dict], images: list[str], evaluate: Path) -> None:
+    """evaluate's folder of every problem of `images` (all their seeds in) and the GAN study's, in `evaluate`: a
+    link to the one shard's folder that holds all of a problem's seeds, or the folder stitched from its shards
+    (results.json over all seeds; the images, which are the first seed's, from the shard holding it)."""
+    wanted = {layout.pair_id(i, t) for i in images for t in params.tasks} | {layout.GAN_EVALUATE.name}
+    for name, held in parts(params, shards).items():
+        if name not in wanted:
+            continue
+        if len(held) == 1:
+            (evaluate / name).symlink_to(held[0][0].resolve(), target_is_directory=True)
+            continue
+        first = next(folder for folder, seeds in held if params.seeds[0] in seeds)
+        shutil.copytree(first, evaluate / name, ignore=shutil.ignore_patterns(layout.RESULTS))
+        io.write_json(evaluate / name / layout.RESULTS, problem_results(params, held))
 
 
 def merge(setting_file: Path, out: Path | None = None, so_far: bool = False) -> Path:
     """Build the setting's report from its shards (all images in); returns the report folder. With `so_far`, the
-    report of the images in so far, in a folder of its own (report/<setting>-so-far): the report a run of the
-    setting cut to those images writes, under a line that names the images left."""
+    report of the images in so far (all their seeds), in a folder of its own (report/<setting>-so-far): the report
+    a run of the setting cut to those images writes, under a line that names the images left."""
     params = load_params(setting_file)
     check_shardable(params, setting_file)
     shards, missing = left(params, setting_file)
     if missing and not so_far:
         raise ValueError(
-            f"images {missing} of {setting_file} are in no shard yet; run "
+            f"images {missing} of {setting_file} are in no shard yet (or not all their seeds); run "
             f"`python -m stages.shards run {setting_file} --images {' '.join(missing)}` (or a few of them) first, "
             "or add --so-far for the report of the images in so far"
         )
@@ -318,6 +344,8 @@ def merge(setting_file: Path, out: Path | None = None, so_far: bool = False) -> 
     root = shards_dir(params.setting)
     partial = bool(missing)
     images_in = [i for i in params.images if i not in missing]
+    if not images_in:
+        raise ValueError(f"no image of {setting_file} has all its seeds in a shard yet; nothing to merge")
     out = out or layout.report_dir(f"{params.setting}{SO_FAR if partial else ''}")
     with tempfile.TemporaryDirectory(prefix="lip-shards-") as scratch:
         evaluate, transfer_dir = Path(scratch) / "evaluate", Path(scratch) / "transfer"
@@ -326,14 +354,15 @@ def merge(setting_file: Path, out: Path | None = None, so_far: bool = False) -> 
         params_file, headline_file = setting_file, root / SHARDS_HEADLINE
         if partial:  # the setting cut to the images in; its headline numbers are not the setting's: not kept
             params_file, headline_file = Path(scratch) / "params.yaml", Path(scratch) / SHARDS_HEADLINE
-            params_file.write_text(yaml.safe_dump(shard_params(setting_file, params, images_in), sort_keys=False))
+            cut = shard_params(setting_file, params, images_in, list(params.seeds))
+            params_file.write_text(yaml.safe_dump(cut, sort_keys=False))
             params = load_params(params_file)
+        gather_evaluate(params, shards, images_in, evaluate)
         matrices = []
-        for name in shards:
-            for entry in sorted((root / name / SHARD_EVALUATE).iterdir()):
-                (evaluate / entry.name).symlink_to(entry.resolve(), target_is_directory=True)
+        for name, shard in shards.items():
             path = root / name / SHARD_TRANSFER / layout.MATRIX
-            matrices.append(artifacts.read_record(path, ("round", "point", "psnr", "full", "per_seed")))
+            record = artifacts.read_record(path, ("round", "point", "psnr", "full", "per_seed"))
+            matrices.append((record, list(shard.get("seeds", params.seeds))))
         io.write_json(transfer_dir / layout.MATRIX, merged_matrix(params, matrices))
         report.main(
             [
@@ -423,8 +452,11 @@ def main(argv: list[str] | None = None) -> None:
         params = load_params(args.setting)
         shards, missing = left(params, args.setting)
         for name, shard in shards.items():
-            print(f"{name}: {shard['images']} (commit {shard.get('commit')})")
-        print(f"left: {missing}" if missing else "all images are in: merge")
+            seeds = f", seeds {shard['seeds']}" if "seeds" in shard else ""
+            print(f"{name}: {shard['images']}{seeds} (commit {shard.get('commit')})")
+        todo = seeds_left(params, args.setting)
+        todo = [i if s == list(params.seeds) else f"{i} (seeds {s})" for i, s in todo.items()]
+        print(f"left: {todo}" if todo else "all images are in: merge")
         images = args.images
         if images:
             held = [i for i in params.images if i not in missing]  # from left(), as merge counts them
