@@ -117,26 +117,23 @@ def shard_name(params: Params, images: list[str], seeds: list[int]) -> str:
 
 def shard_images(params: Params, images: list[str], setting_file: Path) -> list[str]:
     """`images` in the setting's order, each one of its images, once."""
-    unknown = [i for i in images if i not in params.images]
-    if unknown or not images or len(set(images)) != len(images):
-        raise ValueError(
-            f"--images {images}: give distinct images of {setting_file}'s images {list(params.images)}"
-            + (f" ({unknown} are not)" if unknown else "")
-        )
-    return [i for i in params.images if i in images]
+    return _subset("images", images, list(params.images), setting_file)
 
 
 def shard_seeds(params: Params, seeds: list[int] | None, setting_file: Path) -> list[int]:
     """`seeds` in the setting's order, each one of its seeds, once; None: all of them."""
-    if seeds is None:
-        return list(params.seeds)
-    unknown = [s for s in seeds if s not in params.seeds]
-    if unknown or not seeds or len(set(seeds)) != len(seeds):
+    return list(params.seeds) if seeds is None else _subset("seeds", seeds, list(params.seeds), setting_file)
+
+
+def _subset(key: str, given: list, setting: list, setting_file: Path) -> list:
+    """`given` in the order of `setting` (the setting's `key`), each one of them, once; refused otherwise."""
+    unknown = [x for x in given if x not in setting]
+    if unknown or not given or len(set(given)) != len(given):
         raise ValueError(
-            f"--seeds {seeds}: give distinct seeds of {setting_file}'s seeds {list(params.seeds)}"
+            f"--{key} {given}: give distinct {key} of {setting_file}'s {key} {setting}"
             + (f" ({unknown} are not)" if unknown else "")
         )
-    return [s for s in params.seeds if s in seeds]
+    return [x for x in setting if x in given]
 
 
 def shard_params(setting_file: Path, params: Params, images: list[str], seeds: list[int]) -> dict[str, Any]:
