@@ -109,6 +109,33 @@ def test_a_problem_run_seed_by_seed_stitches_into_the_whole_runs_records(whole_a
     assert alone["per_seed"]["lip"] == theirs["per_seed"]["lip"][1:]
 
 
+def test_a_method_a_run_never_fits_stitches_as_the_runs_empty_list():
+    """At sparsity 0 evaluate writes [] for the baselines and the decoder, and {} for a curve method with no
+    round; stitched, they stay (the length check refused them before)."""
+    assert stitch.join([({"a": [], "b": [1]}, [0]), ({"a": [], "b": [2]}, [1])], lambda r: r, [0, 1]) == {
+        "a": [],
+        "b": [1, 2],
+    }
+    with pytest.raises(ValueError, match=r"\['a', 'b'\] hold no entry for some of seeds \[0, 1\]"):
+        stitch.join([({"b": [1]}, [0]), ({"a": [2]}, [1])], lambda r: r, [0, 1])
+
+
+def test_a_method_with_no_entries_is_kept_when_stitched(whole_and_sharded, monkeypatch):
+    _, merged = whole_and_sharded
+    monkeypatch.chdir(merged)
+    params = load_params(Path(SETTING))
+    held = shards.parts(params, shards.existing("tiny"))["f16-denoise"]
+    records = []
+    for folder, seeds in held:
+        record = read_json(folder / layout.RESULTS)
+        record["per_seed"]["never"] = []
+        record["per_seed_curves"]["flat"] = {}
+        records.append((record, seeds))
+    ours = stitch.results(params, records)
+    assert ours["per_seed"]["never"] == [] and ours["per_seed_curves"]["flat"] == {}
+    assert ours["summary"]["curves"]["flat"] == []
+
+
 def test_a_seed_in_two_shards_or_a_record_of_other_seeds_is_refused(whole_and_sharded, monkeypatch):
     _, merged = whole_and_sharded
     work = Path(shutil.copytree(merged, merged.parent / "seed-twice"))

@@ -25,6 +25,9 @@ def join(parts: Sequence[Part], lists: Callable[[dict[str, Any]], dict[Any, list
     found: dict[Any, dict[int, Any]] = {}
     for record, seeds in parts:
         for key, values in lists(record).items():
+            found.setdefault(key, {})
+            if not values:  # a method the run never fits (a baseline at sparsity 0): [] in every run, kept
+                continue
             if len(values) != len(seeds):
                 raise ValueError(
                     f"a shard of seeds {list(seeds)} holds {len(values)} entries for {key!r}; its record is not "
@@ -34,7 +37,10 @@ def join(parts: Sequence[Part], lists: Callable[[dict[str, Any]], dict[Any, list
                 if seed in found.setdefault(key, {}):
                     raise ValueError(f"seed {seed} is in two shards' records for {key!r}; remove one shard")
                 found[key][seed] = value
-    return {key: [by_seed[s] for s in order if s in by_seed] for key, by_seed in found.items()}
+    joined = {key: [by_seed[s] for s in order if s in by_seed] for key, by_seed in found.items()}
+    if short := sorted(str(key) for key, values in joined.items() if 0 < len(values) < len(order)):
+        raise ValueError(f"{short} hold no entry for some of seeds {list(order)} in a shard; run that shard again")
+    return joined
 
 
 def seeds_held(params: Params, parts: Sequence[Part]) -> list[int]:
@@ -48,7 +54,7 @@ def results(params: Params, parts: Sequence[Part]) -> dict[str, Any]:
     order = seeds_held(params, parts)
     per_seed = join(parts, lambda r: r["per_seed"], order)
     flat = join(parts, lambda r: {(m, k): v for m, by in r["per_seed_curves"].items() for k, v in by.items()}, order)
-    curves: dict[str, dict[str, list]] = {}
+    curves: dict[str, dict[str, list]] = {m: {} for m in parts[0][0]["per_seed_curves"]}  # a curve with no round too
     for (method, k), values in flat.items():
         curves.setdefault(method, {})[k] = values
     tally = Tally(
