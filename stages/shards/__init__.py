@@ -22,7 +22,7 @@ the committed params.yaml, which git restores), reproduces the shard's evaluate 
 shard holding the GAN study's ticket, its image and seed, the GAN study) with `python -m stages.executor`, and
 exports. Only settings whose problems do not meet across images shard: no multi-image groups, and transfer only
 across tasks of one image. A shard of one seed is the unit that fits a session where one image of all seeds does
-not (params.transfer-single-long.yaml: ~1 h 10 min of the 2-core Zen 4 per image and seed).
+not (params.transfer-single-long.yaml: ~1 h 20 min of the 2-core Zen 4 per image and seed).
 """
 
 from __future__ import annotations
