@@ -28,10 +28,11 @@ SHARDS = ((["f16"], [0]), (["f16"], [1]), (["baby"], None))  # f16 seed by seed 
 
 
 def sharded_params() -> dict:
-    """Two images, two tasks, two seeds, transfer across the tasks of each image, the GAN study at its smallest."""
+    """Two images, two tasks, two seeds, transfer across the tasks of each image, the long runs and one round of
+    channel tickets (each a per-seed list to stitch), the GAN study at its smallest."""
     params = tiny_params(images=["f16", "baby"], tasks=["denoise", "inpaint"], seeds=[0, 1])
     params["transfer"] = {"pairs": "across_tasks"}
-    params["evaluate"].update(baselines=["random_layer"], long_run=0, channels={"rounds": 0, "fraction": None})
+    params["evaluate"].update(baselines=["random_layer"], long_run=2, channels={"rounds": 1, "fraction": None})
     return params
 
 
@@ -103,6 +104,7 @@ def test_a_problem_run_seed_by_seed_stitches_into_the_whole_runs_records(whole_a
     theirs = read_json(whole / layout.EVALUATE / "f16-inpaint" / layout.RESULTS)
     ours = shards.problem_results(params, held["f16-inpaint"])
     assert json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)
+    assert {"long_run", "channels"} <= set(ours)  # the long runs' and the channel tickets' per-seed lists stitched too
     assert ours["summary"]["headline"]["methods"]["lip"]["n_seeds"] == 2
     # one seed's shard alone: its own record, over its seed
     alone = shards.problem_results(params, held["f16-inpaint"][1:])
