@@ -232,6 +232,12 @@ def _commit() -> str | None:
     return done.stdout.strip()
 
 
+def seeds_of(params: Params, shard: dict[str, Any]) -> list[int]:
+    """The seeds a shard holds: its shard.json's, or all of the setting's (a shard.json written before shards split
+    by seed has none)."""
+    return list(shard.get("seeds", params.seeds))
+
+
 def covered(params: Params, setting_file: Path) -> tuple[dict[str, dict], dict[tuple[str, int], str]]:
     """The setting's shards (refused if one is of other params, or two hold the same image and seed), and which
     shard holds each (image, seed) in so far. A shard.json without seeds (written before shards split by seed)
@@ -244,7 +250,7 @@ def covered(params: Params, setting_file: Path) -> tuple[dict[str, dict], dict[t
                 f"{shards_dir(params.setting) / name} was made with other params than {setting_file} "
                 "(they differ in more than images and seeds); remove it and run that shard again"
             )
-        for cell in ((i, s) for i in shard["images"] for s in shard.get("seeds", params.seeds)):
+        for cell in ((i, s) for i in shard["images"] for s in seeds_of(params, shard)):
             if cell in seen:
                 raise ValueError(f"image {cell[0]} seed {cell[1]} is in two shards ({seen[cell]}, {name}); remove one")
             seen[cell] = name
@@ -270,7 +276,7 @@ def parts(params: Params, shards: dict[str, dict]) -> dict[str, list[tuple[Path,
     root, found = shards_dir(params.setting), {}
     for name, shard in shards.items():
         for entry in sorted((root / name / SHARD_EVALUATE).iterdir()):
-            found.setdefault(entry.name, []).append((entry, list(shard.get("seeds", params.seeds))))
+            found.setdefault(entry.name, []).append((entry, seeds_of(params, shard)))
     return found
 
 
@@ -359,7 +365,7 @@ def merge(setting_file: Path, out: Path | None = None, so_far: bool = False) -> 
         for name, shard in shards.items():
             path = root / name / SHARD_TRANSFER / layout.MATRIX
             record = artifacts.read_record(path, ("round", "point", "psnr", "full", "per_seed"))
-            matrices.append((record, list(shard.get("seeds", params.seeds))))
+            matrices.append((record, seeds_of(params, shard)))
         io.write_json(transfer_dir / layout.MATRIX, merged_matrix(params, matrices))
         report.main(
             [
